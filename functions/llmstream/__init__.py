@@ -1,0 +1,1 @@
+"""llmstream: the code deployed to AWS Lambda (api, worker and stream functions)."""

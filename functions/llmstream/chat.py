@@ -1,0 +1,79 @@
+"""The api function's core: accept a chat request, and report on one."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from urllib.parse import quote
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from llmstream import tokens
+from llmstream.deps import Deps
+from llmstream.exceptions import QueueUnavailable
+from llmstream.models import ChatAccepted, ChatRequest, TaskMessage, TaskStatus, Usage
+from llmstream.settings import ApiSettings
+from llmstream.tasks import Task
+
+
+def submit(deps: Deps, settings: ApiSettings, request: ChatRequest) -> ChatAccepted:
+    """Record the request (status queued), enqueue its id, and hand back a stream URL."""
+    task_id = uuid.uuid4().hex
+    session_id = request.session_id or uuid.uuid4().hex
+    task = Task(
+        task_id=task_id,
+        session_id=session_id,
+        status="queued",
+        model=request.model or settings.model_id,
+        message=request.message,
+        priority=request.priority,
+        system=request.system,
+        max_tokens=min(request.max_tokens or settings.max_tokens_limit, settings.max_tokens_limit),
+        temperature=request.temperature,
+        created_at=time.time(),
+    )
+    # The row first, then the message: a worker that receives the id always finds the row.
+    deps.tasks.create(task)
+    try:
+        deps.sqs.send_message(
+            QueueUrl=settings.task_queue_url,
+            MessageBody=TaskMessage(task_id=task_id).model_dump_json(),
+        )
+    except (ClientError, BotoCoreError) as e:
+        raise QueueUnavailable(f"could not enqueue task: {e}") from e
+    return ChatAccepted(
+        task_id=task_id, session_id=session_id, stream_url=stream_url(settings, task_id)
+    )
+
+
+def stream_url(settings: ApiSettings, task_id: str) -> str:
+    token = tokens.sign(settings.stream_token_secret, task_id, settings.stream_token_ttl_seconds)
+    base = settings.stream_base_url.rstrip("/")
+    return f"{base}/stream/{task_id}?token={quote(token)}"
+
+
+def status(deps: Deps, task_id: str) -> TaskStatus:
+    task = deps.tasks.get(task_id)
+    text: list[str] = []
+    last_seq = 0
+    for event in deps.log.read_all(task_id):
+        last_seq = event.seq
+        if event.kind == "reset":  # a retried attempt starts its text over
+            text.clear()
+        elif event.kind == "chunk":
+            text.append(str(event.data.get("chunk", "")))
+    return TaskStatus(
+        task_id=task.task_id,
+        session_id=task.session_id,
+        status=task.status,
+        model=task.model,
+        text="".join(text),
+        usage=Usage.model_validate(task.usage) if task.usage else None,
+        error=task.error,
+        attempt=task.attempt,
+        created_at=task.created_at,
+        started_at=task.started_at,
+        first_token_at=task.first_token_at,
+        finished_at=task.finished_at,
+        last_seq=last_seq,
+    )

@@ -1,0 +1,7 @@
+"""The chunk log: one append-only, per-task sequence of events, and its backends."""
+
+from __future__ import annotations
+
+from llmstream.chunklog.base import ChunkLog
+
+__all__ = ["ChunkLog"]

@@ -1,0 +1,35 @@
+"""The chunk-log contract that every backend fulfils (tests/integration/test_chunklog.py).
+
+Seqs are dense: a task's events are numbered 1, 2, 3, ... with no gap, written by one
+owner at a time. ``append`` at a seq that exists fails with SeqConflict, which is how a
+second writer (a redelivered message while the first attempt still runs) finds out it lost.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+from llmstream.models import Event, EventKind
+
+
+class ChunkLog(abc.ABC):
+    @abc.abstractmethod
+    def append(self, task_id: str, seq: int, kind: EventKind, data: dict[str, Any]) -> None:
+        """Write event ``seq``; raise SeqConflict if it exists already."""
+
+    @abc.abstractmethod
+    def read(self, task_id: str, after: int, limit: int) -> list[Event]:
+        """Return up to ``limit`` events with seq > ``after``, in order, without gaps."""
+
+    @abc.abstractmethod
+    def last(self, task_id: str) -> Event | None:
+        """Return the newest event of the task, or None if it has none."""
+
+    def read_all(self, task_id: str, page: int = 100) -> list[Event]:
+        events: list[Event] = []
+        while batch := self.read(task_id, events[-1].seq if events else 0, page):
+            events.extend(batch)
+            if len(batch) < page:
+                break
+        return events

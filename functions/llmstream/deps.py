@@ -1,0 +1,82 @@
+"""Clients and stores, built once per process from Settings (the Lambda cold start).
+
+Core code takes these as arguments, so tests hand it emulator-backed clients; AWS endpoints
+come from the standard variables (AWS_ENDPOINT_URL, ...), which boto3 honours by itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+import boto3
+from botocore.config import Config
+
+from llmstream.chunklog.base import ChunkLog
+from llmstream.chunklog.dynamodb import DynamoDBChunkLog
+from llmstream.settings import Settings, get_settings
+from llmstream.tasks import TaskStore
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+    from mypy_boto3_sqs import SQSClient
+    from openai import OpenAI
+
+# Short timeouts: every call here is a single-item operation; a stuck connection must fail
+# fast and be retried by botocore's standard mode, not hold a request for a minute.
+_BOTO_CONFIG = Config(
+    retries={"mode": "standard", "max_attempts": 3},
+    connect_timeout=3,
+    read_timeout=10,
+    max_pool_connections=64,
+)
+
+
+@dataclass
+class Deps:
+    settings: Settings
+    dynamodb: DynamoDBClient
+    sqs: SQSClient
+    tasks: TaskStore
+    log: ChunkLog
+    _openai: OpenAI | None = field(default=None, repr=False)
+
+    @property
+    def openai(self) -> OpenAI:
+        # Built on first use: only the worker calls the model, and the OpenAI client
+        # refuses to start without a key.
+        if self._openai is None:
+            from llmstream.llm import make_client
+
+            self._openai = make_client(self.settings)
+        return self._openai
+
+
+def build_deps(
+    settings: Settings,
+    *,
+    dynamodb: DynamoDBClient | None = None,
+    sqs: SQSClient | None = None,
+    openai: OpenAI | None = None,
+) -> Deps:
+    ddb = dynamodb or boto3.client("dynamodb", config=_BOTO_CONFIG)
+    return Deps(
+        settings=settings,
+        dynamodb=ddb,
+        sqs=sqs or boto3.client("sqs", config=_BOTO_CONFIG),
+        tasks=TaskStore(settings.requests_table, ddb, settings.retention_seconds),
+        log=make_chunklog(settings, ddb),
+        _openai=openai,
+    )
+
+
+def make_chunklog(settings: Settings, dynamodb: DynamoDBClient) -> ChunkLog:
+    if settings.chunklog_backend == "dynamodb":
+        return DynamoDBChunkLog(settings.chunks_table, dynamodb, settings.retention_seconds)
+    raise ValueError(f"unknown chunk-log backend {settings.chunklog_backend!r}")
+
+
+@lru_cache(maxsize=1)
+def get_deps() -> Deps:
+    return build_deps(get_settings())

@@ -1,0 +1,41 @@
+"""Domain errors. Adapters raise these (``from`` the AWS error); handlers map them to HTTP."""
+
+from __future__ import annotations
+
+
+class LlmStreamError(Exception):
+    """Base class for errors this package raises on purpose."""
+
+
+class TaskNotFound(LlmStreamError):
+    def __init__(self, task_id: str) -> None:
+        super().__init__(f"task {task_id} not found")
+        self.task_id = task_id
+
+
+class TaskAlreadyFinal(LlmStreamError):
+    """The task has reached done, error or cancelled; nothing more may happen to it."""
+
+
+class ClaimLost(LlmStreamError):
+    """Another attempt owns the task now (a newer claim, or a chunk written at our seq)."""
+
+
+class SeqConflict(ClaimLost):
+    """A chunk already exists at the seq we tried to write: another writer is ahead of us."""
+
+
+class QueueUnavailable(LlmStreamError):
+    """The task could not be enqueued."""
+
+
+class StoreUnavailable(LlmStreamError):
+    """The backing store could not be reached."""
+
+
+class TokenMissing(LlmStreamError):
+    pass
+
+
+class TokenInvalid(LlmStreamError):
+    pass

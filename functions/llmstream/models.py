@@ -1,0 +1,110 @@
+"""The wire contract (DESIGN.md): request and response bodies, and chunk-log events."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+TaskState = Literal["queued", "running", "done", "error", "cancelled"]
+FINAL_STATES: frozenset[str] = frozenset({"done", "error", "cancelled"})
+
+EventKind = Literal["chunk", "reset", "done", "error", "cancelled"]
+TERMINAL_KINDS: frozenset[str] = frozenset({"done", "error", "cancelled"})
+
+ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+class ChatRequest(BaseModel):
+    """Body of POST /chat."""
+
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+    message: str = Field(min_length=1, max_length=32_000, description="The user's message")
+    session_id: str | None = Field(
+        default=None, pattern=ID_PATTERN, description="Conversation id; a new one if absent"
+    )
+    priority: int = Field(default=0, ge=-10, le=10, description="-10 (low) .. 10 (high)")
+    model: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9._:/-]{1,128}$", description="Model id override"
+    )
+    system: str | None = Field(default=None, max_length=8_000, description="System prompt")
+    max_tokens: int | None = Field(default=None, ge=1, le=32_768)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+
+    @field_validator("message")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value:
+            raise ValueError("message must not be blank")
+        return value
+
+
+class ChatAccepted(BaseModel):
+    """202 answer of POST /chat."""
+
+    status: Literal["queued"] = "queued"
+    task_id: str
+    session_id: str
+    stream_url: str
+
+
+class Usage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class TaskStatus(BaseModel):
+    """GET /chat/{task_id}: where a task is, and the text it has produced so far."""
+
+    task_id: str
+    session_id: str
+    status: TaskState
+    model: str
+    text: str = Field(description="Answer text so far (all chunks of the latest attempt)")
+    usage: Usage | None = None
+    error: str | None = None
+    attempt: int = 0
+    created_at: float
+    started_at: float | None = None
+    first_token_at: float | None = None
+    finished_at: float | None = None
+    last_seq: int = Field(0, description="Seq of the newest chunk-log event")
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    service: str
+
+
+class ErrorBody(BaseModel):
+    detail: str | list[dict[str, Any]]
+
+
+class TaskMessage(BaseModel):
+    """The SQS message body: only the id; the request row holds the rest (256 KB SQS limit)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    task_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One entry of the chunk log; ``data`` is the SSE payload as the older services sent it."""
+
+    seq: int
+    kind: EventKind
+    data: dict[str, Any]
+
+    @property
+    def terminal(self) -> bool:
+        return self.kind in TERMINAL_KINDS
+
+    def sse_data(self) -> str:
+        return json.dumps(self.data, separators=(",", ":"), ensure_ascii=False)

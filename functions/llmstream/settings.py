@@ -1,0 +1,67 @@
+"""Configuration, read once per process from the environment.
+
+Required fields have no defaults on purpose: a function started without its table or queue
+must fail at start with a clear message, not later as an AWS error (STYLE.md #5).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """What every function needs. The template's Globals set these for all three."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    requests_table: str
+    chunks_table: str
+    task_queue_url: str
+    model_id: str
+    stream_token_secret: str = Field(min_length=32)
+    cors_allow_origins: str = Field(description="Comma-separated origins, or *")
+    chunklog_backend: Literal["dynamodb"] = "dynamodb"
+
+    # Data retention: request rows and chunks expire through the tables' TTL attribute.
+    retention_seconds: int = Field(default=7 * 24 * 3600, gt=0)
+
+    # Worker: coalescing of model tokens into chunk-log writes. The first token is written at
+    # once (time to first token matters most); after that at most one write per interval.
+    chunk_flush_interval_ms: int = Field(default=100, ge=0)
+    chunk_max_chars: int = Field(default=2048, gt=0)
+    # OpenAI SDK: its own retries (exponential backoff, honours Retry-After) and timeout.
+    openai_max_retries: int = Field(default=2, ge=0)
+    openai_timeout_seconds: float = Field(default=60.0, gt=0)
+    max_tokens_limit: int = Field(default=4096, gt=0)
+
+    # Stream: how often an idle stream polls the chunk log, and keep-alive pings.
+    stream_poll_interval_ms: int = Field(default=50, gt=0)
+    stream_ping_seconds: int = Field(default=15, gt=0)
+    # A function URL response lasts at most 15 minutes; end before that so the client's
+    # EventSource reconnects with Last-Event-ID instead of seeing a cut connection.
+    stream_max_seconds: int = Field(default=840, gt=0)
+    stream_token_ttl_seconds: int = Field(default=3600, gt=0)
+
+    @property
+    def cors_origins(self) -> list[str]:
+        return [o.strip() for o in self.cors_allow_origins.split(",") if o.strip()]
+
+
+class ApiSettings(Settings):
+    """The api function also needs the public base URL of the stream function."""
+
+    stream_base_url: str
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()  # type: ignore[call-arg]
+
+
+@lru_cache(maxsize=1)
+def get_api_settings() -> ApiSettings:
+    return ApiSettings()  # type: ignore[call-arg]

@@ -1,0 +1,91 @@
+"""Stream function: the chunk log as Server-Sent Events (FastAPI + sse-starlette).
+
+Runs under uvicorn behind the Lambda Web Adapter with a RESPONSE_STREAM function URL;
+locally under plain uvicorn. Each event carries ``id: <seq>``; a reconnect with
+``Last-Event-ID: n`` (or ``?after=n``) resumes after n with nothing lost or repeated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+import anyio
+from fastapi import FastAPI, Header, HTTPException, Path, Query
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from llmstream import tokens, web
+from llmstream.deps import get_deps
+from llmstream.follow import follow
+from llmstream.models import ID_PATTERN, ErrorBody, Health
+from llmstream.settings import get_settings
+
+settings = get_settings()
+
+app = FastAPI(
+    title="llmstream stream",
+    version="0.1.0",
+    description="Server-Sent Events of a task's answer: resumable, several viewers per task.",
+)
+web.configure(app, settings)
+
+
+def _ping() -> ServerSentEvent:
+    return ServerSentEvent(comment="ping")
+
+
+def _resume_point(last_event_id: str | None, after: int | None) -> int:
+    if last_event_id is not None and last_event_id.strip():
+        if not last_event_id.strip().isdigit():
+            raise HTTPException(400, "Last-Event-ID must be a non-negative integer seq")
+        return int(last_event_id)
+    return after or 0
+
+
+@app.get(
+    "/stream/{task_id}",
+    response_class=EventSourceResponse,
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "SSE of the answer"},
+        400: {"model": ErrorBody},
+        401: {"model": ErrorBody},
+        403: {"model": ErrorBody},
+        404: {"model": ErrorBody},
+    },
+)
+async def stream(
+    task_id: Annotated[str, Path(pattern=ID_PATTERN)],
+    token: Annotated[str | None, Query(description="Signed token from stream_url")] = None,
+    after: Annotated[int | None, Query(ge=0, description="Resume after this seq")] = None,
+    last_event_id: Annotated[str | None, Header()] = None,
+    authorization: Annotated[str | None, Header()] = None,
+) -> EventSourceResponse:
+    """Follow a task's answer: chunk events, then one terminal event (done/error/cancelled)."""
+    if token is None and authorization and authorization.lower().startswith("bearer "):
+        token = authorization[7:].strip()
+    tokens.verify(settings.stream_token_secret, task_id, token)
+    start = _resume_point(last_event_id, after)
+    deps = get_deps()
+    await anyio.to_thread.run_sync(deps.tasks.get, task_id)  # 404 before any 200 is sent
+
+    async def events() -> AsyncIterator[ServerSentEvent]:
+        async for event in follow(
+            deps.log,
+            task_id,
+            start,
+            poll_interval=settings.stream_poll_interval_ms / 1000,
+            max_seconds=settings.stream_max_seconds,
+        ):
+            yield ServerSentEvent(data=event.sse_data(), id=str(event.seq))
+
+    return EventSourceResponse(
+        events(),
+        ping=settings.stream_ping_seconds,
+        ping_message_factory=_ping,
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@app.get("/health", response_model=Health)
+def health() -> Health:
+    return Health(service="stream")

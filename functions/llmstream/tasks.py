@@ -1,0 +1,171 @@
+"""The requests table: one row per accepted chat request, its status and timings."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import ClientError
+
+from llmstream.exceptions import ClaimLost, StoreUnavailable, TaskAlreadyFinal, TaskNotFound
+from llmstream.models import TaskState
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+_ser = TypeSerializer()
+_de = TypeDeserializer()
+
+
+@dataclass
+class Task:
+    task_id: str
+    session_id: str
+    status: TaskState
+    model: str
+    message: str
+    priority: int = 0
+    system: str | None = None
+    max_tokens: int | None = None
+    temperature: float | None = None
+    attempt: int = 0
+    created_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    first_token_at: float | None = None
+    finished_at: float | None = None
+    usage: dict[str, Any] | None = None
+    error: str | None = None
+
+    def to_item(self, expires_at: int) -> dict[str, Any]:
+        raw = {k: v for k, v in self.__dict__.items() if v is not None}
+        raw["expires_at"] = expires_at
+        return {k: _ser.serialize(_to_dynamo(v)) for k, v in raw.items()}
+
+    @classmethod
+    def from_item(cls, item: dict[str, Any]) -> Task:
+        raw = {k: _from_dynamo(_de.deserialize(v)) for k, v in item.items()}
+        raw.pop("expires_at", None)
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in raw.items() if k in known})
+
+
+def _to_dynamo(value: Any) -> Any:
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    if isinstance(value, dict):
+        return {k: _to_dynamo(v) for k, v in value.items()}
+    return value
+
+
+def _from_dynamo(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, dict):
+        return {k: _from_dynamo(v) for k, v in value.items()}
+    return value
+
+
+class TaskStore:
+    def __init__(self, table: str, client: DynamoDBClient, retention_seconds: int) -> None:
+        self._table = table
+        self._client = client
+        self._retention = retention_seconds
+
+    def create(self, task: Task) -> None:
+        try:
+            self._client.put_item(
+                TableName=self._table,
+                Item=task.to_item(int(time.time()) + self._retention),
+                ConditionExpression="attribute_not_exists(task_id)",
+            )
+        except ClientError as e:
+            raise StoreUnavailable(str(e)) from e
+
+    def get(self, task_id: str) -> Task:
+        try:
+            got = self._client.get_item(
+                TableName=self._table, Key={"task_id": {"S": task_id}}, ConsistentRead=True
+            )
+        except ClientError as e:
+            raise StoreUnavailable(str(e)) from e
+        if "Item" not in got:
+            raise TaskNotFound(task_id)
+        return Task.from_item(got["Item"])
+
+    def claim(self, task_id: str, now: float | None = None) -> Task:
+        """Take the task for a new attempt: queued or running (a crashed attempt) -> running.
+
+        The conditional write makes the claim atomic: a final task is never run again.
+        """
+        try:
+            got = self._client.update_item(
+                TableName=self._table,
+                Key={"task_id": {"S": task_id}},
+                UpdateExpression=(
+                    "SET #s = :running, attempt = if_not_exists(attempt, :zero) + :one, "
+                    "started_at = :now"
+                ),
+                ConditionExpression="attribute_exists(task_id) AND #s IN (:queued, :running)",
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues={
+                    ":running": {"S": "running"},
+                    ":queued": {"S": "queued"},
+                    ":zero": {"N": "0"},
+                    ":one": {"N": "1"},
+                    ":now": _ser.serialize(_to_dynamo(time.time() if now is None else now)),
+                },
+                ReturnValues="ALL_NEW",
+            )
+        except ClientError as e:
+            if e.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                task = self.get(task_id)  # raises TaskNotFound if the row is gone
+                raise TaskAlreadyFinal(f"task {task_id} is {task.status}") from e
+            raise StoreUnavailable(str(e)) from e
+        return Task.from_item(got["Attributes"])
+
+    def mark_first_token(self, task_id: str, attempt: int, at: float) -> None:
+        self._update(task_id, attempt, {"first_token_at": at})
+
+    def finish(
+        self,
+        task_id: str,
+        attempt: int,
+        status: TaskState,
+        *,
+        usage: dict[str, Any] | None = None,
+        error: str | None = None,
+        now: float | None = None,
+    ) -> None:
+        fields: dict[str, Any] = {
+            "status": status,
+            "finished_at": time.time() if now is None else now,
+        }
+        if usage is not None:
+            fields["usage"] = usage
+        if error is not None:
+            fields["error"] = error
+        self._update(task_id, attempt, fields)
+
+    def _update(self, task_id: str, attempt: int, fields: dict[str, Any]) -> None:
+        names = {f"#f{i}": k for i, k in enumerate(fields)}
+        values = {f":v{i}": _ser.serialize(_to_dynamo(v)) for i, v in enumerate(fields.values())}
+        values[":attempt"] = {"N": str(attempt)}
+        values[":running"] = {"S": "running"}
+        names["#s"] = "status"
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key={"task_id": {"S": task_id}},
+                UpdateExpression="SET " + ", ".join(f"#f{i} = :v{i}" for i in range(len(fields))),
+                # Only the attempt that owns the task may move it on.
+                ConditionExpression="attempt = :attempt AND #s = :running",
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+            )
+        except ClientError as e:
+            if e.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                raise ClaimLost(f"task {task_id}: attempt {attempt} no longer owns it") from e
+            raise StoreUnavailable(str(e)) from e

@@ -1,0 +1,144 @@
+"""``python -m localcloud up|poll|fake-openai|frontend``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+from localcloud.template import ROOT
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _up(args: argparse.Namespace) -> int:
+    from localcloud.up import Options, Ports, Stack, StartError
+
+    opts = Options(
+        stack=args.stack,
+        ports=Ports(
+            aws=args.aws_port,
+            api=args.api_port,
+            stream=args.stream_port,
+            openai=args.openai_port,
+            frontend=args.frontend_port,
+        ),
+        workers=args.workers,
+        fake_tokens=args.fake_tokens,
+        fake_tps=args.fake_tps,
+        fake_ttft_ms=args.fake_ttft_ms,
+    )
+
+    def say(msg: str) -> None:
+        print(msg, flush=True)  # noqa: T201 - this is the command's output
+
+    stack = Stack(opts, progress=say)
+    signal.signal(signal.SIGTERM, _interrupt)  # `run.sh stop` and CI end it like Ctrl-C
+    try:
+        stack.start()
+        u = stack.urls
+        say("")
+        say("llmstream is up:")
+        say(f"  chat page     {u['frontend']}")
+        say(f"  api           {u['api']}   (POST /chat, GET /chat/{{task_id}}, /docs)")
+        say(f"  stream        {u['stream']}   (GET /stream/{{task_id}}?token=...)")
+        say(f"  aws endpoint  {u['aws']}")
+        if "openai" in u:
+            say(f"  fake openai   {u['openai']}")
+        say(f"  logs          {opts.dir / 'logs'}")
+        say("")
+        say(
+            f"try: curl -X POST {u['api']}/chat -H 'content-type: application/json' "
+            '-d \'{"message":"hi"}\''
+        )
+        say("Ctrl-C stops everything.")
+        while True:
+            time.sleep(1)
+            stack.check()
+    except KeyboardInterrupt:
+        say("\nstopping ...")
+        return 0
+    except StartError as e:
+        say(f"error: {e}")
+        return 1
+    finally:
+        stack.stop()
+        say("stopped.")
+
+
+def _fake_openai(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from localcloud.fake_openai import Behaviour, create_app
+
+    app = create_app(Behaviour(tokens=args.tokens, tps=args.tps, ttft_ms=args.ttft_ms))
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def _frontend(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from localcloud.components import frontend_app
+
+    app = frontend_app(Path(args.directory), json.loads(args.config))
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def _poll(args: argparse.Namespace) -> int:
+    from localcloud.components import run_poller
+
+    run_poller(Path(args.spec))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="localcloud", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run the whole stack until Ctrl-C")
+    up.add_argument("--stack", default="llmstream-local")
+    up.add_argument("--aws-port", type=int, default=4566)
+    up.add_argument("--api-port", type=int, default=8007)
+    up.add_argument("--stream-port", type=int, default=8008)
+    up.add_argument("--openai-port", type=int, default=8009)
+    up.add_argument("--frontend-port", type=int, default=3000)
+    up.add_argument("--workers", type=int, default=4, help="concurrent local worker invocations")
+    up.add_argument("--fake-tokens", type=int, default=60)
+    up.add_argument("--fake-tps", type=float, default=50.0)
+    up.add_argument("--fake-ttft-ms", type=float, default=200.0)
+    up.set_defaults(fn=_up)
+
+    fake = sub.add_parser("fake-openai", help="the fake OpenAI server alone")
+    fake.add_argument("--host", default="127.0.0.1")
+    fake.add_argument("--port", type=int, default=8009)
+    fake.add_argument("--tokens", type=int, default=60)
+    fake.add_argument("--tps", type=float, default=50.0)
+    fake.add_argument("--ttft-ms", type=float, default=200.0)
+    fake.set_defaults(fn=_fake_openai)
+
+    front = sub.add_parser("frontend", help="serve frontend/ with a config.json")
+    front.add_argument("--host", default="127.0.0.1")
+    front.add_argument("--port", type=int, default=3000)
+    front.add_argument("--directory", default=str(ROOT / "frontend"))
+    front.add_argument("--config", required=True, help="config.json content")
+    front.set_defaults(fn=_frontend)
+
+    poll = sub.add_parser("poll", help="SQS event source poller (spec from `up`)")
+    poll.add_argument("--spec", required=True)
+    poll.set_defaults(fn=_poll)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    return int(args.fn(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""Create the template's data-plane resources on the AWS endpoint: queues (with their
+redrive policy), tables (keys, indexes, TTL) and buckets. Idempotent: what exists stays."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from localcloud.template import LocalTemplate
+
+log = logging.getLogger(__name__)
+
+# CloudFormation property -> SQS attribute, for the attributes CreateQueue takes.
+_QUEUE_ATTRIBUTES = {
+    "DelaySeconds": "DelaySeconds",
+    "MaximumMessageSize": "MaximumMessageSize",
+    "MessageRetentionPeriod": "MessageRetentionPeriod",
+    "ReceiveMessageWaitTimeSeconds": "ReceiveMessageWaitTimeSeconds",
+    "VisibilityTimeout": "VisibilityTimeout",
+    "FifoQueue": "FifoQueue",
+    "ContentBasedDeduplication": "ContentBasedDeduplication",
+    "SqsManagedSseEnabled": "SqsManagedSseEnabled",
+}
+
+
+def provision(tpl: LocalTemplate, *, sqs: Any, dynamodb: Any, s3: Any) -> None:
+    _queues(tpl, sqs)
+    _tables(tpl, dynamodb)
+    _buckets(tpl, s3)
+
+
+def _queues(tpl: LocalTemplate, sqs: Any) -> None:
+    queues = tpl.of_type("AWS::SQS::Queue")
+    # Create every queue first, then set redrive policies: a policy names its DLQ's ARN.
+    for logical_id in queues:
+        props = tpl.props(logical_id)
+        attributes = {
+            attr: _str(tpl.resolve(props[prop]))
+            for prop, attr in _QUEUE_ATTRIBUTES.items()
+            if prop in props
+        }
+        name = tpl.physical_name(logical_id)
+        url = sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
+        tpl.queue_urls[logical_id] = url
+        log.info("queue %s -> %s", logical_id, url)
+    for logical_id in queues:
+        props = tpl.props(logical_id)
+        if "RedrivePolicy" in props:
+            policy = tpl.resolve(props["RedrivePolicy"])
+            sqs.set_queue_attributes(
+                QueueUrl=tpl.queue_urls[logical_id],
+                Attributes={"RedrivePolicy": json.dumps(policy)},
+            )
+
+
+def _tables(tpl: LocalTemplate, dynamodb: Any) -> None:
+    for logical_id in tpl.of_type("AWS::DynamoDB::Table"):
+        props = tpl.resolve(tpl.props(logical_id))
+        name = tpl.physical_name(logical_id)
+        request: dict[str, Any] = {
+            "TableName": name,
+            "KeySchema": props["KeySchema"],
+            "AttributeDefinitions": props["AttributeDefinitions"],
+            "BillingMode": props.get("BillingMode", "PROVISIONED"),
+        }
+        if request["BillingMode"] == "PROVISIONED":
+            request["ProvisionedThroughput"] = props["ProvisionedThroughput"]
+        for key in ("GlobalSecondaryIndexes", "LocalSecondaryIndexes"):
+            if key in props:
+                request[key] = props[key]
+        if "StreamSpecification" in props:
+            request["StreamSpecification"] = {"StreamEnabled": True, **props["StreamSpecification"]}
+        try:
+            dynamodb.create_table(**request)
+            dynamodb.get_waiter("table_exists").wait(
+                TableName=name, WaiterConfig={"Delay": 0.2, "MaxAttempts": 100}
+            )
+        except ClientError as e:
+            if e.response["Error"]["Code"] != "ResourceInUseException":
+                raise
+        ttl = props.get("TimeToLiveSpecification")
+        current = dynamodb.describe_time_to_live(TableName=name)["TimeToLiveDescription"]
+        if ttl and ttl.get("Enabled") and current.get("TimeToLiveStatus") != "ENABLED":
+            dynamodb.update_time_to_live(
+                TableName=name,
+                TimeToLiveSpecification={"Enabled": True, "AttributeName": ttl["AttributeName"]},
+            )
+        log.info("table %s -> %s", logical_id, name)
+
+
+def _buckets(tpl: LocalTemplate, s3: Any) -> None:
+    for logical_id in tpl.of_type("AWS::S3::Bucket"):
+        name = tpl.physical_name(logical_id)
+        kwargs: dict[str, Any] = {"Bucket": name}
+        if tpl.region != "us-east-1":
+            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": tpl.region}
+        try:
+            s3.create_bucket(**kwargs)
+        except ClientError as e:
+            if e.response["Error"]["Code"] not in (
+                "BucketAlreadyOwnedByYou",
+                "BucketAlreadyExists",
+            ):
+                raise
+        log.info("bucket %s -> %s", logical_id, name)
+
+
+def _str(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

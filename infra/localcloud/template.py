@@ -1,0 +1,243 @@
+"""template.yaml as the local cloud sees it: translated by samtranslator, names resolved.
+
+Every local name, key, batch size and environment variable comes from here, so the local
+stack and the deployed one cannot drift apart (issue #2, must-show 5).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from samtranslator.translator.transform import transform
+from samtranslator.yaml_helper import yaml_parse
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = ROOT / "template.yaml"
+ACCOUNT = "123456789012"  # the emulators' default account
+# samtranslator only checks CodeUri's form; the code itself is run from the source tree.
+_PLACEHOLDER_CODE = "s3://localcloud/code.zip"
+
+
+class _NoManagedPolicies:
+    """samtranslator asks IAM for managed-policy ARNs; the template names none."""
+
+    def load(self) -> dict[str, str]:
+        return {}
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    logical_id: str
+    name: str
+    handler: str
+    timeout: int
+    memory: int
+    environment: dict[str, str]
+
+
+@dataclass(frozen=True)
+class EventSourceSpec:
+    logical_id: str
+    function: str
+    queue: str  # logical id of the queue
+    batch_size: int
+    batching_window: int
+    report_batch_item_failures: bool
+    maximum_concurrency: int | None
+
+
+@dataclass
+class LocalTemplate:
+    stack: str
+    region: str
+    parameters: dict[str, str]
+    resources: dict[str, Any]
+    # Values the emulator cannot give (a function URL, say), keyed "Logical.Attribute".
+    overrides: dict[str, str] = field(default_factory=dict)
+    queue_urls: dict[str, str] = field(default_factory=dict)
+
+    # -------------------------------------------------------------- loading
+    @classmethod
+    def load(
+        cls,
+        stack: str,
+        *,
+        parameters: dict[str, str] | None = None,
+        region: str | None = None,
+        path: Path = TEMPLATE,
+    ) -> LocalTemplate:
+        region = region or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        document = yaml_parse(path.read_text())
+        declared = document.get("Parameters", {})
+        values = {k: str(v["Default"]) for k, v in declared.items() if "Default" in v}
+        values.update(parameters or {})
+        missing = sorted(set(declared) - set(values))
+        if missing:
+            raise ValueError(f"template parameters without a value: {', '.join(missing)}")
+        # samtranslator finds the region through a boto3 session.
+        os.environ.setdefault("AWS_DEFAULT_REGION", region)
+        translated = transform(_with_placeholder_code(document), values, _NoManagedPolicies())
+        return cls(stack=stack, region=region, parameters=values, resources=translated["Resources"])
+
+    # -------------------------------------------------------------- queries
+    def of_type(self, resource_type: str) -> dict[str, dict[str, Any]]:
+        return {k: v for k, v in self.resources.items() if v["Type"] == resource_type}
+
+    def props(self, logical_id: str) -> dict[str, Any]:
+        return dict(self.resources[logical_id].get("Properties", {}))
+
+    def physical_name(self, logical_id: str) -> str:
+        """The resource's name: its name property if the template sets one, else
+        ``<stack>-<LogicalId>`` (CloudFormation's form, without the random suffix)."""
+        kind = self.resources[logical_id]["Type"]
+        prop = {
+            "AWS::SQS::Queue": "QueueName",
+            "AWS::DynamoDB::Table": "TableName",
+            "AWS::S3::Bucket": "BucketName",
+            "AWS::Lambda::Function": "FunctionName",
+        }.get(kind)
+        explicit = self.props(logical_id).get(prop) if prop else None
+        if explicit is not None:
+            return str(self.resolve(explicit))
+        name = f"{self.stack}-{logical_id}"
+        return name.lower() if kind == "AWS::S3::Bucket" else name
+
+    def functions(self) -> dict[str, FunctionSpec]:
+        out = {}
+        for logical_id, res in self.of_type("AWS::Lambda::Function").items():
+            p = res["Properties"]
+            env = p.get("Environment", {}).get("Variables", {})
+            out[logical_id] = FunctionSpec(
+                logical_id=logical_id,
+                name=self.physical_name(logical_id),
+                handler=p["Handler"],
+                timeout=int(p.get("Timeout", 3)),
+                memory=int(p.get("MemorySize", 128)),
+                environment={k: str(self.resolve(v)) for k, v in env.items()},
+            )
+        return out
+
+    def event_sources(self) -> list[EventSourceSpec]:
+        out = []
+        for logical_id, res in self.of_type("AWS::Lambda::EventSourceMapping").items():
+            p = res["Properties"]
+            queue = p["EventSourceArn"]["Fn::GetAtt"][0]
+            function = p["FunctionName"]["Ref"]
+            scaling = p.get("ScalingConfig") or {}
+            out.append(
+                EventSourceSpec(
+                    logical_id=logical_id,
+                    function=function,
+                    queue=queue,
+                    batch_size=int(p.get("BatchSize", 10)),
+                    batching_window=int(p.get("MaximumBatchingWindowInSeconds", 0)),
+                    report_batch_item_failures="ReportBatchItemFailures"
+                    in p.get("FunctionResponseTypes", []),
+                    maximum_concurrency=scaling.get("MaximumConcurrency"),
+                )
+            )
+        return out
+
+    # -------------------------------------------------------------- intrinsics
+    def resolve(self, value: Any) -> Any:
+        """Resolve Ref, Fn::GetAtt, Fn::Sub, Fn::Join and Fn::Select to local values."""
+        if isinstance(value, list):
+            return [self.resolve(v) for v in value]
+        if not isinstance(value, dict):
+            return value
+        if len(value) != 1:
+            return {k: self.resolve(v) for k, v in value.items()}
+        ((fn, arg),) = value.items()
+        if fn == "Ref":
+            return self._ref(arg)
+        if fn == "Fn::GetAtt":
+            logical, attr = arg if isinstance(arg, list) else arg.split(".", 1)
+            return self._get_att(logical, attr)
+        if fn == "Fn::Sub":
+            text, extra = (arg, {}) if isinstance(arg, str) else (arg[0], arg[1])
+            return self._sub(text, {k: str(self.resolve(v)) for k, v in extra.items()})
+        if fn == "Fn::Join":
+            sep, parts = arg
+            return sep.join(str(self.resolve(p)) for p in parts)
+        if fn == "Fn::Select":
+            index, items = arg
+            return self.resolve(items)[int(index)]
+        return {k: self.resolve(v) for k, v in value.items()}
+
+    def _pseudo(self, name: str) -> str | None:
+        return {
+            "AWS::Region": self.region,
+            "AWS::AccountId": ACCOUNT,
+            "AWS::StackName": self.stack,
+            "AWS::Partition": "aws",
+            "AWS::URLSuffix": "amazonaws.com",
+        }.get(name)
+
+    def _ref(self, name: str) -> str:
+        if (pseudo := self._pseudo(name)) is not None:
+            return pseudo
+        if name in self.parameters:
+            return self.parameters[name]
+        if f"{name}.Ref" in self.overrides:
+            return self.overrides[f"{name}.Ref"]
+        kind = self.resources[name]["Type"]
+        if kind == "AWS::SQS::Queue":
+            return self.queue_url(name)
+        return self.physical_name(name)
+
+    def _get_att(self, logical: str, attr: str) -> str:
+        if f"{logical}.{attr}" in self.overrides:
+            return self.overrides[f"{logical}.{attr}"]
+        kind = self.resources[logical]["Type"]
+        name = self.physical_name(logical)
+        if kind == "AWS::SQS::Queue":
+            return {
+                "Arn": f"arn:aws:sqs:{self.region}:{ACCOUNT}:{name}",
+                "QueueName": name,
+                "QueueUrl": self.queue_url(logical),
+            }[attr]
+        if kind == "AWS::DynamoDB::Table" and attr == "Arn":
+            return f"arn:aws:dynamodb:{self.region}:{ACCOUNT}:table/{name}"
+        if kind == "AWS::S3::Bucket" and attr == "Arn":
+            return f"arn:aws:s3:::{name}"
+        if kind == "AWS::Lambda::Function" and attr == "Arn":
+            return f"arn:aws:lambda:{self.region}:{ACCOUNT}:function:{name}"
+        raise KeyError(f"no local value for {logical}.{attr}: add it to overrides")
+
+    def _sub(self, text: str, extra: dict[str, str]) -> str:
+        out, rest = [], text
+        while "${" in rest:
+            before, _, after = rest.partition("${")
+            name, _, rest = after.partition("}")
+            out.append(before)
+            if name in extra:
+                out.append(extra[name])
+            elif "." in name:
+                out.append(self._get_att(*name.split(".", 1)))
+            else:
+                out.append(self._ref(name))
+        out.append(rest)
+        return "".join(out)
+
+    def queue_url(self, logical_id: str) -> str:
+        try:
+            return self.queue_urls[logical_id]
+        except KeyError:
+            raise KeyError(f"queue {logical_id} is not provisioned yet") from None
+
+
+def _with_placeholder_code(document: dict[str, Any]) -> dict[str, Any]:
+    doc = copy.deepcopy(document)
+    glob = doc.get("Globals", {}).get("Function", {})
+    if "CodeUri" in glob:
+        glob["CodeUri"] = _PLACEHOLDER_CODE
+    for res in doc.get("Resources", {}).values():
+        if res.get("Type") == "AWS::Serverless::Function" and "CodeUri" in res.get(
+            "Properties", {}
+        ):
+            res["Properties"]["CodeUri"] = _PLACEHOLDER_CODE
+    return doc

@@ -1,0 +1,375 @@
+"""``up``: the whole stack on one machine, from template.yaml, with no keys and no Docker.
+
+AWS endpoint (moto server unless AWS_ENDPOINT_URL points elsewhere) -> provision from the
+template -> fake OpenAI (unless OPENAI_API_KEY is set) -> api and stream apps (uvicorn),
+the SQS poller for the worker, and the frontend. Each runs as its own process with the
+environment the template gives its function; logs go to ``.localcloud/<stack>/logs``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import boto3
+import httpx
+
+from localcloud.provision import provision
+from localcloud.template import ROOT, LocalTemplate
+
+# Logical ids of the template's functions, and how each runs locally.
+API_FUNCTION = "ApiFunction"
+STREAM_FUNCTION = "StreamFunction"
+STREAM_APP = "llmstream.stream:app"  # what the stream function's run.sh starts under LWA
+
+
+@dataclass
+class Ports:
+    aws: int = 4566  # LocalStack's port, so tools that default to it find the emulator
+    api: int = 8007
+    stream: int = 8008
+    openai: int = 8009
+    frontend: int = 3000
+
+
+@dataclass
+class Options:
+    stack: str = "llmstream-local"
+    ports: Ports = field(default_factory=Ports)
+    host: str = "127.0.0.1"
+    workers: int = 4
+    fake_tokens: int = 60
+    fake_tps: float = 50.0
+    fake_ttft_ms: float = 200.0
+    state_dir: Path | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def dir(self) -> Path:
+        return self.state_dir or ROOT / ".localcloud" / self.stack
+
+
+class StartError(RuntimeError):
+    pass
+
+
+class Stack:
+    def __init__(self, options: Options, progress: Callable[[str], None] | None = None) -> None:
+        self.opts = options
+        self.progress = progress or (lambda _msg: None)
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._logs: list[IO[bytes]] = []
+        self.urls: dict[str, str] = {}
+        self.env: dict[str, dict[str, str]] = {}
+        self.template: LocalTemplate | None = None
+        self.fake_openai = False
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> Stack:
+        o = self.opts
+        (o.dir / "logs").mkdir(parents=True, exist_ok=True)
+        try:
+            self._step(1, "AWS endpoint", self._endpoint)
+            self._step(2, "resources from template.yaml", self._provision)
+            self._step(3, "model", self._model)
+            self._step(4, "api, stream and worker functions", self._functions)
+            self._step(5, "frontend", self._frontend)
+        except BaseException:
+            self.stop()
+            raise
+        (o.dir / "state.json").write_text(json.dumps(self.state(), indent=2))
+        return self
+
+    def stop(self) -> None:
+        for _name, proc in reversed(list(self.procs.items())):
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    continue
+        deadline = time.monotonic() + 10
+        for proc in self.procs.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.procs.clear()
+        for f in self._logs:
+            f.close()
+        self._logs.clear()
+        (self.opts.dir / "state.json").unlink(missing_ok=True)
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "stack": self.opts.stack,
+            "urls": self.urls,
+            "pids": {name: p.pid for name, p in self.procs.items()},
+            "logs": str(self.opts.dir / "logs"),
+            "fake_openai": self.fake_openai,
+        }
+
+    def check(self) -> None:
+        """Raise if a component has died."""
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise StartError(f"{name} exited with {proc.returncode}; see {self.log(name)}")
+
+    def log(self, name: str) -> Path:
+        return self.opts.dir / "logs" / f"{name}.log"
+
+    # ------------------------------------------------------------------ steps
+    def _step(self, n: int, what: str, fn: Callable[[], str]) -> None:
+        started = time.monotonic()
+        self.progress(f"[{n}/5] {what} ...")
+        detail = fn()
+        self.progress(f"[{n}/5] {what}: {detail} ({time.monotonic() - started:.1f}s)")
+
+    def _endpoint(self) -> str:
+        o = self.opts
+        self.aws_env = {
+            "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+            "AWS_REGION": os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+        }
+        external = os.environ.get("AWS_ENDPOINT_URL")
+        if external:
+            self.urls["aws"] = external
+            self.aws_env["AWS_ENDPOINT_URL"] = external
+            self._local_credentials_if_missing()
+            return f"using {external} (AWS_ENDPOINT_URL)"
+        url = f"http://{o.host}:{o.ports.aws}"
+        self.urls["aws"] = url
+        self.aws_env["AWS_ENDPOINT_URL"] = url
+        self._local_credentials_if_missing()
+        self._spawn(
+            "aws", [sys.executable, "-m", "moto.server", "-H", o.host, "-p", str(o.ports.aws)]
+        )
+        self._wait_http("aws", f"{url}/moto-api/data.json")
+        return f"moto server at {url}"
+
+    def _local_credentials_if_missing(self) -> None:
+        # The emulators accept any credentials; real ones are never needed locally.
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            self.aws_env[key] = os.environ.get(key, "test")
+
+    def _provision(self) -> str:
+        o = self.opts
+        tpl = LocalTemplate.load(
+            o.stack,
+            parameters={
+                "StreamTokenSecret": os.environ.get(
+                    "LLMSTREAM_STREAM_TOKEN_SECRET", secrets.token_urlsafe(32)
+                ),
+                "AllowedOrigin": "*",
+            },
+            region=self.aws_env["AWS_DEFAULT_REGION"],
+        )
+        tpl.overrides[f"{STREAM_FUNCTION}Url.FunctionUrl"] = f"http://{o.host}:{o.ports.stream}/"
+        clients = {
+            name: boto3.client(
+                name,
+                endpoint_url=self.aws_env["AWS_ENDPOINT_URL"],
+                region_name=self.aws_env["AWS_DEFAULT_REGION"],
+                aws_access_key_id=self.aws_env["AWS_ACCESS_KEY_ID"],
+                aws_secret_access_key=self.aws_env["AWS_SECRET_ACCESS_KEY"],
+            )
+            for name in ("sqs", "dynamodb", "s3")
+        }
+        provision(tpl, **clients)
+        self.template = tpl
+        counts = {
+            kind: len(tpl.of_type(f"AWS::{kind}"))
+            for kind in ("SQS::Queue", "DynamoDB::Table", "S3::Bucket")
+        }
+        return ", ".join(f"{n} {k.split('::')[1].lower()}(s)" for k, n in counts.items())
+
+    def _model(self) -> str:
+        o = self.opts
+        if os.environ.get("OPENAI_API_KEY"):
+            self.openai_env: dict[str, str] = {}
+            return "OPENAI_API_KEY is set: the real OpenAI API"
+        url = f"http://{o.host}:{o.ports.openai}"
+        self._spawn(
+            "openai",
+            [
+                sys.executable,
+                "-m",
+                "localcloud",
+                "fake-openai",
+                "--host",
+                o.host,
+                "--port",
+                str(o.ports.openai),
+                "--tokens",
+                str(o.fake_tokens),
+                "--tps",
+                str(o.fake_tps),
+                "--ttft-ms",
+                str(o.fake_ttft_ms),
+            ],
+        )
+        self._wait_http("openai", f"{url}/health")
+        self.urls["openai"] = f"{url}/v1"
+        self.fake_openai = True
+        self.openai_env = {"OPENAI_BASE_URL": f"{url}/v1", "OPENAI_API_KEY": "sk-local-fake"}
+        return f"fake OpenAI at {url}/v1"
+
+    def _function_env(self, logical_id: str) -> dict[str, str]:
+        assert self.template is not None
+        spec = self.template.functions()[logical_id]
+        env = {
+            **os.environ,
+            **self.aws_env,
+            **spec.environment,
+            **self.openai_env,
+            "AWS_LAMBDA_FUNCTION_NAME": spec.name,
+            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(spec.memory),
+            # X-Ray has no daemon locally.
+            "POWERTOOLS_TRACE_DISABLED": "true",
+            **self.opts.extra_env,
+        }
+        env.pop("AWS_LWA_INVOKE_MODE", None)
+        env.pop("AWS_LAMBDA_EXEC_WRAPPER", None)
+        self.env[logical_id] = env
+        return env
+
+    def _functions(self) -> str:
+        o = self.opts
+        tpl = self.template
+        assert tpl is not None
+        api_module = tpl.functions()[API_FUNCTION].handler.rpartition(".")[0]
+        for name, app, port, logical in (
+            ("api", f"{api_module}:app", o.ports.api, API_FUNCTION),
+            ("stream", STREAM_APP, o.ports.stream, STREAM_FUNCTION),
+        ):
+            self._spawn(
+                name,
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    app,
+                    "--host",
+                    o.host,
+                    "--port",
+                    str(port),
+                    "--no-access-log",
+                    "--timeout-graceful-shutdown",
+                    "3",
+                ],
+                env=self._function_env(logical),
+            )
+        self.urls["api"] = f"http://{o.host}:{o.ports.api}"
+        self.urls["stream"] = f"http://{o.host}:{o.ports.stream}"
+        self._start_pollers()
+        self._wait_http("api", f"{self.urls['api']}/health")
+        self._wait_http("stream", f"{self.urls['stream']}/health")
+        return f"api {self.urls['api']}, stream {self.urls['stream']}, {o.workers} worker(s)"
+
+    def _start_pollers(self) -> None:
+        tpl = self.template
+        assert tpl is not None
+        functions = tpl.functions()
+        by_function: dict[str, list[dict[str, Any]]] = {}
+        for esm in tpl.event_sources():
+            fn = functions[esm.function]
+            cap = esm.maximum_concurrency or self.opts.workers
+            by_function.setdefault(esm.function, []).append(
+                {
+                    "queue_url": tpl.queue_url(esm.queue),
+                    "queue_arn": tpl.resolve({"Fn::GetAtt": [esm.queue, "Arn"]}),
+                    "handler": fn.handler,
+                    "function_name": fn.name,
+                    "timeout": fn.timeout,
+                    "memory": fn.memory,
+                    "batch_size": esm.batch_size,
+                    "batching_window": esm.batching_window,
+                    "report_batch_item_failures": esm.report_batch_item_failures,
+                    "concurrency": min(cap, self.opts.workers),
+                    "region": tpl.region,
+                }
+            )
+        for function, specs in by_function.items():
+            spec_path = self.opts.dir / f"poller-{function}.json"
+            spec_path.with_suffix(".ready").unlink(missing_ok=True)
+            spec_path.write_text(json.dumps(specs, indent=2))
+            name = "worker" if len(by_function) == 1 else f"worker-{function}"
+            self._spawn(
+                name,
+                [sys.executable, "-m", "localcloud", "poll", "--spec", str(spec_path)],
+                env=self._function_env(function),
+            )
+            self._wait(name, lambda p=spec_path: p.with_suffix(".ready").exists())
+
+    def _frontend(self) -> str:
+        o = self.opts
+        config = json.dumps({"apiUrl": self.urls["api"], "streamUrl": self.urls["stream"]})
+        self._spawn(
+            "frontend",
+            [
+                sys.executable,
+                "-m",
+                "localcloud",
+                "frontend",
+                "--host",
+                o.host,
+                "--port",
+                str(o.ports.frontend),
+                "--config",
+                config,
+            ],
+        )
+        url = f"http://{o.host}:{o.ports.frontend}"
+        self._wait_http("frontend", f"{url}/config.json")
+        self.urls["frontend"] = url
+        return url
+
+    # ------------------------------------------------------------------ processes
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+        logfile = self.log(name).open("ab")
+        self._logs.append(logfile)
+        self.procs[name] = subprocess.Popen(
+            argv,
+            cwd=ROOT,
+            env=env or {**os.environ, **self.aws_env},
+            stdout=logfile,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group: stop() ends it and its children
+        )
+
+    def _wait(self, name: str, ready: Callable[[], bool], timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            proc = self.procs[name]
+            if proc.poll() is not None:
+                tail = self.log(name).read_text(errors="replace")[-2000:]
+                raise StartError(f"{name} exited with {proc.returncode}:\n{tail}")
+            if ready():
+                return
+            time.sleep(0.1)
+        raise StartError(f"{name} not ready after {timeout:.0f}s; see {self.log(name)}")
+
+    def _wait_http(self, name: str, url: str) -> None:
+        def ready() -> bool:
+            try:
+                return httpx.get(url, timeout=1.0).status_code < 500
+            except httpx.HTTPError:
+                return False
+
+        self._wait(name, ready)
