@@ -1,0 +1,97 @@
+"""Shared fixtures. Integration and e2e tests talk to real processes over HTTP: a moto
+server, the fake OpenAI server (through the real openai SDK), uvicorn apps."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} not ready after {timeout}s")
+
+
+def spawn(argv: list[str], name: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    ARTIFACTS.mkdir(exist_ok=True)
+    log = (ARTIFACTS / f"{name}.log").open("wb")
+    return subprocess.Popen(
+        argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env or dict(os.environ)
+    )
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def aws_endpoint() -> Iterator[str]:
+    """A moto server on a free port, for this test session only."""
+    port = free_port()
+    proc = spawn([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], "moto")
+    url = f"http://127.0.0.1:{port}"
+    wait_http(f"{url}/moto-api/data.json", proc)
+    yield url
+    stop(proc)
+
+
+@pytest.fixture(scope="session")
+def fake_openai_url() -> Iterator[str]:
+    """The fake OpenAI server: fast, so integration tests do not wait on it."""
+    port = free_port()
+    proc = spawn(
+        [
+            sys.executable,
+            "-m",
+            "localcloud",
+            "fake-openai",
+            "--port",
+            str(port),
+            "--tokens",
+            "40",
+            "--tps",
+            "400",
+            "--ttft-ms",
+            "20",
+        ],
+        "fake-openai",
+    )
+    wait_http(f"http://127.0.0.1:{port}/health", proc)
+    yield f"http://127.0.0.1:{port}/v1"
+    stop(proc)

@@ -1,0 +1,224 @@
+"""POST /chat -> SQS -> worker -> chunk log -> SSE, on the whole local stack."""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import pytest
+from httpx_sse import ServerSentEvent, connect_sse
+
+from localcloud.fake_openai import Behaviour, expected_answer
+from localcloud.up import Stack
+from tests.e2e.conftest import FAKE_TOKENS
+
+pytestmark = pytest.mark.e2e
+
+
+def post_chat(stack: Stack, body: dict[str, Any]) -> httpx.Response:
+    return httpx.post(f"{stack.urls['api']}/chat", json=body, timeout=10)
+
+
+def answer_of(message: str, tokens: int = FAKE_TOKENS) -> str:
+    return expected_answer(
+        [{"role": "user", "content": message}], behaviour=Behaviour(tokens=tokens)
+    )
+
+
+def read_stream(
+    url: str, headers: dict[str, str] | None = None, stop_after: int | None = None
+) -> list[ServerSentEvent]:
+    events: list[ServerSentEvent] = []
+    with (
+        httpx.Client(timeout=30) as client,
+        connect_sse(client, "GET", url, headers=headers or {}) as source,
+    ):
+        assert source.response.status_code == 200
+        assert source.response.headers["content-type"].startswith("text/event-stream")
+        for sse in source.iter_sse():
+            events.append(sse)
+            if stop_after is not None and len(events) >= stop_after:
+                break  # drop the connection mid-answer
+    return events
+
+
+def text(events: list[ServerSentEvent]) -> str:
+    return "".join(json.loads(e.data).get("chunk", "") for e in events)
+
+
+def test_chat_answer_arrives_whole_over_sse(local_stack: Stack) -> None:
+    # GIVEN a chat request
+    resp = post_chat(local_stack, {"message": "hi"})
+    # THEN it is accepted at once with a task, a session and a signed stream URL
+    assert resp.status_code == 202, resp.text
+    body = resp.json()
+    assert body["status"] == "queued"
+    assert body["stream_url"].startswith(f"{local_stack.urls['stream']}/stream/{body['task_id']}")
+    assert "token=" in body["stream_url"]
+    # WHEN the client follows the stream
+    events = read_stream(body["stream_url"])
+    # THEN every event has id = seq, the text is the model's answer, and it ends in done
+    assert [int(e.id) for e in events] == list(range(1, len(events) + 1))
+    assert text(events) == answer_of("hi")
+    final = json.loads(events[-1].data)
+    assert final["type"] == "done" and final["usage"]["completion_tokens"] == FAKE_TOKENS
+    assert all("chunk" in json.loads(e.data) for e in events[:-1])
+    # AND the status endpoint agrees
+    status = httpx.get(f"{local_stack.urls['api']}/chat/{body['task_id']}").json()
+    assert status["status"] == "done"
+    assert status["text"] == answer_of("hi")
+    assert status["session_id"] == body["session_id"]
+    assert status["usage"]["completion_tokens"] == FAKE_TOKENS
+    assert status["last_seq"] == len(events)
+
+
+@pytest.mark.parametrize("how", ["last-event-id", "after"])
+def test_resume_gets_exactly_the_events_after_n(local_stack: Stack, how: str) -> None:
+    message = "resume me [[fake tokens=120 tps=60]]"
+    body = post_chat(local_stack, {"message": message}).json()
+    url = body["stream_url"]
+    # GIVEN a viewer that dropped the connection after 3 events, mid-answer
+    first = read_stream(url, stop_after=3)
+    n = int(first[-1].id)
+    assert n == 3
+    # WHEN it reconnects from n
+    if how == "last-event-id":
+        rest = read_stream(url, headers={"Last-Event-ID": str(n)})
+    else:
+        rest = read_stream(f"{url}&after={n}")
+    # THEN it gets exactly n+1.. up to the terminal event: nothing lost, nothing repeated
+    assert [int(e.id) for e in rest] == list(range(n + 1, n + 1 + len(rest)))
+    assert json.loads(rest[-1].data)["type"] == "done"
+    assert text(first + rest) == answer_of(message, tokens=120)
+
+
+def test_several_viewers_get_identical_events(local_stack: Stack) -> None:
+    body = post_chat(local_stack, {"message": "two viewers [[fake tokens=80 tps=80]]"}).json()
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda _: read_stream(body["stream_url"]), range(3)))
+    as_tuples = [[(e.id, e.data) for e in r] for r in results]
+    assert as_tuples[0] == as_tuples[1] == as_tuples[2]
+    assert json.loads(results[0][-1].data)["type"] == "done"
+
+
+def test_every_accepted_request_ends_in_a_terminal_state(local_stack: Stack) -> None:
+    # GIVEN more concurrent requests than local workers, one of which the model fails
+    messages = [f"load {i} [[fake tokens=30 tps=150]]" for i in range(9)]
+    messages.append("fail [[fake status=500]]")
+    with ThreadPoolExecutor(10) as pool:
+        bodies = [
+            r.json() for r in pool.map(lambda m: post_chat(local_stack, {"message": m}), messages)
+        ]
+        finals = list(pool.map(lambda b: json.loads(read_stream(b["stream_url"])[-1].data), bodies))
+    # THEN every stream ended with a terminal event, and the statuses match
+    assert [f["type"] for f in finals] == ["done"] * 9 + ["error"]
+    for body, final in zip(bodies, finals, strict=True):
+        status = httpx.get(f"{local_stack.urls['api']}/chat/{body['task_id']}").json()
+        assert status["status"] == final["type"]
+    assert "500" in finals[-1]["message"]
+
+
+def test_stream_refuses_missing_or_bad_tokens(local_stack: Stack) -> None:
+    a = post_chat(local_stack, {"message": "a"}).json()
+    b = post_chat(local_stack, {"message": "b"}).json()
+    base = f"{local_stack.urls['stream']}/stream/{a['task_id']}"
+    token_b = b["stream_url"].split("token=")[1]
+    assert httpx.get(base).status_code == 401
+    assert httpx.get(f"{base}?token=1.forged").status_code == 403
+    assert httpx.get(f"{base}?token={token_b}").status_code == 403  # another task's token
+    # A bearer header works as well as the query parameter.
+    token_a = a["stream_url"].split("token=")[1]
+    assert len(read_stream(base, headers={"Authorization": f"Bearer {token_a}"})) > 1
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ({"message": ""}, "message"),
+        ({"message": "hi", "priority": 99}, "priority"),
+        ({"text": "hi"}, "message"),
+    ],
+)
+def test_bad_input_gets_a_4xx_with_a_reason(
+    local_stack: Stack, body: dict[str, Any], reason: str
+) -> None:
+    resp = post_chat(local_stack, body)
+    assert resp.status_code == 422
+    assert reason in json.dumps(resp.json()["detail"])
+
+
+def test_not_json_and_unknown_ids(local_stack: Stack) -> None:
+    api, stream = local_stack.urls["api"], local_stack.urls["stream"]
+    resp = httpx.post(
+        f"{api}/chat", content=b"not json", headers={"content-type": "application/json"}
+    )
+    assert resp.status_code == 422
+    missing = "0" * 32
+    assert httpx.get(f"{api}/chat/{missing}").status_code == 404
+    assert httpx.get(f"{api}/chat/bad id!").status_code == 422
+    ok = post_chat(local_stack, {"message": "x"}).json()
+    token = ok["stream_url"].split("token=")[1]
+    bad_resume = httpx.get(
+        f"{stream}/stream/{ok['task_id']}?token={token}", headers={"Last-Event-ID": "abc"}
+    )
+    assert bad_resume.status_code == 400
+
+
+def test_health_and_cors(local_stack: Stack) -> None:
+    assert httpx.get(f"{local_stack.urls['api']}/health").json()["status"] == "ok"
+    assert httpx.get(f"{local_stack.urls['stream']}/health").json()["status"] == "ok"
+    pre = httpx.options(
+        f"{local_stack.urls['api']}/chat",
+        headers={
+            "Origin": "http://localhost:3000",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        },
+    )
+    assert pre.status_code == 200
+    assert pre.headers["access-control-allow-origin"] in ("*", "http://localhost:3000")
+
+
+def test_frontend_is_served_with_its_config(local_stack: Stack) -> None:
+    front = local_stack.urls["frontend"]
+    assert "<title>llmstream" in httpx.get(f"{front}/").text
+    config = httpx.get(f"{front}/config.json").json()
+    assert config == {"apiUrl": local_stack.urls["api"], "streamUrl": local_stack.urls["stream"]}
+
+
+def test_the_readme_curl_commands(local_stack: Stack) -> None:
+    """README: curl POST /chat answers 202; curl -N <stream_url> prints chunks, then done."""
+    import shutil
+    import subprocess
+
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl is not installed")
+    out = subprocess.run(
+        [
+            curl,
+            "-s",
+            "-X",
+            "POST",
+            f"{local_stack.urls['api']}/chat",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            '{"message":"hi"}',
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    body = json.loads(out)
+    assert {"task_id", "stream_url"} <= body.keys()
+    sse = subprocess.run(
+        [curl, "-sN", body["stream_url"]], capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    data = [json.loads(line[6:]) for line in sse.splitlines() if line.startswith("data: ")]
+    assert data[0] == {"chunk": "You"}
+    assert data[-1]["type"] == "done"
+    assert "".join(d.get("chunk", "") for d in data) == answer_of("hi")

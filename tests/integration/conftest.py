@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from typing import Any
+
+import boto3
+import pytest
+from openai import OpenAI
+
+from llmstream.deps import Deps, build_deps
+from llmstream.settings import Settings
+from localcloud.provision import provision
+from localcloud.template import LocalTemplate
+from tests.conftest import unique
+
+
+@pytest.fixture(scope="session")
+def clients(aws_endpoint: str) -> dict[str, Any]:
+    return {
+        name: boto3.client(
+            name,
+            endpoint_url=aws_endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+        )
+        for name in ("sqs", "dynamodb", "s3")
+    }
+
+
+@pytest.fixture(scope="session")
+def stack(clients: dict[str, Any]) -> LocalTemplate:
+    """The template's resources, provisioned under a unique stack name."""
+    tpl = LocalTemplate.load(unique("it"), parameters={"StreamTokenSecret": "s" * 40})
+    tpl.overrides["StreamFunctionUrl.FunctionUrl"] = "http://stream.invalid/"
+    provision(tpl, **clients)
+    return tpl
+
+
+@pytest.fixture(scope="session")
+def settings(stack: LocalTemplate) -> Settings:
+    env = stack.functions()["WorkerFunction"].environment
+    return Settings(**{k.lower(): v for k, v in env.items()})
+
+
+@pytest.fixture
+def deps(settings: Settings, clients: dict[str, Any], fake_openai_url: str) -> Deps:
+    openai = OpenAI(base_url=fake_openai_url, api_key="sk-test", max_retries=0)
+    return build_deps(settings, dynamodb=clients["dynamodb"], sqs=clients["sqs"], openai=openai)

@@ -1,0 +1,92 @@
+"""The Lambda entry points with the events Lambda sends: the api function through Mangum
+(an API Gateway HTTP API v2 event), against the emulator."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from typing import Any
+
+import pytest
+
+from llmstream.settings import Settings
+from localcloud.poller import LambdaContext
+from localcloud.template import LocalTemplate
+
+pytestmark = pytest.mark.integration
+
+
+def http_api_event(method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "version": "2.0",
+        "routeKey": "ANY /{proxy+}",
+        "rawPath": path,
+        "rawQueryString": "",
+        "headers": {"content-type": "application/json", "host": "api.example"},
+        "requestContext": {
+            "accountId": "123456789012",
+            "apiId": "api",
+            "domainName": "api.example",
+            "http": {
+                "method": method,
+                "path": path,
+                "protocol": "HTTP/1.1",
+                "sourceIp": "127.0.0.1",
+                "userAgent": "test",
+            },
+            "requestId": "r",
+            "routeKey": "ANY /{proxy+}",
+            "stage": "$default",
+            "time": "21/Nov/2026:00:00:00 +0000",
+            "timeEpoch": 0,
+        },
+        "body": json.dumps(body) if body is not None else None,
+        "isBase64Encoded": False,
+    }
+
+
+@pytest.fixture
+def api_module(stack: LocalTemplate, aws_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+    env = stack.functions()["ApiFunction"].environment
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    for key, value in {
+        "AWS_ENDPOINT_URL": aws_endpoint,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(key, value)
+    from llmstream import deps, settings
+
+    for cached in (settings.get_settings, settings.get_api_settings, deps.get_deps):
+        cached.cache_clear()
+    import llmstream.api
+
+    yield importlib.reload(llmstream.api)
+    for cached in (settings.get_settings, settings.get_api_settings, deps.get_deps):
+        cached.cache_clear()
+
+
+def test_post_chat_through_mangum_records_and_enqueues(
+    api_module: Any, stack: LocalTemplate, clients: dict[str, Any], settings: Settings
+) -> None:
+    ctx = LambdaContext(function_name="api", memory_limit_in_mb=512, timeout_seconds=29)
+    resp = api_module.handler(http_api_event("POST", "/chat", {"message": "via lambda"}), ctx)
+    assert resp["statusCode"] == 202, resp
+    body = json.loads(resp["body"])
+    assert body["stream_url"].startswith(f"http://stream.invalid/stream/{body['task_id']}?token=")
+    # The request row exists and the queue holds the task id.
+    row = clients["dynamodb"].get_item(
+        TableName=settings.requests_table, Key={"task_id": {"S": body["task_id"]}}
+    )["Item"]
+    assert row["status"]["S"] == "queued"
+    msgs = clients["sqs"].receive_message(
+        QueueUrl=stack.queue_url("TaskQueue"), MaxNumberOfMessages=10, WaitTimeSeconds=1
+    )["Messages"]
+    assert {"task_id": body["task_id"]} in [json.loads(m["Body"]) for m in msgs]
+
+    bad = api_module.handler(http_api_event("POST", "/chat", {"message": ""}), ctx)
+    assert bad["statusCode"] == 422
+    health = api_module.handler(http_api_event("GET", "/health"), ctx)
+    assert health["statusCode"] == 200

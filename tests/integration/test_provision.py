@@ -1,0 +1,44 @@
+"""Provisioning from template.yaml onto the emulator, over HTTP."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from localcloud.provision import provision
+from localcloud.template import LocalTemplate
+
+pytestmark = pytest.mark.integration
+
+
+def test_queues_tables_and_bucket_exist_as_the_template_says(
+    stack: LocalTemplate, clients: dict[str, Any]
+) -> None:
+    sqs, ddb, s3 = clients["sqs"], clients["dynamodb"], clients["s3"]
+    attrs = sqs.get_queue_attributes(QueueUrl=stack.queue_url("TaskQueue"), AttributeNames=["All"])[
+        "Attributes"
+    ]
+    template_queue = stack.props("TaskQueue")
+    assert int(attrs["VisibilityTimeout"]) == template_queue["VisibilityTimeout"]
+    redrive = json.loads(attrs["RedrivePolicy"])
+    assert int(redrive["maxReceiveCount"]) == template_queue["RedrivePolicy"]["maxReceiveCount"]
+    assert redrive["deadLetterTargetArn"].endswith(f"{stack.stack}-DeadLetterQueue")
+
+    for logical in ("RequestsTable", "ChunksTable"):
+        name = stack.physical_name(logical)
+        table = ddb.describe_table(TableName=name)["Table"]
+        assert table["KeySchema"] == stack.props(logical)["KeySchema"]
+        ttl = ddb.describe_time_to_live(TableName=name)["TimeToLiveDescription"]
+        assert ttl["TimeToLiveStatus"] == "ENABLED"
+        assert ttl["AttributeName"] == "expires_at"
+
+    buckets = {b["Name"] for b in s3.list_buckets()["Buckets"]}
+    assert stack.physical_name("FrontendBucket") in buckets
+
+
+def test_provisioning_twice_changes_nothing(stack: LocalTemplate, clients: dict[str, Any]) -> None:
+    again = LocalTemplate.load(stack.stack, parameters={"StreamTokenSecret": "s" * 40})
+    provision(again, **clients)
+    assert again.queue_urls == stack.queue_urls

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from llmstream.deps import Deps
+from llmstream.exceptions import ClaimLost, TaskAlreadyFinal, TaskNotFound
+from llmstream.tasks import Task
+
+pytestmark = pytest.mark.integration
+
+
+def new_task(deps: Deps) -> Task:
+    task = Task(
+        task_id=uuid.uuid4().hex,
+        session_id="s",
+        status="queued",
+        model="m",
+        message="hi",
+        temperature=0.5,
+    )
+    deps.tasks.create(task)
+    return task
+
+
+def test_round_trip(deps: Deps) -> None:
+    task = new_task(deps)
+    got = deps.tasks.get(task.task_id)
+    assert got == task
+
+
+def test_claim_moves_to_running_and_counts_attempts(deps: Deps) -> None:
+    task = new_task(deps)
+    assert deps.tasks.claim(task.task_id).attempt == 1
+    # A redelivery (the first attempt died) claims again with the next attempt number.
+    second = deps.tasks.claim(task.task_id)
+    assert (second.status, second.attempt) == ("running", 2)
+    # The first attempt no longer owns the task.
+    with pytest.raises(ClaimLost):
+        deps.tasks.finish(task.task_id, 1, "done")
+    deps.tasks.finish(task.task_id, 2, "done", usage={"total_tokens": 4})
+    done = deps.tasks.get(task.task_id)
+    assert done.status == "done" and done.usage == {"total_tokens": 4}
+    assert done.finished_at is not None
+
+
+def test_a_final_task_is_never_claimed_again(deps: Deps) -> None:
+    task = new_task(deps)
+    deps.tasks.claim(task.task_id)
+    deps.tasks.finish(task.task_id, 1, "error", error="boom")
+    with pytest.raises(TaskAlreadyFinal):
+        deps.tasks.claim(task.task_id)
+
+
+def test_unknown_task(deps: Deps) -> None:
+    with pytest.raises(TaskNotFound):
+        deps.tasks.get(uuid.uuid4().hex)
+    with pytest.raises(TaskNotFound):
+        deps.tasks.claim(uuid.uuid4().hex)

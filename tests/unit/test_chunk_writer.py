@@ -1,0 +1,115 @@
+"""The worker's coalescing of tokens into chunk-log writes (in-memory log: unit tier)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from llmstream.answer import ChunkWriter
+from llmstream.chunklog.base import ChunkLog
+from llmstream.exceptions import SeqConflict
+from llmstream.models import Event, EventKind
+
+pytestmark = pytest.mark.unit
+
+
+class MemoryLog(ChunkLog):
+    def __init__(self) -> None:
+        self.events: dict[str, dict[int, Event]] = {}
+
+    def append(self, task_id: str, seq: int, kind: EventKind, data: dict[str, Any]) -> None:
+        log = self.events.setdefault(task_id, {})
+        if seq in log:
+            raise SeqConflict(str(seq))
+        log[seq] = Event(seq, kind, data)
+
+    def read(self, task_id: str, after: int, limit: int) -> list[Event]:
+        log = self.events.get(task_id, {})
+        out = []
+        while after + 1 in log and len(out) < limit:
+            after += 1
+            out.append(log[after])
+        return out
+
+    def last(self, task_id: str) -> Event | None:
+        log = self.events.get(task_id, {})
+        return log[max(log)] if log else None
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def writer(log: MemoryLog, clock: Clock, **kw: Any) -> ChunkWriter:
+    return ChunkWriter(
+        log,
+        "t",
+        next_seq=kw.pop("next_seq", 1),
+        interval=0.1,
+        max_chars=kw.pop("max_chars", 1000),
+        clock=clock,
+        **kw,
+    )
+
+
+def test_first_token_is_written_at_once_then_coalesced_per_interval() -> None:
+    # GIVEN a writer with a 100 ms window
+    log, clock = MemoryLog(), Clock()
+    w = writer(log, clock)
+    # WHEN tokens arrive every 20 ms
+    for i in range(12):
+        clock.now = i * 0.02
+        w.add(f"t{i} ")
+    w.event("done", {"type": "done"})
+    # THEN the first token is its own chunk, later ones share ~100 ms chunks
+    events = log.read_all("t")
+    chunks = [e.data["chunk"] for e in events if e.kind == "chunk"]
+    assert chunks[0] == "t0 "
+    assert "".join(chunks) == "".join(f"t{i} " for i in range(12))
+    assert len(chunks) <= 4
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert events[-1].kind == "done"
+
+
+def test_size_limit_flushes_and_splits_long_text() -> None:
+    log, clock = MemoryLog(), Clock()
+    w = writer(log, clock, max_chars=10)
+    w.add("a")  # first: written at once
+    w.add("b" * 25)  # over the limit at the same instant: written, split in 10s
+    events = log.read_all("t")
+    assert [e.data["chunk"] for e in events] == ["a", "b" * 10, "b" * 10, "b" * 5]
+
+
+def test_terminal_event_flushes_held_text_first() -> None:
+    log, clock = MemoryLog(), Clock()
+    w = writer(log, clock)
+    w.add("x")
+    w.add("y")  # held: same instant as the first write
+    assert [e.kind for e in log.read_all("t")] == ["chunk"]
+    w.event("done", {"type": "done"})
+    assert [(e.kind, e.data) for e in log.read_all("t")] == [
+        ("chunk", {"chunk": "x"}),
+        ("chunk", {"chunk": "y"}),
+        ("done", {"type": "done"}),
+    ]
+
+
+def test_writer_continues_after_a_previous_attempt() -> None:
+    log, clock = MemoryLog(), Clock()
+    log.append("t", 1, "chunk", {"chunk": "old"})
+    w = writer(log, clock, next_seq=2)
+    w.event("reset", {"type": "reset", "attempt": 2})
+    assert w.seq == 2
+    assert log.last("t") == Event(2, "reset", {"type": "reset", "attempt": 2})
+
+
+def test_a_second_writer_at_the_same_seq_loses() -> None:
+    log, clock = MemoryLog(), Clock()
+    writer(log, clock).add("mine")
+    with pytest.raises(SeqConflict):
+        writer(log, clock).add("theirs")

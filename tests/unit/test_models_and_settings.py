@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from llmstream.models import ChatRequest, TaskMessage
+from llmstream.settings import ApiSettings, Settings
+
+pytestmark = pytest.mark.unit
+
+ENV = {
+    "REQUESTS_TABLE": "r",
+    "CHUNKS_TABLE": "c",
+    "TASK_QUEUE_URL": "http://q",
+    "MODEL_ID": "m",
+    "STREAM_TOKEN_SECRET": "s" * 32,
+    "CORS_ALLOW_ORIGINS": "*",
+}
+
+
+def test_chat_request_defaults_and_strip() -> None:
+    req = ChatRequest.model_validate({"message": "  hi  "})
+    assert req.message == "hi"
+    assert req.priority == 0
+    assert req.session_id is None
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"message": ""}, "message"),
+        ({"message": "   "}, "message"),
+        ({}, "message"),
+        ({"message": "hi", "priority": 11}, "priority"),
+        ({"message": "hi", "priority": -11}, "priority"),
+        ({"message": "hi", "session_id": "has space"}, "session_id"),
+        ({"message": "hi", "temperature": 3}, "temperature"),
+        ({"message": "hi", "max_tokens": 0}, "max_tokens"),
+        ({"message": "hi", "unknown": 1}, "unknown"),
+        ({"message": "x" * 32_001}, "message"),
+    ],
+)
+def test_bad_chat_requests_name_the_field(body: dict[str, object], field: str) -> None:
+    with pytest.raises(ValidationError) as err:
+        ChatRequest.model_validate(body)
+    assert field in {str(loc) for e in err.value.errors() for loc in e["loc"]}
+
+
+def test_task_message_refuses_a_foreign_body() -> None:
+    with pytest.raises(ValidationError):
+        TaskMessage.model_validate_json('{"task_id": "../etc"}')
+
+
+def test_settings_fail_loudly_when_a_required_variable_is_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for key, value in ENV.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("CHUNKS_TABLE")
+    with pytest.raises(ValidationError, match="chunks_table"):
+        Settings()  # type: ignore[call-arg]
+
+
+def test_settings_refuse_a_short_token_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in {**ENV, "STREAM_TOKEN_SECRET": "short"}.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ValidationError, match="stream_token_secret"):
+        Settings()  # type: ignore[call-arg]
+
+
+def test_api_settings_need_the_stream_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in ENV.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ValidationError, match="stream_base_url"):
+        ApiSettings()  # type: ignore[call-arg]
+    monkeypatch.setenv("CORS_ALLOW_ORIGINS", "http://a, http://b")
+    monkeypatch.setenv("STREAM_BASE_URL", "http://s")
+    assert ApiSettings().cors_origins == ["http://a", "http://b"]  # type: ignore[call-arg]
