@@ -24,7 +24,8 @@ def record_handler(record: SQSRecord) -> None:
     # A body that is not a task message raises: the record is reported as failed and, after
     # maxReceiveCount deliveries, lands in the DLQ (a poison message, not an endless retry).
     message = TaskMessage.model_validate_json(record.body)
-    logger.append_keys(task_id=message.task_id)
+    # Thread-safe keys: the local poller runs several invocations in one process.
+    logger.thread_safe_append_keys(task_id=message.task_id)
     run_task(get_deps(), message.task_id)
 
 

@@ -137,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # `up` prints its own progress; per-request client logs would drown it.
+    for noisy in ("httpx", "botocore", "localcloud.provision"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     return int(args.fn(args))
 
 
