@@ -36,18 +36,18 @@ def submit(deps: Deps, settings: ApiSettings, request: ChatRequest) -> ChatAccep
     deps.tasks.create(task)
     try:
         deps.sqs.send_message(
-            QueueUrl=settings.task_queue_url,
+            QueueUrl=settings.queue_url_for(request.priority),
             MessageBody=TaskMessage(task_id=task_id).model_dump_json(),
         )
     except (ClientError, BotoCoreError) as e:
         raise QueueUnavailable(f"could not enqueue task: {e}") from e
     return ChatAccepted(
-        task_id=task_id, session_id=session_id, stream_url=stream_url(settings, task_id)
+        task_id=task_id, session_id=session_id, stream_url=stream_url(deps, settings, task_id)
     )
 
 
-def stream_url(settings: ApiSettings, task_id: str) -> str:
-    token = tokens.sign(settings.stream_token_secret, task_id, settings.stream_token_ttl_seconds)
+def stream_url(deps: Deps, settings: ApiSettings, task_id: str) -> str:
+    token = tokens.sign(deps.token_key, task_id, settings.stream_token_ttl_seconds)
     base = settings.stream_base_url.rstrip("/")
     return f"{base}/stream/{task_id}?token={quote(token)}"
 

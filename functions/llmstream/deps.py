@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import boto3
 from botocore.config import Config
 
+from llmstream import vault
 from llmstream.chunklog.base import ChunkLog
 from llmstream.chunklog.dynamodb import DynamoDBChunkLog
 from llmstream.settings import Settings, get_settings
@@ -41,6 +42,11 @@ class Deps:
     tasks: TaskStore
     log: ChunkLog
     _openai: OpenAI | None = field(default=None, repr=False)
+
+    @property
+    def token_key(self) -> str:
+        """The HMAC key of stream tokens (Secrets Manager, cached per process)."""
+        return vault.stream_token_key(self.settings)
 
     @property
     def openai(self) -> OpenAI:

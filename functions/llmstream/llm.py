@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from openai import OpenAI
 
+from llmstream import vault
 from llmstream.settings import Settings
 from llmstream.tasks import Task
 
@@ -17,9 +18,13 @@ if TYPE_CHECKING:
 
 
 def make_client(settings: Settings) -> OpenAI:
-    # OPENAI_API_KEY and OPENAI_BASE_URL come from the environment, as the SDK reads them;
-    # the SDK's own retries handle 429 (with Retry-After), 5xx and timeouts with backoff.
-    return OpenAI(max_retries=settings.openai_max_retries, timeout=settings.openai_timeout_seconds)
+    # The key from Secrets Manager (or OPENAI_API_KEY); OPENAI_BASE_URL as the SDK reads it.
+    # The SDK's own retries handle 429 (with Retry-After), 5xx and timeouts with backoff.
+    return OpenAI(
+        api_key=vault.openai_api_key(settings),
+        max_retries=settings.openai_max_retries,
+        timeout=settings.openai_timeout_seconds,
+    )
 
 
 def build_messages(task: Task) -> list[dict[str, str]]:

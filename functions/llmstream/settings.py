@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -20,10 +20,18 @@ class Settings(BaseSettings):
 
     requests_table: str
     chunks_table: str
-    task_queue_url: str
+    queue_url_high: str
+    queue_url_default: str
+    queue_url_low: str
     model_id: str
-    stream_token_secret: str = Field(min_length=32)
     cors_allow_origins: str = Field(description="Comma-separated origins, or *")
+    # The HMAC key of stream tokens: in the cloud a Secrets Manager secret (read once per
+    # cold start); a plain value only where there is no Secrets Manager (unit tests).
+    stream_token_secret_arn: str | None = None
+    stream_token_secret: SecretStr | None = Field(default=None, min_length=32)
+    # The OpenAI key: a Secrets Manager secret in the cloud; without one, the openai SDK
+    # reads OPENAI_API_KEY itself.
+    openai_api_key_secret_arn: str | None = None
     chunklog_backend: Literal["dynamodb"] = "dynamodb"
 
     # Data retention: request rows and chunks expire through the tables' TTL attribute.
@@ -45,6 +53,20 @@ class Settings(BaseSettings):
     # EventSource reconnects with Last-Event-ID instead of seeing a cut connection.
     stream_max_seconds: int = Field(default=840, gt=0)
     stream_token_ttl_seconds: int = Field(default=3600, gt=0)
+
+    @model_validator(mode="after")
+    def _one_token_secret(self) -> Settings:
+        if (self.stream_token_secret_arn is None) == (self.stream_token_secret is None):
+            raise ValueError("set exactly one of STREAM_TOKEN_SECRET_ARN, STREAM_TOKEN_SECRET")
+        return self
+
+    def queue_url_for(self, priority: int) -> str:
+        """Priority -10..10 picks a queue: >= 5 high, <= -5 low, else default."""
+        if priority >= 5:
+            return self.queue_url_high
+        if priority <= -5:
+            return self.queue_url_low
+        return self.queue_url_default
 
     @property
     def cors_origins(self) -> list[str]:

@@ -63,9 +63,11 @@ async def stream(
     """Follow a task's answer: chunk events, then one terminal event (done/error/cancelled)."""
     if token is None and authorization and authorization.lower().startswith("bearer "):
         token = authorization[7:].strip()
-    tokens.verify(settings.stream_token_secret, task_id, token)
-    start = _resume_point(last_event_id, after)
     deps = get_deps()
+    # The key comes from Secrets Manager on first use (a blocking call): off the event loop.
+    key = await anyio.to_thread.run_sync(lambda: deps.token_key)
+    tokens.verify(key, task_id, token)
+    start = _resume_point(last_event_id, after)
     await anyio.to_thread.run_sync(deps.tasks.get, task_id)  # 404 before any 200 is sent
 
     async def events() -> AsyncIterator[ServerSentEvent]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -26,10 +27,34 @@ _QUEUE_ATTRIBUTES = {
 }
 
 
-def provision(tpl: LocalTemplate, *, sqs: Any, dynamodb: Any, s3: Any) -> None:
+def provision(
+    tpl: LocalTemplate, *, sqs: Any, dynamodb: Any, s3: Any, secretsmanager: Any
+) -> None:
     _queues(tpl, sqs)
     _tables(tpl, dynamodb)
     _buckets(tpl, s3)
+    _secrets(tpl, secretsmanager)
+
+
+def _secrets(tpl: LocalTemplate, secretsmanager: Any) -> None:
+    """Secrets with the value the template gives, or a generated one (GenerateSecretString).
+    A secret that exists keeps its value, as a stack update would."""
+    for logical_id in tpl.of_type("AWS::SecretsManager::Secret"):
+        props = tpl.resolve(tpl.props(logical_id))
+        name = tpl.physical_name(logical_id)
+        try:
+            arn = secretsmanager.describe_secret(SecretId=name)["ARN"]
+        except ClientError as e:
+            if e.response["Error"]["Code"] != "ResourceNotFoundException":
+                raise
+            generate = props.get("GenerateSecretString", {})
+            value = props.get("SecretString") or secrets.token_urlsafe(
+                int(generate.get("PasswordLength", 32))
+            )[: int(generate.get("PasswordLength", 32))]
+            arn = secretsmanager.create_secret(Name=name, SecretString=value)["ARN"]
+        # Ref of a secret is its ARN, which only the endpoint knows (it ends in a suffix).
+        tpl.overrides[f"{logical_id}.Ref"] = arn
+        log.info("secret %s -> %s", logical_id, arn)
 
 
 def _queues(tpl: LocalTemplate, sqs: Any) -> None:

@@ -78,9 +78,7 @@ class LocalTemplate:
         missing = sorted(set(declared) - set(values))
         if missing:
             raise ValueError(f"template parameters without a value: {', '.join(missing)}")
-        # samtranslator finds the region through a boto3 session.
-        os.environ.setdefault("AWS_DEFAULT_REGION", region)
-        translated = transform(_with_placeholder_code(document), values, _NoManagedPolicies())
+        translated = translate(document, values, region)
         return cls(stack=stack, region=region, parameters=values, resources=translated["Resources"])
 
     # -------------------------------------------------------------- queries
@@ -99,6 +97,7 @@ class LocalTemplate:
             "AWS::DynamoDB::Table": "TableName",
             "AWS::S3::Bucket": "BucketName",
             "AWS::Lambda::Function": "FunctionName",
+            "AWS::SecretsManager::Secret": "Name",
         }.get(kind)
         explicit = self.props(logical_id).get(prop) if prop else None
         if explicit is not None:
@@ -228,6 +227,28 @@ class LocalTemplate:
             return self.queue_urls[logical_id]
         except KeyError:
             raise KeyError(f"queue {logical_id} is not provisioned yet") from None
+
+
+def translate(
+    document: dict[str, Any], parameters: dict[str, str], region: str = "us-east-1"
+) -> dict[str, Any]:
+    """The SAM template as plain CloudFormation, resource Metadata passed through (so the
+    IaC scanner sees the suppressions on the resources SAM generates)."""
+    # samtranslator finds the region through a boto3 session.
+    os.environ.setdefault("AWS_DEFAULT_REGION", region)
+    return transform(
+        _with_placeholder_code(document),
+        parameters,
+        _NoManagedPolicies(),
+        passthrough_metadata=True,
+    )
+
+
+def translate_file(path: Path = TEMPLATE) -> dict[str, Any]:
+    document = yaml_parse(path.read_text())
+    declared = document.get("Parameters", {})
+    values = {k: str(v.get("Default", "placeholder")) for k, v in declared.items()}
+    return translate(document, values)
 
 
 def _with_placeholder_code(document: dict[str, Any]) -> dict[str, Any]:

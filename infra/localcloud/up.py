@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -171,12 +170,7 @@ class Stack:
         o = self.opts
         tpl = LocalTemplate.load(
             o.stack,
-            parameters={
-                "StreamTokenSecret": os.environ.get(
-                    "LLMSTREAM_STREAM_TOKEN_SECRET", secrets.token_urlsafe(32)
-                ),
-                "AllowedOrigin": "*",
-            },
+            parameters={"AllowedOrigin": "*"},
             region=self.aws_env["AWS_DEFAULT_REGION"],
         )
         tpl.overrides[f"{STREAM_FUNCTION}Url.FunctionUrl"] = f"http://{o.host}:{o.ports.stream}/"
@@ -188,10 +182,11 @@ class Stack:
                 aws_access_key_id=self.aws_env["AWS_ACCESS_KEY_ID"],
                 aws_secret_access_key=self.aws_env["AWS_SECRET_ACCESS_KEY"],
             )
-            for name in ("sqs", "dynamodb", "s3")
+            for name in ("sqs", "dynamodb", "s3", "secretsmanager")
         }
         provision(tpl, **clients)
         self.template = tpl
+        self.secretsmanager = clients["secretsmanager"]
         counts = {
             kind: len(tpl.of_type(f"AWS::{kind}"))
             for kind in ("SQS::Queue", "DynamoDB::Table", "S3::Bucket")
@@ -202,6 +197,7 @@ class Stack:
         o = self.opts
         if os.environ.get("OPENAI_API_KEY"):
             self.openai_env: dict[str, str] = {}
+            self._store_openai_key(os.environ["OPENAI_API_KEY"])
             return "OPENAI_API_KEY is set: the real OpenAI API"
         url = f"http://{o.host}:{o.ports.openai}"
         self._spawn(
@@ -226,8 +222,17 @@ class Stack:
         self._wait_http("openai", f"{url}/health")
         self.urls["openai"] = f"{url}/v1"
         self.fake_openai = True
-        self.openai_env = {"OPENAI_BASE_URL": f"{url}/v1", "OPENAI_API_KEY": "sk-local-fake"}
+        self.openai_env = {"OPENAI_BASE_URL": f"{url}/v1"}
+        self._store_openai_key("sk-local-fake")
         return f"fake OpenAI at {url}/v1"
+
+    def _store_openai_key(self, key: str) -> None:
+        """Put the key in the secret the worker reads it from, as `./run.sh deploy` does."""
+        assert self.template is not None
+        for spec in self.template.functions().values():
+            arn = spec.environment.get("OPENAI_API_KEY_SECRET_ARN")
+            if arn:
+                self.secretsmanager.put_secret_value(SecretId=arn, SecretString=key)
 
     def _function_env(self, logical_id: str) -> dict[str, str]:
         assert self.template is not None

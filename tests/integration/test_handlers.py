@@ -82,7 +82,7 @@ def test_post_chat_through_mangum_records_and_enqueues(
     )["Item"]
     assert row["status"]["S"] == "queued"
     msgs = clients["sqs"].receive_message(
-        QueueUrl=stack.queue_url("TaskQueue"), MaxNumberOfMessages=10, WaitTimeSeconds=1
+        QueueUrl=stack.queue_url("DefaultQueue"), MaxNumberOfMessages=10, WaitTimeSeconds=1
     )["Messages"]
     assert {"task_id": body["task_id"]} in [json.loads(m["Body"]) for m in msgs]
 

@@ -17,10 +17,10 @@ def test_queues_tables_and_bucket_exist_as_the_template_says(
     stack: LocalTemplate, clients: dict[str, Any]
 ) -> None:
     sqs, ddb, s3 = clients["sqs"], clients["dynamodb"], clients["s3"]
-    attrs = sqs.get_queue_attributes(QueueUrl=stack.queue_url("TaskQueue"), AttributeNames=["All"])[
+    attrs = sqs.get_queue_attributes(QueueUrl=stack.queue_url("HighQueue"), AttributeNames=["All"])[
         "Attributes"
     ]
-    template_queue = stack.props("TaskQueue")
+    template_queue = stack.props("HighQueue")
     assert int(attrs["VisibilityTimeout"]) == template_queue["VisibilityTimeout"]
     redrive = json.loads(attrs["RedrivePolicy"])
     assert int(redrive["maxReceiveCount"]) == template_queue["RedrivePolicy"]["maxReceiveCount"]
@@ -37,8 +37,18 @@ def test_queues_tables_and_bucket_exist_as_the_template_says(
     buckets = {b["Name"] for b in s3.list_buckets()["Buckets"]}
     assert stack.physical_name("FrontendBucket") in buckets
 
+    # Secrets exist with a generated value of the template's length; Ref is their ARN.
+    sm = clients["secretsmanager"]
+    token_arn = stack.resolve({"Ref": "StreamTokenSecret"})
+    value = sm.get_secret_value(SecretId=token_arn)["SecretString"]
+    length = stack.props("StreamTokenSecret")["GenerateSecretString"]["PasswordLength"]
+    assert len(value) == length
+
 
 def test_provisioning_twice_changes_nothing(stack: LocalTemplate, clients: dict[str, Any]) -> None:
-    again = LocalTemplate.load(stack.stack, parameters={"StreamTokenSecret": "s" * 40})
+    again = LocalTemplate.load(stack.stack)
     provision(again, **clients)
     assert again.queue_urls == stack.queue_urls
+    assert again.resolve({"Ref": "StreamTokenSecret"}) == stack.resolve(
+        {"Ref": "StreamTokenSecret"}
+    )

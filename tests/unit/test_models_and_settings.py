@@ -11,7 +11,9 @@ pytestmark = pytest.mark.unit
 ENV = {
     "REQUESTS_TABLE": "r",
     "CHUNKS_TABLE": "c",
-    "TASK_QUEUE_URL": "http://q",
+    "QUEUE_URL_HIGH": "http://high",
+    "QUEUE_URL_DEFAULT": "http://default",
+    "QUEUE_URL_LOW": "http://low",
     "MODEL_ID": "m",
     "STREAM_TOKEN_SECRET": "s" * 32,
     "CORS_ALLOW_ORIGINS": "*",
@@ -76,3 +78,33 @@ def test_api_settings_need_the_stream_url(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("CORS_ALLOW_ORIGINS", "http://a, http://b")
     monkeypatch.setenv("STREAM_BASE_URL", "http://s")
     assert ApiSettings().cors_origins == ["http://a", "http://b"]  # type: ignore[call-arg]
+
+
+def test_exactly_one_token_secret_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in ENV.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("STREAM_TOKEN_SECRET_ARN", "arn:aws:secretsmanager:::secret:x")
+    with pytest.raises(ValidationError, match="exactly one"):
+        Settings()  # type: ignore[call-arg]
+    monkeypatch.delenv("STREAM_TOKEN_SECRET")
+    assert Settings().stream_token_secret_arn  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(
+    ("priority", "queue"),
+    [
+        (10, "high"),
+        (5, "high"),
+        (4, "default"),
+        (0, "default"),
+        (-4, "default"),
+        (-5, "low"),
+        (-10, "low"),
+    ],
+)
+def test_priority_selects_the_queue(
+    monkeypatch: pytest.MonkeyPatch, priority: int, queue: str
+) -> None:
+    for key, value in ENV.items():
+        monkeypatch.setenv(key, value)
+    assert Settings().queue_url_for(priority) == f"http://{queue}"  # type: ignore[call-arg]

@@ -37,11 +37,12 @@ def test_sam_validate_lint_passes() -> None:
 
 
 def test_local_names_and_settings_come_from_the_template() -> None:
-    tpl = LocalTemplate.load("unit", parameters={"StreamTokenSecret": "s" * 32})
+    tpl = LocalTemplate.load("unit")
     tpl.queue_urls = {q: f"http://aws/{q}" for q in tpl.of_type("AWS::SQS::Queue")}
     tpl.overrides["StreamFunctionUrl.FunctionUrl"] = "http://stream/"
+    tpl.overrides["StreamTokenSecret.Ref"] = "arn:secret:token"
 
-    queue = tpl.props("TaskQueue")
+    queue = tpl.props("HighQueue")
     assert queue["RedrivePolicy"]["maxReceiveCount"] >= 1
     assert tpl.resolve(queue["RedrivePolicy"]["deadLetterTargetArn"]) == (
         "arn:aws:sqs:us-east-1:123456789012:unit-DeadLetterQueue"
@@ -49,21 +50,38 @@ def test_local_names_and_settings_come_from_the_template() -> None:
     chunks = tpl.props("ChunksTable")
     assert [k["AttributeName"] for k in chunks["KeySchema"]] == ["task_id", "seq"]
 
-    [esm] = tpl.event_sources()
-    assert (esm.function, esm.queue) == ("WorkerFunction", "TaskQueue")
-    assert esm.report_batch_item_failures
+    sources = {esm.queue: esm for esm in tpl.event_sources()}
+    assert set(sources) == {"HighQueue", "DefaultQueue", "LowQueue"}
+    assert all(
+        e.function == "WorkerFunction" and e.report_batch_item_failures for e in sources.values()
+    )
+    concurrency = [
+        sources[q].maximum_concurrency or 0 for q in ("HighQueue", "DefaultQueue", "LowQueue")
+    ]
+    assert concurrency == sorted(concurrency, reverse=True)  # high gets the most
 
     worker = tpl.functions()["WorkerFunction"]
     assert worker.handler == "llmstream.worker.handler"
     assert worker.environment["CHUNKS_TABLE"] == "unit-ChunksTable"
-    assert worker.environment["TASK_QUEUE_URL"] == "http://aws/TaskQueue"
-    assert worker.environment["STREAM_TOKEN_SECRET"] == "s" * 32
+    assert worker.environment["QUEUE_URL_LOW"] == "http://aws/LowQueue"
+    assert worker.environment["STREAM_TOKEN_SECRET_ARN"] == "arn:secret:token"
+    assert "STREAM_TOKEN_SECRET" not in worker.environment  # never a plain secret
     api = tpl.functions()["ApiFunction"]
     assert api.environment["STREAM_BASE_URL"] == "http://stream/"
     # Lambda's rule: queue visibility timeout >= 6x the worker's timeout.
     assert queue["VisibilityTimeout"] >= 6 * worker.timeout
 
 
-def test_a_parameter_without_value_fails_loudly() -> None:
-    with pytest.raises(ValueError, match="StreamTokenSecret"):
-        LocalTemplate.load("unit")
+def test_a_parameter_without_value_fails_loudly(tmp_path: Path) -> None:
+    text = (
+        (ROOT / "template.yaml")
+        .read_text()
+        .replace(
+            '  AlarmEmail:\n    Type: String\n    Default: ""\n',
+            "  AlarmEmail:\n    Type: String\n",
+        )
+    )
+    assert text != (ROOT / "template.yaml").read_text()
+    (tmp_path / "t.yaml").write_text(text)
+    with pytest.raises(ValueError, match="AlarmEmail"):
+        LocalTemplate.load("unit", path=tmp_path / "t.yaml")
