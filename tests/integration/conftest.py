@@ -13,17 +13,20 @@ from localcloud.template import LocalTemplate
 from tests.conftest import unique
 
 
+def aws_client(endpoint: str, name: str) -> Any:
+    return boto3.client(
+        name,
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
+
+
 @pytest.fixture(scope="session")
 def clients(aws_endpoint: str) -> dict[str, Any]:
     return {
-        name: boto3.client(
-            name,
-            endpoint_url=aws_endpoint,
-            region_name="us-east-1",
-            aws_access_key_id="test",
-            aws_secret_access_key="test",
-        )
-        for name in ("sqs", "dynamodb", "s3", "secretsmanager")
+        name: aws_client(aws_endpoint, name) for name in ("sqs", "dynamodb", "s3", "secretsmanager")
     }
 
 
