@@ -2,6 +2,7 @@
 # llmstream: one entry point for the local stack, the tests and (later) deploys.
 #   ./run.sh start [up options]   the whole stack on this machine: no keys, no Docker
 #   ./run.sh test [pytest args]   lint, type-check, and every test tier
+#   ./run.sh deploy [--env prod]  sam build + sam deploy, then publish the chat page
 #   ./run.sh install              create .venv and install everything (the others do it too)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -49,6 +50,30 @@ ensure_venv() {
   export PATH="$PWD/$VENV/bin:$PATH"
 }
 
+# checkov (the IaC scanner) pins an older boto3, so it lives in a venv of its own.
+ensure_checkov() {
+  if [ ! -x .venv-checkov/bin/checkov ]; then
+    say "installing checkov into .venv-checkov (first run only)"
+    "$(find_python)" -m venv .venv-checkov
+    .venv-checkov/bin/python -m pip install --quiet 'checkov>=3.2,<4'
+  fi
+  export CHECKOV="$PWD/.venv-checkov/bin/checkov"
+}
+
+# `sam build` needs the template's runtime (python3.12) on PATH; pyenv has it.
+ensure_lambda_python() {
+  command -v python3.12 >/dev/null 2>&1 && python3.12 -c '' 2>/dev/null && return
+  if command -v pyenv >/dev/null 2>&1; then
+    local v
+    v=$(pyenv versions --bare | grep -E '^3\.12(\.|$)' | tail -1)
+    if [ -n "$v" ]; then
+      export PATH="$PWD/$VENV/bin:$(pyenv prefix "$v")/bin:$PATH"
+      return
+    fi
+  fi
+  echo "warning: python3.12 not found; sam build needs it (pyenv install 3.12)" >&2
+}
+
 # Debian packages a later tier needs (redis-server, chromium), installed when missing.
 ensure_apt() {
   local missing=()
@@ -75,6 +100,8 @@ case "$cmd" in
     ;;
   test)
     ensure_venv
+    ensure_checkov
+    ensure_lambda_python
     say "ruff"
     ruff check functions infra tests
     ruff format --check functions infra tests >/dev/null || { ruff format --diff functions infra tests; exit 1; }
@@ -83,12 +110,36 @@ case "$cmd" in
     say "pytest (unit, integration, e2e)"
     exec python -m pytest tests "$@"
     ;;
+  deploy)
+    ensure_venv
+    ensure_lambda_python
+    env_name=default
+    while [ $# -gt 0 ]; do
+      case "$1" in
+        --env) env_name=$2; shift 2 ;;
+        --env=*) env_name=${1#--env=}; shift ;;
+        *) break ;;
+      esac
+    done
+    stack=$(python - "$env_name" <<'PY'
+import sys, tomllib
+config = tomllib.load(open("samconfig.toml", "rb"))
+print(config[sys.argv[1]]["global"]["parameters"]["stack_name"])
+PY
+)
+    say "sam build ($env_name)"
+    sam build --config-env "$env_name"
+    say "sam deploy ($env_name -> stack $stack)"
+    sam deploy --config-env "$env_name" "$@"
+    say "publishing the chat page"
+    python -m llmstream_deploy publish --stack "$stack"
+    ;;
   help | -h | --help)
-    sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'
     ;;
   *)
     echo "unknown command: $cmd" >&2
-    sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
     ;;
 esac

@@ -27,9 +27,7 @@ _QUEUE_ATTRIBUTES = {
 }
 
 
-def provision(
-    tpl: LocalTemplate, *, sqs: Any, dynamodb: Any, s3: Any, secretsmanager: Any
-) -> None:
+def provision(tpl: LocalTemplate, *, sqs: Any, dynamodb: Any, s3: Any, secretsmanager: Any) -> None:
     _queues(tpl, sqs)
     _tables(tpl, dynamodb)
     _buckets(tpl, s3)
@@ -48,9 +46,12 @@ def _secrets(tpl: LocalTemplate, secretsmanager: Any) -> None:
             if e.response["Error"]["Code"] != "ResourceNotFoundException":
                 raise
             generate = props.get("GenerateSecretString", {})
-            value = props.get("SecretString") or secrets.token_urlsafe(
-                int(generate.get("PasswordLength", 32))
-            )[: int(generate.get("PasswordLength", 32))]
+            value = (
+                props.get("SecretString")
+                or secrets.token_urlsafe(int(generate.get("PasswordLength", 32)))[
+                    : int(generate.get("PasswordLength", 32))
+                ]
+            )
             arn = secretsmanager.create_secret(Name=name, SecretString=value)["ARN"]
         # Ref of a secret is its ARN, which only the endpoint knows (it ends in a suffix).
         tpl.overrides[f"{logical_id}.Ref"] = arn

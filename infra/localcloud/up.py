@@ -86,6 +86,7 @@ class Stack:
             self.stop()
             raise
         (o.dir / "state.json").write_text(json.dumps(self.state(), indent=2))
+        self.sam_local_env_file().write_text(json.dumps(self.sam_local_env(), indent=2))
         return self
 
     def stop(self) -> None:
@@ -122,6 +123,22 @@ class Stack:
             "logs": str(self.opts.dir / "logs"),
             "fake_openai": self.fake_openai,
         }
+
+    def sam_local_env_file(self) -> Path:
+        return self.opts.dir / "sam-local-env.json"
+
+    def sam_local_env(self) -> dict[str, dict[str, str]]:
+        """`sam local --env-vars` file: each function's environment as this stack runs it
+        (template values resolved to the local resources, the local AWS endpoint). Use it
+        with `--docker-network host`, so the container reaches the endpoint on loopback."""
+        assert self.template is not None
+        out: dict[str, dict[str, str]] = {}
+        for logical_id, spec in self.template.functions().items():
+            env = {**spec.environment, **self.aws_env, "POWERTOOLS_TRACE_DISABLED": "true"}
+            if "OPENAI_BASE_URL" in self.openai_env:
+                env["OPENAI_BASE_URL"] = self.openai_env["OPENAI_BASE_URL"]
+            out[logical_id] = env
+        return out
 
     def check(self) -> None:
         """Raise if a component has died."""
