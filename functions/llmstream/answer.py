@@ -8,17 +8,26 @@ cancelled) and the matching status on its row, or the message is left for SQS to
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from openai import APIError, OpenAIError
+from openai import (
+    APIConnectionError,
+    APIError,
+    APIStatusError,
+    APITimeoutError,
+    OpenAIError,
+    RateLimitError,
+)
 
 from llmstream.chunklog.base import ChunkLog
 from llmstream.deps import Deps
 from llmstream.exceptions import ClaimLost, TaskAlreadyFinal, TaskNotFound
-from llmstream.llm import Finished, stream_chat
+from llmstream.llm import Finished, open_stream, pieces
 from llmstream.models import EventKind
+from llmstream.tasks import Task
 
 logger = logging.getLogger(__name__)
 
@@ -91,11 +100,79 @@ class ChunkWriter:
         self._seq += 1
 
 
-def run_task(deps: Deps, task_id: str) -> None:
+class Watchdog:
+    """Stops an answer from outside the token loop: on a cancel request or at the deadline.
+
+    A stalled model sends no tokens, so a check inside the loop could wait forever; this
+    thread closes the model stream instead, which ends the loop at once.
+    """
+
+    def __init__(
+        self,
+        *,
+        cancelled: Callable[[], bool],
+        deadline: float,
+        interval: float,
+        stop: Callable[[], None],
+    ) -> None:
+        self.reason: str | None = None
+        self._cancelled = cancelled
+        self._deadline = deadline
+        self._interval = interval
+        self._stop = stop
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="answer-watchdog", daemon=True)
+
+    def __enter__(self) -> Watchdog:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._done.wait(min(self._interval, max(0.0, self._deadline - time.monotonic()))):
+            if time.monotonic() >= self._deadline:
+                self.reason = "timeout"
+            else:
+                try:
+                    if self._cancelled():
+                        self.reason = "cancelled"
+                except Exception:  # a failed check is not a cancel; try again next time
+                    logger.warning("cancel check failed", exc_info=True)
+            if self.reason:
+                self._stop()
+                return
+
+
+class RetryLater(Exception):
+    """The task went back to its queue; redeliver the message after ``delay`` seconds."""
+
+    def __init__(self, delay: float, reason: str) -> None:
+        super().__init__(f"retry in {delay:.0f}s: {reason}")
+        self.delay = delay
+
+
+def _transient(error: Exception) -> bool:
+    """Worth another try later: overload, rate limits, server errors, timeouts."""
+    if isinstance(error, (APIConnectionError, APITimeoutError, RateLimitError)):
+        return True
+    return isinstance(error, APIStatusError) and error.status_code >= 500
+
+
+def run_task(
+    deps: Deps,
+    task_id: str,
+    *,
+    receive_count: int = 1,
+    remaining_seconds: Callable[[], float] | None = None,
+) -> None:
     """Claim ``task_id`` and stream its answer into the chunk log.
 
-    Raises only when the outcome could not be recorded (store unreachable), so that SQS
-    redelivers the message; every other failure ends as an ``error`` terminal event.
+    Raises RetryLater when a transient model failure should be retried through the queue;
+    raises other exceptions only when the outcome could not be recorded (store unreachable),
+    so that SQS redelivers the message. Every other ending is a terminal event.
     """
     try:
         task = deps.tasks.claim(task_id)
@@ -110,7 +187,8 @@ def run_task(deps: Deps, task_id: str) -> None:
     next_seq = 1
     if task.attempt > 1:
         # A previous attempt died mid-answer (the message came back after its visibility
-        # timeout). Continue the log after what it wrote; if it had finished, just settle.
+        # timeout) or was deferred. Continue the log after what it wrote; if it had
+        # finished, just settle the row.
         last = deps.log.last(task_id)
         if last is not None and last.terminal:
             _settle(deps, task_id, task.attempt, last.kind, last.data)
@@ -123,34 +201,75 @@ def run_task(deps: Deps, task_id: str) -> None:
         interval=settings.chunk_flush_interval_ms / 1000,
         max_chars=settings.chunk_max_chars,
     )
+    if task.cancel_requested:
+        _end(deps, writer, task, "cancelled", {"type": "cancelled"})
+        return
+    budget = settings.answer_timeout_seconds
+    if remaining_seconds is not None:
+        budget = min(budget, remaining_seconds() - settings.lambda_margin_seconds)
     try:
-        if task.attempt > 1:
+        if next_seq > 1:
             writer.event("reset", {"type": "reset", "attempt": task.attempt})
-        first = True
+        stream = open_stream(deps.openai, task)
+        watchdog = Watchdog(
+            cancelled=lambda: deps.tasks.is_cancel_requested(task_id),
+            deadline=time.monotonic() + budget,
+            interval=settings.cancel_check_interval_ms / 1000,
+            stop=stream.close,
+        )
         finished: Finished | None = None
-        for piece in stream_chat(deps.openai, task):
-            if isinstance(piece, Finished):
-                finished = piece
-                break
-            writer.add(piece)
-            if first:
-                first = False
-                deps.tasks.mark_first_token(task_id, task.attempt, time.time())
-        usage = finished.usage if finished else None
-        data: dict[str, Any] = {"type": "done", "usage": usage}
-        if finished and finished.finish_reason:
-            data["finish_reason"] = finished.finish_reason
-        writer.event("done", data)
-        deps.tasks.finish(task_id, task.attempt, "done", usage=usage)
-        logger.info("task %s done: %d chunks", task_id, writer.chunks_written)
+        first = True
+        with watchdog:
+            try:
+                for piece in pieces(stream):
+                    if isinstance(piece, Finished):
+                        finished = piece
+                        break
+                    if watchdog.reason:
+                        break
+                    writer.add(piece)
+                    if first:
+                        first = False
+                        deps.tasks.mark_first_token(task_id, task.attempt, time.time())
+            except Exception:
+                if not watchdog.reason:  # closing the stream makes the loop raise: expected
+                    raise
+        if watchdog.reason == "cancelled":
+            _end(deps, writer, task, "cancelled", {"type": "cancelled"})
+        elif watchdog.reason == "timeout":
+            _fail(deps, writer, task_id, task.attempt, f"timeout: no answer within {budget:.0f}s")
+        else:
+            usage = finished.usage if finished else None
+            data: dict[str, Any] = {"type": "done", "usage": usage}
+            if finished and finished.finish_reason:
+                data["finish_reason"] = finished.finish_reason
+            _end(deps, writer, task, "done", data)
+            logger.info("task %s done: %d chunks", task_id, writer.chunks_written)
     except ClaimLost as e:
         # Another attempt owns the task now; it will write the terminal event.
         logger.warning("task %s: %s", task_id, e)
     except (APIError, OpenAIError) as e:
-        _fail(deps, writer, task_id, task.attempt, f"model error: {_describe(e)}")
+        reason = f"model error: {_describe(e)}"
+        if _transient(e) and receive_count < settings.max_receive_count:
+            delay = min(
+                settings.retry_max_seconds, settings.retry_base_seconds * 2 ** (receive_count - 1)
+            )
+            deps.tasks.defer(task_id, task.attempt, time.time() + delay, reason)
+            raise RetryLater(delay, reason) from e
+        _fail(deps, writer, task_id, task.attempt, reason)
     except Exception as e:  # a bug must still end the stream, not leave it hanging
         logger.exception("task %s failed", task_id)
         _fail(deps, writer, task_id, task.attempt, f"internal error: {type(e).__name__}")
+
+
+def _end(
+    deps: Deps, writer: ChunkWriter, task: Task, kind: EventKind, data: dict[str, Any]
+) -> None:
+    writer.event(kind, data)
+    if kind == "done":
+        deps.tasks.finish(task.task_id, task.attempt, "done", usage=data.get("usage"))
+    else:
+        deps.tasks.finish(task.task_id, task.attempt, "cancelled")
 
 
 def _describe(error: Exception) -> str:

@@ -9,7 +9,15 @@ from mangum import Mangum
 
 from llmstream import chat, web
 from llmstream.deps import Deps, get_deps
-from llmstream.models import ID_PATTERN, ChatAccepted, ChatRequest, ErrorBody, Health, TaskStatus
+from llmstream.models import (
+    ID_PATTERN,
+    CancelResult,
+    ChatAccepted,
+    ChatRequest,
+    ErrorBody,
+    Health,
+    TaskStatus,
+)
 from llmstream.settings import ApiSettings, get_api_settings
 
 settings = get_api_settings()  # fails at cold start when misconfigured, not on a request
@@ -41,6 +49,12 @@ def post_chat(body: ChatRequest, deps: DepsDep, cfg: SettingsDep) -> ChatAccepte
 def get_chat(task_id: TaskId, deps: DepsDep) -> TaskStatus:
     """Status, text so far, usage and timings of one task."""
     return chat.status(deps, task_id)
+
+
+@app.post("/chat/{task_id}/cancel", response_model=CancelResult, responses=ERRORS)
+def cancel_chat(task_id: TaskId, deps: DepsDep) -> CancelResult:
+    """Stop a task: queued ones at once, running ones within about a second. Idempotent."""
+    return chat.cancel(deps, task_id)
 
 
 @app.get("/health", response_model=Health)

@@ -11,7 +11,14 @@ from botocore.exceptions import BotoCoreError, ClientError
 from llmstream import tokens
 from llmstream.deps import Deps
 from llmstream.exceptions import QueueUnavailable
-from llmstream.models import ChatAccepted, ChatRequest, TaskMessage, TaskStatus, Usage
+from llmstream.models import (
+    CancelResult,
+    ChatAccepted,
+    ChatRequest,
+    TaskMessage,
+    TaskStatus,
+    Usage,
+)
 from llmstream.settings import ApiSettings
 from llmstream.tasks import Task
 
@@ -30,6 +37,7 @@ def submit(deps: Deps, settings: ApiSettings, request: ChatRequest) -> ChatAccep
         system=request.system,
         max_tokens=min(request.max_tokens or settings.max_tokens_limit, settings.max_tokens_limit),
         temperature=request.temperature,
+        cancel_on_disconnect=request.cancel_on_disconnect,
         created_at=time.time(),
     )
     # The row first, then the message: a worker that receives the id always finds the row.
@@ -52,6 +60,21 @@ def stream_url(deps: Deps, settings: ApiSettings, task_id: str) -> str:
     return f"{base}/stream/{task_id}?token={quote(token)}"
 
 
+def cancel(deps: Deps, task_id: str) -> CancelResult:
+    """Cancel a task; calling it again, or on a finished task, changes nothing.
+
+    A task no worker holds yet is ended here (its stream gets the cancelled event); a
+    running one is flagged, and its worker stops the model call within a second.
+    """
+    task = deps.tasks.request_cancel(task_id)
+    if task.status in ("queued", "waiting") and deps.tasks.cancel_unstarted(task_id):
+        last = deps.log.last(task_id)  # a deferred task may have written part of an answer
+        # No worker holds the task (its status moved from queued), so this seq is free.
+        deps.log.append(task_id, (last.seq if last else 0) + 1, "cancelled", {"type": "cancelled"})
+        task = deps.tasks.get(task_id)
+    return CancelResult(task_id=task_id, status=task.status, cancel_requested=task.cancel_requested)
+
+
 def status(deps: Deps, task_id: str) -> TaskStatus:
     task = deps.tasks.get(task_id)
     text: list[str] = []
@@ -71,6 +94,8 @@ def status(deps: Deps, task_id: str) -> TaskStatus:
         usage=Usage.model_validate(task.usage) if task.usage else None,
         error=task.error,
         attempt=task.attempt,
+        cancel_requested=task.cancel_requested,
+        retry_at=task.retry_at,
         created_at=task.created_at,
         started_at=task.started_at,
         first_token_at=task.first_token_at,

@@ -43,8 +43,8 @@ class Finished:
     finish_reason: str | None
 
 
-def stream_chat(client: OpenAI, task: Task) -> Iterator[str | Finished]:
-    """Yield text pieces as the model produces them, then one Finished."""
+def open_stream(client: OpenAI, task: Task) -> Stream[ChatCompletionChunk]:
+    """Start a streamed chat completion; ``close()`` on the result stops the model call."""
     kwargs: dict[str, Any] = {
         "model": task.model,
         "messages": build_messages(task),
@@ -55,7 +55,11 @@ def stream_chat(client: OpenAI, task: Task) -> Iterator[str | Finished]:
         kwargs["max_tokens"] = task.max_tokens
     if task.temperature is not None:
         kwargs["temperature"] = task.temperature
-    stream = cast("Stream[ChatCompletionChunk]", client.chat.completions.create(**kwargs))
+    return cast("Stream[ChatCompletionChunk]", client.chat.completions.create(**kwargs))
+
+
+def pieces(stream: Stream[ChatCompletionChunk]) -> Iterator[str | Finished]:
+    """Yield text pieces as the model produces them, then one Finished."""
     usage: dict[str, Any] | None = None
     finish_reason: str | None = None
     with stream:

@@ -8,7 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-TaskState = Literal["queued", "running", "done", "error", "cancelled"]
+# waiting: back on its queue for a while (model overloaded or rate limited), then retried.
+TaskState = Literal["queued", "waiting", "running", "done", "error", "cancelled"]
 FINAL_STATES: frozenset[str] = frozenset({"done", "error", "cancelled"})
 
 EventKind = Literal["chunk", "reset", "done", "error", "cancelled"]
@@ -33,6 +34,11 @@ class ChatRequest(BaseModel):
     system: str | None = Field(default=None, max_length=8_000, description="System prompt")
     max_tokens: int | None = Field(default=None, ge=1, le=32_768)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    cancel_on_disconnect: bool = Field(
+        default=False,
+        description="Stop the answer when its last viewer disconnects (default: it goes on, "
+        "to be resumed)",
+    )
 
     @field_validator("message")
     @classmethod
@@ -70,11 +76,21 @@ class TaskStatus(BaseModel):
     usage: Usage | None = None
     error: str | None = None
     attempt: int = 0
+    cancel_requested: bool = False
+    retry_at: float | None = None
     created_at: float
     started_at: float | None = None
     first_token_at: float | None = None
     finished_at: float | None = None
     last_seq: int = Field(0, description="Seq of the newest chunk-log event")
+
+
+class CancelResult(BaseModel):
+    """POST /chat/{task_id}/cancel: where the task stands after the request."""
+
+    task_id: str
+    status: TaskState
+    cancel_requested: bool = Field(description="True once a cancel has been asked for")
 
 
 class Health(BaseModel):

@@ -45,6 +45,17 @@ class Settings(BaseSettings):
     openai_max_retries: int = Field(default=2, ge=0)
     openai_timeout_seconds: float = Field(default=60.0, gt=0)
     max_tokens_limit: int = Field(default=4096, gt=0)
+    # An answer ends (error "timeout") after this long, and always before Lambda would stop
+    # the worker: the deadline is also "remaining time minus the margin".
+    answer_timeout_seconds: float = Field(default=300.0, gt=0)
+    lambda_margin_seconds: float = Field(default=5.0, ge=0)
+    # How often a running answer looks for a cancel request (cancel lands within ~this).
+    cancel_check_interval_ms: int = Field(default=500, gt=0)
+    # Transient model failures (429, 5xx, timeouts) the SDK's retries did not cure go back to
+    # the queue with exponential backoff, until the queue's maxReceiveCount (keep equal).
+    max_receive_count: int = Field(default=3, ge=1)
+    retry_base_seconds: float = Field(default=2.0, ge=0)
+    retry_max_seconds: float = Field(default=120.0, ge=0)
 
     # Stream: how often an idle stream polls the chunk log, and keep-alive pings.
     stream_poll_interval_ms: int = Field(default=50, gt=0)

@@ -68,17 +68,26 @@ async def stream(
     key = await anyio.to_thread.run_sync(lambda: deps.token_key)
     tokens.verify(key, task_id, token)
     start = _resume_point(last_event_id, after)
-    await anyio.to_thread.run_sync(deps.tasks.get, task_id)  # 404 before any 200 is sent
+    task = await anyio.to_thread.run_sync(deps.tasks.get, task_id)  # 404 before the 200
 
     async def events() -> AsyncIterator[ServerSentEvent]:
-        async for event in follow(
-            deps.log,
-            task_id,
-            start,
-            poll_interval=settings.stream_poll_interval_ms / 1000,
-            max_seconds=settings.stream_max_seconds,
-        ):
-            yield ServerSentEvent(data=event.sse_data(), id=str(event.seq))
+        left_early = True
+        try:
+            async for event in follow(
+                deps.log,
+                task_id,
+                start,
+                poll_interval=settings.stream_poll_interval_ms / 1000,
+                max_seconds=settings.stream_max_seconds,
+            ):
+                yield ServerSentEvent(data=event.sse_data(), id=str(event.seq))
+            left_early = False  # the terminal event, or the end of this response's time
+        finally:
+            if left_early and task.cancel_on_disconnect:
+                # The viewer went away and the request asked to stop then. The response is
+                # being torn down (cancelled): shield the call that records the cancel.
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(deps.tasks.request_cancel, task_id)
 
     return EventSourceResponse(
         events(),

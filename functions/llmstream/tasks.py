@@ -38,6 +38,9 @@ class Task:
     finished_at: float | None = None
     usage: dict[str, Any] | None = None
     error: str | None = None
+    cancel_requested: bool = False
+    cancel_on_disconnect: bool = False
+    retry_at: float | None = None
 
     def to_item(self, expires_at: int) -> dict[str, Any]:
         raw = {k: v for k, v in self.__dict__.items() if v is not None}
@@ -96,7 +99,8 @@ class TaskStore:
         return Task.from_item(got["Item"])
 
     def claim(self, task_id: str, now: float | None = None) -> Task:
-        """Take the task for a new attempt: queued or running (a crashed attempt) -> running.
+        """Take the task for a new attempt: queued, waiting or running (a crashed attempt)
+        -> running.
 
         The conditional write makes the claim atomic: a final task is never run again.
         """
@@ -106,13 +110,16 @@ class TaskStore:
                 Key={"task_id": {"S": task_id}},
                 UpdateExpression=(
                     "SET #s = :running, attempt = if_not_exists(attempt, :zero) + :one, "
-                    "started_at = :now"
+                    "started_at = :now REMOVE retry_at"
                 ),
-                ConditionExpression="attribute_exists(task_id) AND #s IN (:queued, :running)",
+                ConditionExpression=(
+                    "attribute_exists(task_id) AND #s IN (:queued, :waiting, :running)"
+                ),
                 ExpressionAttributeNames={"#s": "status"},
                 ExpressionAttributeValues={
                     ":running": {"S": "running"},
                     ":queued": {"S": "queued"},
+                    ":waiting": {"S": "waiting"},
                     ":zero": {"N": "0"},
                     ":one": {"N": "1"},
                     ":now": _ser.serialize(_to_dynamo(time.time() if now is None else now)),
@@ -125,6 +132,69 @@ class TaskStore:
                 raise TaskAlreadyFinal(f"task {task_id} is {task.status}") from e
             raise StoreUnavailable(str(e)) from e
         return Task.from_item(got["Attributes"])
+
+    def request_cancel(self, task_id: str) -> Task:
+        """Flag a live task for cancelling; a final one is returned as it is (idempotent)."""
+        try:
+            got = self._client.update_item(
+                TableName=self._table,
+                Key={"task_id": {"S": task_id}},
+                UpdateExpression="SET cancel_requested = :true",
+                ConditionExpression=(
+                    "attribute_exists(task_id) AND #s IN (:queued, :waiting, :running)"
+                ),
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues={
+                    ":true": {"BOOL": True},
+                    ":queued": {"S": "queued"},
+                    ":waiting": {"S": "waiting"},
+                    ":running": {"S": "running"},
+                },
+                ReturnValues="ALL_NEW",
+            )
+        except ClientError as e:
+            if e.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return self.get(task_id)  # final already, or TaskNotFound
+            raise StoreUnavailable(str(e)) from e
+        return Task.from_item(got["Attributes"])
+
+    def cancel_unstarted(self, task_id: str, now: float | None = None) -> bool:
+        """queued/waiting -> cancelled, if no worker holds the task; True if it did."""
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key={"task_id": {"S": task_id}},
+                UpdateExpression="SET #s = :cancelled, finished_at = :now",
+                ConditionExpression="#s IN (:queued, :waiting)",
+                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues={
+                    ":cancelled": {"S": "cancelled"},
+                    ":queued": {"S": "queued"},
+                    ":waiting": {"S": "waiting"},
+                    ":now": _ser.serialize(_to_dynamo(time.time() if now is None else now)),
+                },
+            )
+        except ClientError as e:
+            if e.response["Error"]["Code"] == "ConditionalCheckFailedException":
+                return False
+            raise StoreUnavailable(str(e)) from e
+        return True
+
+    def is_cancel_requested(self, task_id: str) -> bool:
+        try:
+            got = self._client.get_item(
+                TableName=self._table,
+                Key={"task_id": {"S": task_id}},
+                ConsistentRead=True,
+                ProjectionExpression="cancel_requested",
+            )
+        except ClientError as e:
+            raise StoreUnavailable(str(e)) from e
+        return bool(got.get("Item", {}).get("cancel_requested", {}).get("BOOL", False))
+
+    def defer(self, task_id: str, attempt: int, retry_at: float, error: str) -> None:
+        """running -> waiting: the message goes back to its queue until ``retry_at``."""
+        self._update(task_id, attempt, {"status": "waiting", "retry_at": retry_at, "error": error})
 
     def mark_first_token(self, task_id: str, attempt: int, at: float) -> None:
         self._update(task_id, attempt, {"first_token_at": at})

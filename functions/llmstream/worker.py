@@ -13,20 +13,45 @@ from aws_lambda_powertools.utilities.batch import (
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from llmstream.answer import run_task
+from llmstream.answer import RetryLater, run_task
 from llmstream.deps import get_deps
 from llmstream.models import TaskMessage
+from llmstream.settings import Settings
 
 logger = Logger()
 
 
-def record_handler(record: SQSRecord) -> None:
+def record_handler(record: SQSRecord, lambda_context: LambdaContext) -> None:
     # A body that is not a task message raises: the record is reported as failed and, after
     # maxReceiveCount deliveries, lands in the DLQ (a poison message, not an endless retry).
     message = TaskMessage.model_validate_json(record.body)
     # Thread-safe keys: the local poller runs several invocations in one process.
     logger.thread_safe_append_keys(task_id=message.task_id)
-    run_task(get_deps(), message.task_id)
+    deps = get_deps()
+    try:
+        run_task(
+            deps,
+            message.task_id,
+            receive_count=int(record.attributes.approximate_receive_count),
+            remaining_seconds=lambda: lambda_context.get_remaining_time_in_millis() / 1000,
+        )
+    except RetryLater as retry:
+        # Back to the queue for the backoff delay instead of the queue's long visibility
+        # timeout; reporting the record as failed keeps the message (and its receive count).
+        deps.sqs.change_message_visibility(
+            QueueUrl=queue_url_of(deps.settings, record.event_source_arn),
+            ReceiptHandle=record.receipt_handle,
+            VisibilityTimeout=int(retry.delay),
+        )
+        raise
+
+
+def queue_url_of(settings: Settings, queue_arn: str) -> str:
+    name = queue_arn.rsplit(":", 1)[-1]
+    for url in (settings.queue_url_high, settings.queue_url_default, settings.queue_url_low):
+        if url.rstrip("/").rsplit("/", 1)[-1] == name:
+            return url
+    raise ValueError(f"no configured queue matches {queue_arn}")
 
 
 @logger.inject_lambda_context

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 
 import pytest
 
-from llmstream.answer import run_task
+from llmstream.answer import RetryLater, run_task
 from llmstream.deps import Deps
 from llmstream.models import Event
 from llmstream.tasks import Task
@@ -54,9 +56,9 @@ def test_answer_is_streamed_into_the_log_and_the_task_is_done(deps: Deps) -> Non
     assert row.started_at <= row.first_token_at <= (row.finished_at or 0)
 
 
-def test_model_failure_ends_in_an_error_event(deps: Deps) -> None:
+def test_model_failure_on_the_last_delivery_ends_in_an_error_event(deps: Deps) -> None:
     task = submit(deps, "please fail [[fake status=500]]")
-    run_task(deps, task.task_id)
+    run_task(deps, task.task_id, receive_count=deps.settings.max_receive_count)
     events = deps.log.read_all(task.task_id)
     assert [e.kind for e in events] == ["error"]
     assert "500" in events[0].data["message"]
@@ -106,3 +108,106 @@ def test_crash_after_the_terminal_event_settles_the_status(deps: Deps) -> None:
 
 def test_a_message_for_an_unknown_task_is_dropped(deps: Deps) -> None:
     run_task(deps, uuid.uuid4().hex)  # logs and returns; nothing to retry
+
+
+def deps_with(deps: Deps, **settings: object) -> Deps:
+    from llmstream.deps import build_deps
+
+    return build_deps(
+        deps.settings.model_copy(update=settings),
+        dynamodb=deps.dynamodb,
+        sqs=deps.sqs,
+        openai=deps.openai,
+    )
+
+
+def test_cancel_stops_a_running_answer_within_a_second(deps: Deps) -> None:
+    # GIVEN a slow answer (10 s at 20 tokens/s) being streamed by a worker
+    task = submit(deps, "long one [[fake tokens=200 tps=20 ttft_ms=0]]")
+    worker = threading.Thread(target=run_task, args=(deps, task.task_id))
+    worker.start()
+    deadline = time.monotonic() + 10
+    while not deps.log.read(task.task_id, 0, 1) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # WHEN it is cancelled
+    asked = time.monotonic()
+    deps.tasks.request_cancel(task.task_id)
+    worker.join(timeout=10)
+    # THEN the worker stops soon after, and the log ends with one cancelled event
+    stopped_after = time.monotonic() - asked
+    assert not worker.is_alive()
+    assert stopped_after < 3, stopped_after  # generous: the check runs every 0.5 s
+    events = deps.log.read_all(task.task_id)
+    assert events[-1].kind == "cancelled"
+    assert [e.kind for e in events].count("cancelled") == 1
+    full = expected_answer(
+        [{"role": "user", "content": task.message}], behaviour=Behaviour(tokens=200)
+    )
+    assert full.startswith(text_of(events)) and len(text_of(events)) < len(full)
+    assert deps.tasks.get(task.task_id).status == "cancelled"
+
+
+def test_a_task_cancelled_before_its_worker_starts_never_calls_the_model(deps: Deps) -> None:
+    task = submit(deps)
+    deps.tasks.request_cancel(task.task_id)
+    run_task(deps, task.task_id)
+    assert [e.kind for e in deps.log.read_all(task.task_id)] == ["cancelled"]
+    assert deps.tasks.get(task.task_id).status == "cancelled"
+
+
+def test_cancel_of_a_queued_task_ends_it_at_once_and_twice_is_fine(deps: Deps) -> None:
+    from llmstream.chat import cancel
+
+    task = submit(deps)
+    first = cancel(deps, task.task_id)
+    second = cancel(deps, task.task_id)
+    assert (first.status, second.status) == ("cancelled", "cancelled")
+    assert [e.kind for e in deps.log.read_all(task.task_id)] == ["cancelled"]
+    run_task(deps, task.task_id)  # the message arrives later: nothing happens
+    assert len(deps.log.read_all(task.task_id)) == 1
+
+
+def test_answer_timeout_ends_in_an_error_event(deps: Deps) -> None:
+    task = submit(deps, "slow [[fake tokens=100 tps=10 ttft_ms=0]]")
+    run_task(deps_with(deps, answer_timeout_seconds=0.6), task.task_id)
+    events = deps.log.read_all(task.task_id)
+    assert events[-1].kind == "error" and "timeout" in events[-1].data["message"]
+    assert deps.tasks.get(task.task_id).status == "error"
+
+
+def test_the_answer_ends_before_lambda_would_stop_the_worker(deps: Deps) -> None:
+    # GIVEN an invocation with 1.5 s left and a 1 s safety margin
+    task = submit(deps, "slow [[fake tokens=100 tps=10 ttft_ms=0]]")
+    started = time.monotonic()
+    run_task(
+        deps_with(deps, lambda_margin_seconds=1.0),
+        task.task_id,
+        remaining_seconds=lambda: 1.5 - (time.monotonic() - started),
+    )
+    # THEN it ended with a clean terminal event inside the invocation's time
+    assert time.monotonic() - started < 1.5 + 0.6
+    assert deps.log.read_all(task.task_id)[-1].kind == "error"
+
+
+def test_transient_model_failure_goes_back_to_the_queue_then_errors(deps: Deps) -> None:
+    task = submit(deps, "overloaded [[fake status=503]]")
+    # WHEN the first deliveries fail with a 503 (after the SDK's own retries)
+    for receive_count, delay in ((1, 2.0), (2, 4.0)):
+        with pytest.raises(RetryLater) as retry:
+            run_task(deps, task.task_id, receive_count=receive_count)
+        # THEN the message is to be redelivered with exponential backoff, status waiting
+        assert retry.value.delay == delay
+        row = deps.tasks.get(task.task_id)
+        assert row.status == "waiting" and row.retry_at and "503" in (row.error or "")
+    assert deps.log.read_all(task.task_id) == []  # nothing for the viewer yet
+    # AND the last delivery allowed ends the task with an error event
+    run_task(deps, task.task_id, receive_count=3)
+    events = deps.log.read_all(task.task_id)
+    assert [e.kind for e in events] == ["error"] and "503" in events[0].data["message"]
+    assert deps.tasks.get(task.task_id).status == "error"
+
+
+def test_a_client_error_is_not_retried(deps: Deps) -> None:
+    task = submit(deps, "bad request [[fake status=400]]")
+    run_task(deps, task.task_id, receive_count=1)
+    assert [e.kind for e in deps.log.read_all(task.task_id)] == ["error"]

@@ -1,0 +1,104 @@
+"""Cancel, retries with backoff and the disconnect policy, on the whole local stack."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import httpx
+import pytest
+from httpx_sse import connect_sse
+
+from localcloud.up import Stack
+from tests.e2e.test_chat_flow import post_chat, read_stream
+
+pytestmark = pytest.mark.e2e
+
+
+def status(stack: Stack, task_id: str) -> dict[str, object]:
+    return dict(httpx.get(f"{stack.urls['api']}/chat/{task_id}").json())
+
+
+def wait_for(predicate: object, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition not met in time")
+
+
+def test_cancel_ends_the_stream_with_cancelled(local_stack: Stack) -> None:
+    api = local_stack.urls["api"]
+    body = post_chat(local_stack, {"message": "long [[fake tokens=400 tps=20]]"}).json()
+    events: list[dict[str, object]] = []
+
+    def viewer() -> None:
+        with (
+            httpx.Client(timeout=30) as client,
+            connect_sse(client, "GET", body["stream_url"]) as source,
+        ):
+            events.extend(json.loads(e.data) for e in source.iter_sse())
+
+    thread = threading.Thread(target=viewer)
+    thread.start()
+    wait_for(lambda: len(events) >= 2)
+    # WHEN the user presses stop (twice)
+    first = httpx.post(f"{api}/chat/{body['task_id']}/cancel")
+    second = httpx.post(f"{api}/chat/{body['task_id']}/cancel")
+    assert first.status_code == second.status_code == 200
+    assert first.json()["cancel_requested"] is True
+    thread.join(timeout=10)
+    # THEN the stream ended with cancelled, well before the 20 s answer would have
+    assert not thread.is_alive()
+    assert events[-1] == {"type": "cancelled"}
+    assert status(local_stack, body["task_id"])["status"] == "cancelled"
+    again = httpx.post(f"{api}/chat/{body['task_id']}/cancel").json()
+    assert again["status"] == "cancelled"
+
+
+def test_cancel_of_a_finished_or_unknown_task(local_stack: Stack) -> None:
+    api = local_stack.urls["api"]
+    body = post_chat(local_stack, {"message": "short [[fake tokens=5]]"}).json()
+    read_stream(body["stream_url"])
+    done = httpx.post(f"{api}/chat/{body['task_id']}/cancel")
+    assert done.status_code == 200 and done.json()["status"] == "done"
+    assert httpx.post(f"{api}/chat/{'0' * 32}/cancel").status_code == 404
+
+
+def test_transient_failures_are_retried_with_backoff_then_end_in_error(local_stack: Stack) -> None:
+    # GIVEN a model that answers 503 every time
+    body = post_chat(local_stack, {"message": "overloaded [[fake status=503]]"}).json()
+    seen: set[object] = set()
+
+    def watch() -> bool:
+        s = status(local_stack, body["task_id"])
+        seen.add(s["status"])
+        return s["status"] in ("done", "error", "cancelled")
+
+    # WHEN the pipeline retries through the queue (2 s, then 4 s backoff)
+    wait_for(watch, timeout=60)
+    final = status(local_stack, body["task_id"])
+    # THEN the task waited between attempts and ended with an error after the last one
+    assert "waiting" in seen
+    assert final["status"] == "error" and final["attempt"] == 3
+    events = read_stream(body["stream_url"])
+    assert [json.loads(e.data)["type"] for e in events] == ["error"]
+
+
+def test_cancel_on_disconnect(local_stack: Stack) -> None:
+    stream_opts = {"message": "leave me [[fake tokens=400 tps=20]]"}
+    keep = post_chat(local_stack, stream_opts).json()
+    drop = post_chat(local_stack, {**stream_opts, "cancel_on_disconnect": True}).json()
+    for body in (keep, drop):
+        with (
+            httpx.Client(timeout=30) as client,
+            connect_sse(client, "GET", body["stream_url"]) as source,
+        ):
+            for _ in zip(range(2), source.iter_sse(), strict=False):
+                pass  # two events, then the viewer leaves
+    # THEN the default answer goes on (to be resumed); the other one is stopped
+    wait_for(lambda: status(local_stack, drop["task_id"])["status"] == "cancelled", timeout=10)
+    assert status(local_stack, keep["task_id"])["status"] == "running"
+    httpx.post(f"{local_stack.urls['api']}/chat/{keep['task_id']}/cancel")
