@@ -25,7 +25,7 @@ from openai import (
 from llmstream.chunklog.base import ChunkLog
 from llmstream.deps import Deps
 from llmstream.exceptions import ClaimLost, TaskAlreadyFinal, TaskNotFound
-from llmstream.llm import Finished, open_stream, pieces
+from llmstream.llm import Finished, build_messages, open_stream, pieces
 from llmstream.models import EventKind
 from llmstream.tasks import Task
 
@@ -62,6 +62,7 @@ class ChunkWriter:
         self._buffered = 0
         self._last_write: float | None = None
         self.chunks_written = 0
+        self.text: list[str] = []  # this attempt's answer, for the session history
 
     @property
     def seq(self) -> int:
@@ -69,6 +70,7 @@ class ChunkWriter:
         return self._seq
 
     def add(self, text: str) -> None:
+        self.text.append(text)
         self._buffer.append(text)
         self._buffered += len(text)
         now = self._clock()
@@ -210,7 +212,9 @@ def run_task(
     try:
         if next_seq > 1:
             writer.event("reset", {"type": "reset", "attempt": task.attempt})
-        stream = open_stream(deps.openai, task)
+        history = deps.tasks.session(task.session_id) if settings.history_token_budget else []
+        messages = build_messages(task, history, settings.history_token_budget)
+        stream = open_stream(deps.openai, task, messages)
         watchdog = Watchdog(
             cancelled=lambda: deps.tasks.is_cancel_requested(task_id),
             deadline=time.monotonic() + budget,
@@ -267,7 +271,10 @@ def _end(
 ) -> None:
     writer.event(kind, data)
     if kind == "done":
-        deps.tasks.finish(task.task_id, task.attempt, "done", usage=data.get("usage"))
+        answer = "".join(writer.text)[: deps.settings.answer_max_chars]
+        deps.tasks.finish(
+            task.task_id, task.attempt, "done", usage=data.get("usage"), answer=answer
+        )
     else:
         deps.tasks.finish(task.task_id, task.attempt, "cancelled")
 

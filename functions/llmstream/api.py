@@ -4,18 +4,24 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Path
+from fastapi import Depends, FastAPI, Path, Response
 from mangum import Mangum
 
-from llmstream import chat, web
+from llmstream import chat, ops, web
 from llmstream.deps import Deps, get_deps
 from llmstream.models import (
     ID_PATTERN,
     CancelResult,
     ChatAccepted,
     ChatRequest,
+    EmbeddingsRequest,
+    EmbeddingsResponse,
     ErrorBody,
     Health,
+    HealthFull,
+    ModelTest,
+    SessionHistory,
+    Stats,
     TaskStatus,
 )
 from llmstream.settings import ApiSettings, get_api_settings
@@ -31,8 +37,10 @@ web.configure(app, settings)
 
 DepsDep = Annotated[Deps, Depends(get_deps)]
 SettingsDep = Annotated[ApiSettings, Depends(get_api_settings)]
+SessionId = Annotated[str, Path(pattern=ID_PATTERN, description="session_id from POST /chat")]
 TaskId = Annotated[str, Path(pattern=ID_PATTERN, description="Task id from POST /chat")]
 ERRORS: dict[int | str, dict[str, Any]] = {
+    502: {"model": ErrorBody},
     404: {"model": ErrorBody},
     422: {"model": ErrorBody},
     503: {"model": ErrorBody},
@@ -57,10 +65,46 @@ def cancel_chat(task_id: TaskId, deps: DepsDep) -> CancelResult:
     return chat.cancel(deps, task_id)
 
 
+@app.get("/sessions/{session_id}", response_model=SessionHistory, responses=ERRORS)
+def get_session(session_id: SessionId, deps: DepsDep) -> SessionHistory:
+    """A conversation: its turns (message, answer, status, usage), oldest first."""
+    return chat.session(deps, session_id)
+
+
 @app.get("/health", response_model=Health)
 def health() -> Health:
     """Liveness: answers without touching any dependency."""
     return Health(service="api")
+
+
+@app.get("/health/full", response_model=HealthFull, responses={503: {"model": HealthFull}})
+def health_full(deps: DepsDep, response: Response) -> HealthFull:
+    """Tables, queues (with depths) and the model, each with its latency; 503 if any fails."""
+    result = ops.health_full(deps)
+    if result.status != "ok":
+        response.status_code = 503
+    return result
+
+
+@app.get("/stats", response_model=Stats, responses=ERRORS)
+def get_stats(deps: DepsDep) -> Stats:
+    """Queue depth per priority and DLQ, requests by status, TTFT and tokens/s percentiles."""
+    return ops.stats(deps)
+
+
+@app.get("/test", response_model=ModelTest, responses={502: {"model": ModelTest}})
+def model_test(deps: DepsDep, response: Response) -> ModelTest:
+    """One tiny model call: is the model reachable with this key?"""
+    result = ops.test_model(deps)
+    if not result.ok:
+        response.status_code = 502
+    return result
+
+
+@app.post("/embeddings", response_model=EmbeddingsResponse, responses=ERRORS)
+def post_embeddings(body: EmbeddingsRequest, deps: DepsDep) -> EmbeddingsResponse:
+    """Vectors for a batch of texts, in input order (split to the model's batch limit)."""
+    return ops.embeddings(deps, body)
 
 
 handler = Mangum(app, lifespan="off")

@@ -10,11 +10,13 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from llmstream import tokens
 from llmstream.deps import Deps
-from llmstream.exceptions import QueueUnavailable
+from llmstream.exceptions import QueueUnavailable, SessionNotFound
 from llmstream.models import (
     CancelResult,
     ChatAccepted,
     ChatRequest,
+    SessionHistory,
+    SessionTurn,
     TaskMessage,
     TaskStatus,
     Usage,
@@ -73,6 +75,27 @@ def cancel(deps: Deps, task_id: str) -> CancelResult:
         deps.log.append(task_id, (last.seq if last else 0) + 1, "cancelled", {"type": "cancelled"})
         task = deps.tasks.get(task_id)
     return CancelResult(task_id=task_id, status=task.status, cancel_requested=task.cancel_requested)
+
+
+def session(deps: Deps, session_id: str) -> SessionHistory:
+    tasks = deps.tasks.session(session_id)
+    if not tasks:
+        raise SessionNotFound(session_id)
+    return SessionHistory(
+        session_id=session_id,
+        turns=[
+            SessionTurn(
+                task_id=t.task_id,
+                status=t.status,
+                message=t.message,
+                answer=t.answer,
+                usage=Usage.model_validate(t.usage) if t.usage else None,
+                created_at=t.created_at,
+                finished_at=t.finished_at,
+            )
+            for t in tasks
+        ],
+    )
 
 
 def status(deps: Deps, task_id: str) -> TaskStatus:

@@ -13,6 +13,11 @@ class TaskNotFound(LlmStreamError):
         self.task_id = task_id
 
 
+class SessionNotFound(LlmStreamError):
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"session {session_id} not found")
+
+
 class TaskAlreadyFinal(LlmStreamError):
     """The task has reached done, error or cancelled; nothing more may happen to it."""
 
@@ -39,3 +44,7 @@ class TokenMissing(LlmStreamError):
 
 class TokenInvalid(LlmStreamError):
     pass
+
+
+class ModelUnavailable(LlmStreamError):
+    """The model API refused or failed a call the api function makes itself."""

@@ -85,6 +85,23 @@ class TaskStatus(BaseModel):
     last_seq: int = Field(0, description="Seq of the newest chunk-log event")
 
 
+class SessionTurn(BaseModel):
+    task_id: str
+    status: TaskState
+    message: str
+    answer: str | None = Field(None, description="The answer, once done")
+    usage: Usage | None = None
+    created_at: float
+    finished_at: float | None = None
+
+
+class SessionHistory(BaseModel):
+    """GET /sessions/{session_id}: a conversation's turns, oldest first."""
+
+    session_id: str
+    turns: list[SessionTurn]
+
+
 class CancelResult(BaseModel):
     """POST /chat/{task_id}/cancel: where the task stands after the request."""
 
@@ -124,3 +141,84 @@ class Event:
 
     def sse_data(self) -> str:
         return json.dumps(self.data, separators=(",", ":"), ensure_ascii=False)
+
+
+class Check(BaseModel):
+    ok: bool
+    latency_ms: float
+    detail: str | None = None
+
+
+class QueueDepth(BaseModel):
+    visible: int = Field(description="Waiting to be picked up")
+    in_flight: int = Field(description="Held by a worker (or deferred for a retry)")
+    delayed: int = 0
+
+
+class QueueCheck(Check):
+    depth: QueueDepth | None = None
+
+
+class HealthFull(BaseModel):
+    """GET /health/full: every dependency, with its latency."""
+
+    status: Literal["ok", "degraded"]
+    tables: dict[str, Check]
+    queues: dict[str, QueueCheck]
+    model: Check
+
+
+class LatencyStats(BaseModel):
+    count: int
+    p50: float | None = None
+    p95: float | None = None
+
+
+class Stats(BaseModel):
+    """GET /stats: queue depths, requests by status, and answer speed over a recent window."""
+
+    window_seconds: int
+    queues: dict[str, QueueDepth]
+    requests: dict[str, int] = Field(description="Requests of the window by status")
+    by_priority: dict[str, int] = Field(description="Requests of the window by queue")
+    ttft_seconds: LatencyStats = Field(description="Accepted to first token")
+    tokens_per_second: LatencyStats = Field(description="Completion tokens / streaming time")
+    recent: list[dict[str, Any]] = Field(description="The newest tasks: id, status, times")
+
+
+class ModelTest(BaseModel):
+    """GET /test: one tiny model call."""
+
+    ok: bool
+    model: str
+    latency_ms: float
+    reply: str | None = None
+    error: str | None = None
+
+
+class EmbeddingsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    input: list[str] = Field(min_length=1, max_length=10_000, description="Texts to embed")
+    model: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._:/-]{1,128}$")
+
+    @field_validator("input")
+    @classmethod
+    def _no_empty(cls, value: list[str]) -> list[str]:
+        if any(not text for text in value):
+            raise ValueError("input strings must not be empty")
+        if any(len(text) > 32_000 for text in value):
+            raise ValueError("input strings are limited to 32,000 characters")
+        return value
+
+
+class Embedding(BaseModel):
+    index: int
+    embedding: list[float]
+
+
+class EmbeddingsResponse(BaseModel):
+    model: str
+    data: list[Embedding]
+    usage: dict[str, int]
+    batches: int = Field(description="Model calls made (the input split to the batch limit)")

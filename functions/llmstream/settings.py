@@ -23,6 +23,7 @@ class Settings(BaseSettings):
     queue_url_high: str
     queue_url_default: str
     queue_url_low: str
+    dead_letter_queue_url: str
     model_id: str
     cors_allow_origins: str = Field(description="Comma-separated origins, or *")
     # The HMAC key of stream tokens: in the cloud a Secrets Manager secret (read once per
@@ -45,6 +46,17 @@ class Settings(BaseSettings):
     openai_max_retries: int = Field(default=2, ge=0)
     openai_timeout_seconds: float = Field(default=60.0, gt=0)
     max_tokens_limit: int = Field(default=4096, gt=0)
+    # POST /embeddings: inputs per model call (OpenAI takes at most 2,048).
+    embedding_model: str = "text-embedding-3-small"
+    embeddings_batch_size: int = Field(default=256, ge=1, le=2048)
+    # GET /stats looks at requests of this recent window.
+    stats_window_seconds: int = Field(default=3600, gt=0, le=86400)
+    # POST /direct on the stream function (the older service's direct mode).
+    direct_mode_enabled: bool = False
+    # Sessions: earlier turns sent to the model, newest first, up to this many tokens
+    # (estimated at 4 characters a token); answers kept on the row up to answer_max_chars.
+    history_token_budget: int = Field(default=3000, ge=0)
+    answer_max_chars: int = Field(default=100_000, gt=0)
     # An answer ends (error "timeout") after this long, and always before Lambda would stop
     # the worker: the deadline is also "remaining time minus the margin".
     answer_timeout_seconds: float = Field(default=300.0, gt=0)

@@ -7,18 +7,24 @@ locally under plain uvicorn. Each event carries ``id: <seq>``; a reconnect with
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
+from functools import lru_cache
 from typing import Annotated
 
 import anyio
 from fastapi import FastAPI, Header, HTTPException, Path, Query
+from fastapi.responses import StreamingResponse
+from openai import AsyncOpenAI, OpenAIError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from llmstream import tokens, web
 from llmstream.deps import get_deps
 from llmstream.follow import follow
-from llmstream.models import ID_PATTERN, ErrorBody, Health
+from llmstream.llm import direct_pieces, make_async_client
+from llmstream.models import ID_PATTERN, ChatRequest, ErrorBody, Health
 from llmstream.settings import get_settings
+from llmstream.tasks import Task
 
 settings = get_settings()
 
@@ -27,7 +33,7 @@ app = FastAPI(
     version="0.1.0",
     description="Server-Sent Events of a task's answer: resumable, several viewers per task.",
 )
-web.configure(app, settings)
+web.configure(app, settings, expose_headers=["X-Session-ID"])
 
 
 def _ping() -> ServerSentEvent:
@@ -94,6 +100,57 @@ async def stream(
         ping=settings.stream_ping_seconds,
         ping_message_factory=_ping,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@lru_cache(maxsize=1)
+def _async_model() -> AsyncOpenAI:
+    return make_async_client(settings)
+
+
+@app.post(
+    "/direct",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"text/plain": {}}, "description": "The answer, as it comes"},
+        404: {"model": ErrorBody},
+        422: {"model": ErrorBody},
+    },
+)
+async def direct(body: ChatRequest) -> StreamingResponse:
+    """Direct mode: stream an answer straight from the model as text/plain, without the
+    queue (the older RabbitMQ service's mode). The session id comes back in X-Session-ID.
+    Nothing is recorded: no resume, no status; a disconnect stops the model call."""
+    if not settings.direct_mode_enabled:
+        raise HTTPException(404, "direct mode is disabled (template parameter EnableDirectMode)")
+    session_id = body.session_id or uuid.uuid4().hex
+    task = Task(
+        task_id=uuid.uuid4().hex,
+        session_id=session_id,
+        status="running",
+        model=body.model or settings.model_id,
+        message=body.message,
+        system=body.system,
+        max_tokens=min(body.max_tokens or settings.max_tokens_limit, settings.max_tokens_limit),
+        temperature=body.temperature,
+    )
+    client = await anyio.to_thread.run_sync(_async_model)  # reads the key secret once
+
+    async def text() -> AsyncIterator[str]:
+        try:
+            async for piece in direct_pieces(client, task):
+                yield piece
+        except OpenAIError as e:
+            yield f"\n[error: model error: {e}]"
+
+    return StreamingResponse(
+        text(),
+        media_type="text/plain; charset=utf-8",
+        headers={
+            "X-Session-ID": session_id,
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        },
     )
 
 

@@ -16,6 +16,8 @@ from llmstream.models import TaskState
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
+SESSION_INDEX = "by-session"  # GlobalSecondaryIndexes in template.yaml
+HOUR_INDEX = "by-hour"
 _ser = TypeSerializer()
 _de = TypeDeserializer()
 
@@ -41,6 +43,8 @@ class Task:
     cancel_requested: bool = False
     cancel_on_disconnect: bool = False
     retry_at: float | None = None
+    answer: str | None = None
+    hour: str | None = None  # UTC yyyymmddhh of created_at: the by-hour index of /stats
 
     def to_item(self, expires_at: int) -> dict[str, Any]:
         raw = {k: v for k, v in self.__dict__.items() if v is not None}
@@ -71,6 +75,18 @@ def _from_dynamo(value: Any) -> Any:
     return value
 
 
+def hour_of(timestamp: float) -> str:
+    return time.strftime("%Y%m%d%H", time.gmtime(timestamp))
+
+
+def _partial(item: dict[str, Any]) -> Task:
+    """A task from the by-hour index, which projects only what /stats reads."""
+    raw = {k: _from_dynamo(_de.deserialize(v)) for k, v in item.items()}
+    known = Task.__dataclass_fields__
+    base = {"session_id": "", "model": "", "message": ""}
+    return Task(**{**base, **{k: v for k, v in raw.items() if k in known}})
+
+
 class TaskStore:
     def __init__(self, table: str, client: DynamoDBClient, retention_seconds: int) -> None:
         self._table = table
@@ -78,6 +94,7 @@ class TaskStore:
         self._retention = retention_seconds
 
     def create(self, task: Task) -> None:
+        task.hour = task.hour or hour_of(task.created_at)
         try:
             self._client.put_item(
                 TableName=self._table,
@@ -97,6 +114,51 @@ class TaskStore:
         if "Item" not in got:
             raise TaskNotFound(task_id)
         return Task.from_item(got["Item"])
+
+    def recent(self, since: float, now: float | None = None, limit: int = 2000) -> list[Task]:
+        """Tasks created since ``since`` (the by-hour index; one query per hour bucket)."""
+        now = time.time() if now is None else now
+        hours = sorted(
+            {hour_of(t) for t in range(int(since), int(now) + 3600, 3600) if t <= now}
+            | {hour_of(now)}
+        )
+        tasks: list[Task] = []
+        try:
+            for hour in hours:
+                kwargs: dict[str, Any] = {
+                    "TableName": self._table,
+                    "IndexName": HOUR_INDEX,
+                    "KeyConditionExpression": "#h = :h AND created_at >= :since",
+                    "ExpressionAttributeNames": {"#h": "hour"},
+                    "ExpressionAttributeValues": {
+                        ":h": {"S": hour},
+                        ":since": _ser.serialize(_to_dynamo(float(since))),
+                    },
+                }
+                while len(tasks) < limit:
+                    page = self._client.query(**kwargs)
+                    tasks.extend(_partial(item) for item in page.get("Items", []))
+                    if "LastEvaluatedKey" not in page:
+                        break
+                    kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+        except ClientError as e:
+            raise StoreUnavailable(str(e)) from e
+        return tasks[:limit]
+
+    def session(self, session_id: str, limit: int = 100) -> list[Task]:
+        """The session's tasks, oldest first (the by-session index of the template)."""
+        try:
+            answer = self._client.query(
+                TableName=self._table,
+                IndexName=SESSION_INDEX,
+                KeyConditionExpression="session_id = :s",
+                ExpressionAttributeValues={":s": {"S": session_id}},
+                ScanIndexForward=False,  # newest first, so `limit` keeps the recent turns
+                Limit=limit,
+            )
+        except ClientError as e:
+            raise StoreUnavailable(str(e)) from e
+        return [Task.from_item(item) for item in reversed(answer.get("Items", []))]
 
     def claim(self, task_id: str, now: float | None = None) -> Task:
         """Take the task for a new attempt: queued, waiting or running (a crashed attempt)
@@ -207,6 +269,7 @@ class TaskStore:
         *,
         usage: dict[str, Any] | None = None,
         error: str | None = None,
+        answer: str | None = None,
         now: float | None = None,
     ) -> None:
         fields: dict[str, Any] = {
@@ -217,6 +280,8 @@ class TaskStore:
             fields["usage"] = usage
         if error is not None:
             fields["error"] = error
+        if answer is not None:
+            fields["answer"] = answer
         self._update(task_id, attempt, fields)
 
     def _update(self, task_id: str, attempt: int, fields: dict[str, Any]) -> None:

@@ -8,7 +8,9 @@ from fastapi.responses import JSONResponse
 
 from llmstream.exceptions import (
     LlmStreamError,
+    ModelUnavailable,
     QueueUnavailable,
+    SessionNotFound,
     StoreUnavailable,
     TaskNotFound,
     TokenInvalid,
@@ -18,9 +20,11 @@ from llmstream.settings import Settings
 
 _STATUS: dict[type[LlmStreamError], int] = {
     TaskNotFound: 404,
+    SessionNotFound: 404,
     TokenMissing: 401,
     TokenInvalid: 403,
     QueueUnavailable: 503,
+    ModelUnavailable: 502,
     StoreUnavailable: 503,
 }
 

@@ -104,6 +104,19 @@ def expected_answer(
     return "".join(answer_tokens(messages, max_tokens, behaviour)[0])
 
 
+EMBEDDING_DIMENSIONS = 16
+EMBEDDING_BATCH_LIMIT = 2048  # OpenAI's limit on inputs per request
+
+
+def fake_embedding(text: str, dimensions: int = EMBEDDING_DIMENSIONS) -> list[float]:
+    """A deterministic unit vector for ``text``."""
+    digest = hashlib.sha256(text.encode()).digest()
+    rng = random.Random(digest)
+    raw = [rng.uniform(-1, 1) for _ in range(dimensions)]
+    norm = sum(v * v for v in raw) ** 0.5 or 1.0
+    return [v / norm for v in raw]
+
+
 def _count(messages: list[dict[str, Any]]) -> int:
     return sum(len(str(m.get("content", "")).split()) + 3 for m in messages)
 
@@ -112,6 +125,7 @@ def create_app(behaviour: Behaviour | None = None) -> FastAPI:
     base = behaviour or Behaviour()
     app = FastAPI(title="fake OpenAI")
     app.state.requests = 0
+    app.state.embedding_requests = 0
 
     def _auth_error(request: Request) -> JSONResponse | None:
         if not request.headers.get("authorization", "").startswith("Bearer "):
@@ -142,6 +156,56 @@ def create_app(behaviour: Behaviour | None = None) -> FastAPI:
     @app.get("/health")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
+
+    @app.get("/fake/stats")
+    async def fake_stats() -> dict[str, int]:
+        """How many calls the fake served: lets tests see batching and retries."""
+        return {
+            "chat_requests": app.state.requests,
+            "embedding_requests": app.state.embedding_requests,
+        }
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request) -> Any:
+        if (err := _auth_error(request)) is not None:
+            return err
+        body = await request.json()
+        inputs = body.get("input")
+        if isinstance(inputs, str):
+            inputs = [inputs]
+        if not isinstance(inputs, list) or not inputs or "model" not in body:
+            return JSONResponse(
+                {
+                    "error": {
+                        "message": "'input' and 'model' are required",
+                        "type": "invalid_request_error",
+                        "code": None,
+                    }
+                },
+                status_code=400,
+            )
+        if len(inputs) > EMBEDDING_BATCH_LIMIT:
+            return JSONResponse(
+                {
+                    "error": {
+                        "message": f"at most {EMBEDDING_BATCH_LIMIT} inputs per request",
+                        "type": "invalid_request_error",
+                        "code": None,
+                    }
+                },
+                status_code=400,
+            )
+        app.state.embedding_requests += 1
+        tokens = sum(len(str(text).split()) for text in inputs)
+        return {
+            "object": "list",
+            "model": body["model"],
+            "data": [
+                {"object": "embedding", "index": i, "embedding": fake_embedding(str(t))}
+                for i, t in enumerate(inputs)
+            ],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
 
     @app.post("/v1/chat/completions")
     async def completions(request: Request) -> Any:

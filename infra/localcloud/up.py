@@ -187,7 +187,9 @@ class Stack:
         o = self.opts
         tpl = LocalTemplate.load(
             o.stack,
-            parameters={"AllowedOrigin": "*"},
+            # Locally the page runs on another port, and direct mode is on (it is off by
+            # default in the cloud, where the stream URL is public).
+            parameters={"AllowedOrigin": "*", "EnableDirectMode": "true"},
             region=self.aws_env["AWS_DEFAULT_REGION"],
         )
         tpl.overrides[f"{STREAM_FUNCTION}Url.FunctionUrl"] = f"http://{o.host}:{o.ports.stream}/"

@@ -30,6 +30,8 @@ def local_stack() -> Iterator[Stack]:
         fake_tps=100.0,
         fake_ttft_ms=50.0,
         state_dir=ARTIFACTS / "e2e-stack",
+        # Small embedding batches, so a test can see POST /embeddings split its input.
+        extra_env={"EMBEDDINGS_BATCH_SIZE": "2"},
     )
     stack = Stack(opts)
     stack.start()

@@ -18,10 +18,10 @@ pytestmark = pytest.mark.integration
 FAKE = Behaviour(tokens=40)  # as the fake_openai_url fixture runs it
 
 
-def submit(deps: Deps, message: str = "hello worker") -> Task:
+def submit(deps: Deps, message: str = "hello worker", session_id: str | None = None) -> Task:
     task = Task(
         task_id=uuid.uuid4().hex,
-        session_id="s",
+        session_id=session_id or uuid.uuid4().hex,
         status="queued",
         model="gpt-4o-mini",
         message=message,
@@ -211,3 +211,42 @@ def test_a_client_error_is_not_retried(deps: Deps) -> None:
     task = submit(deps, "bad request [[fake status=400]]")
     run_task(deps, task.task_id, receive_count=1)
     assert [e.kind for e in deps.log.read_all(task.task_id)] == ["error"]
+
+
+def test_a_session_sends_its_history_to_the_model(deps: Deps) -> None:
+    from llmstream.chat import session
+
+    # GIVEN a finished first turn in a session
+    sid = uuid.uuid4().hex
+    first = submit(deps, "my name is Ada", session_id=sid)
+    run_task(deps, first.task_id)
+    answer1 = expected_answer([{"role": "user", "content": first.message}], behaviour=FAKE)
+    # WHEN the second turn runs
+    second = submit(deps, "what is my name?", session_id=sid)
+    run_task(deps, second.task_id)
+    # THEN the model saw the first turn: its answer is the one for the whole conversation
+    conversation = [
+        {"role": "user", "content": first.message},
+        {"role": "assistant", "content": answer1},
+        {"role": "user", "content": second.message},
+    ]
+    events = deps.log.read_all(second.task_id)
+    assert text_of(events) == expected_answer(conversation, behaviour=FAKE)
+    # AND the session lists both turns, oldest first, with their answers
+    history = session(deps, sid)
+    assert [t.task_id for t in history.turns] == [first.task_id, second.task_id]
+    assert history.turns[0].answer == answer1
+    assert all(t.status == "done" for t in history.turns)
+
+
+def test_history_is_bounded_by_the_token_budget(deps: Deps) -> None:
+    sid = uuid.uuid4().hex
+    first = submit(deps, "an early turn", session_id=sid)
+    run_task(deps, first.task_id)
+    second = submit(deps, "a later turn", session_id=sid)
+    # A budget too small for the first turn (~40 tokens of text): only the new message goes.
+    run_task(deps_with(deps, history_token_budget=10), second.task_id)
+    events = deps.log.read_all(second.task_id)
+    assert text_of(events) == expected_answer(
+        [{"role": "user", "content": second.message}], behaviour=FAKE
+    )

@@ -14,6 +14,7 @@ ENV = {
     "QUEUE_URL_HIGH": "http://high",
     "QUEUE_URL_DEFAULT": "http://default",
     "QUEUE_URL_LOW": "http://low",
+    "DEAD_LETTER_QUEUE_URL": "http://dlq",
     "MODEL_ID": "m",
     "STREAM_TOKEN_SECRET": "s" * 32,
     "CORS_ALLOW_ORIGINS": "*",

@@ -1,0 +1,139 @@
+"""The routes the older services had: sessions, /health/full, /stats, /test, /embeddings,
+direct mode and the OpenAPI docs, on the whole local stack."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import httpx
+import pytest
+
+from localcloud.fake_openai import Behaviour, expected_answer, fake_embedding
+from localcloud.up import Stack
+from tests.e2e.conftest import FAKE_TOKENS
+from tests.e2e.test_chat_flow import post_chat, read_stream, text
+
+pytestmark = pytest.mark.e2e
+FAKE = Behaviour(tokens=FAKE_TOKENS)
+
+
+def test_a_session_carries_its_history(local_stack: Stack) -> None:
+    api = local_stack.urls["api"]
+    sid = f"s-{uuid.uuid4().hex[:8]}"
+    # GIVEN two turns of one conversation, the second sent after the first answered
+    first = post_chat(local_stack, {"message": "my name is Ada", "session_id": sid}).json()
+    answer1 = text(read_stream(first["stream_url"]))
+    second = post_chat(local_stack, {"message": "what is my name?", "session_id": sid}).json()
+    answer2 = text(read_stream(second["stream_url"]))
+    # THEN the second answer is the model's answer to the whole conversation
+    assert answer2 == expected_answer(
+        [
+            {"role": "user", "content": "my name is Ada"},
+            {"role": "assistant", "content": answer1},
+            {"role": "user", "content": "what is my name?"},
+        ],
+        behaviour=FAKE,
+    )
+    # AND GET /sessions/{id} lists the turns in order with their answers
+    history = httpx.get(f"{api}/sessions/{sid}").json()
+    assert [t["task_id"] for t in history["turns"]] == [first["task_id"], second["task_id"]]
+    assert [t["answer"] for t in history["turns"]] == [answer1, answer2]
+    assert httpx.get(f"{api}/sessions/nobody-{uuid.uuid4().hex[:6]}").status_code == 404
+
+
+def test_health_full_reports_every_dependency(local_stack: Stack) -> None:
+    resp = httpx.get(f"{local_stack.urls['api']}/health/full", timeout=30)
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["status"] == "ok"
+    assert set(body["tables"]) == {"requests", "chunks"}
+    assert set(body["queues"]) == {"high", "default", "low", "dead_letter"}
+    for check in [*body["tables"].values(), *body["queues"].values(), body["model"]]:
+        assert check["ok"] and check["latency_ms"] >= 0
+    assert body["queues"]["dead_letter"]["depth"]["visible"] >= 0
+
+
+def test_stats_show_depths_statuses_and_speed(local_stack: Stack) -> None:
+    for priority in (9, 0, -9):
+        body = post_chat(local_stack, {"message": f"stats {priority}", "priority": priority})
+        read_stream(body.json()["stream_url"])
+    stats = httpx.get(f"{local_stack.urls['api']}/stats", timeout=30).json()
+    assert set(stats["queues"]) == {"high", "default", "low", "dead_letter"}
+    assert stats["requests"].get("done", 0) >= 3
+    assert {"high", "default", "low"} <= set(stats["by_priority"])
+    assert stats["ttft_seconds"]["count"] >= 3 and stats["ttft_seconds"]["p50"] > 0
+    assert stats["tokens_per_second"]["count"] >= 3 and stats["tokens_per_second"]["p95"] > 0
+    assert stats["recent"][0]["status"] in (
+        "queued",
+        "waiting",
+        "running",
+        "done",
+        "error",
+        "cancelled",
+    )
+
+
+def test_model_test_route(local_stack: Stack) -> None:
+    body = httpx.get(f"{local_stack.urls['api']}/test", timeout=30).json()
+    assert body["ok"] is True and body["reply"] and body["latency_ms"] > 0
+
+
+def test_embeddings_are_split_to_the_batch_limit_and_keep_order(local_stack: Stack) -> None:
+    fake = local_stack.urls["openai"].removesuffix("/v1")
+    before = httpx.get(f"{fake}/fake/stats").json()["embedding_requests"]
+    texts = ["alpha", "beta", "gamma", "delta", "epsilon"]
+    resp = httpx.post(f"{local_stack.urls['api']}/embeddings", json={"input": texts}, timeout=30)
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert [d["index"] for d in body["data"]] == [0, 1, 2, 3, 4]
+    for item, text_ in zip(body["data"], texts, strict=True):
+        assert item["embedding"] == pytest.approx(fake_embedding(text_))
+    # EMBEDDINGS_BATCH_SIZE is 2 on the e2e stack: 5 inputs take 3 model calls.
+    assert body["batches"] == 3
+    assert httpx.get(f"{fake}/fake/stats").json()["embedding_requests"] - before == 3
+    for bad in ({"input": []}, {"input": [""]}, {"texts": ["a"]}):
+        assert httpx.post(f"{local_stack.urls['api']}/embeddings", json=bad).status_code == 422
+
+
+def test_direct_mode_streams_plain_text(local_stack: Stack) -> None:
+    with httpx.stream(
+        "POST",
+        f"{local_stack.urls['stream']}/direct",
+        json={"message": "direct please", "session_id": "direct-1"},
+        timeout=30,
+    ) as resp:
+        assert resp.status_code == 200
+        assert resp.headers["content-type"].startswith("text/plain")
+        assert resp.headers["x-session-id"] == "direct-1"
+        pieces = list(resp.iter_text())
+    assert len(pieces) > 1  # streamed, not one body
+    assert "".join(pieces) == expected_answer(
+        [{"role": "user", "content": "direct please"}], behaviour=FAKE
+    )
+    bad = httpx.post(f"{local_stack.urls['stream']}/direct", json={"message": ""})
+    assert bad.status_code == 422
+
+
+def test_docs_list_every_route_with_its_models(local_stack: Stack) -> None:
+    api = httpx.get(f"{local_stack.urls['api']}/openapi.json").json()
+    routes = {(path, method) for path, ops in api["paths"].items() for method in ops}
+    assert routes >= {
+        ("/chat", "post"),
+        ("/chat/{task_id}", "get"),
+        ("/chat/{task_id}/cancel", "post"),
+        ("/sessions/{session_id}", "get"),
+        ("/health", "get"),
+        ("/health/full", "get"),
+        ("/stats", "get"),
+        ("/test", "get"),
+        ("/embeddings", "post"),
+    }
+    for path, method in routes:
+        op = api["paths"][path][method]
+        ok = next(code for code in op["responses"] if code.startswith("2"))
+        assert "schema" in json.dumps(op["responses"][ok]), (path, method)
+    assert "requestBody" in api["paths"]["/chat"]["post"]
+    assert httpx.get(f"{local_stack.urls['api']}/docs").status_code == 200
+    stream = httpx.get(f"{local_stack.urls['stream']}/openapi.json").json()
+    assert {"/stream/{task_id}", "/direct", "/health"} <= set(stream["paths"])
