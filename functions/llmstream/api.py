@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Path, Response
+from fastapi import Depends, FastAPI, Header, Path, Response
 from mangum import Mangum
 
 from llmstream import chat, ops, web
@@ -40,6 +40,7 @@ SettingsDep = Annotated[ApiSettings, Depends(get_api_settings)]
 SessionId = Annotated[str, Path(pattern=ID_PATTERN, description="session_id from POST /chat")]
 TaskId = Annotated[str, Path(pattern=ID_PATTERN, description="Task id from POST /chat")]
 ERRORS: dict[int | str, dict[str, Any]] = {
+    409: {"model": ErrorBody},
     502: {"model": ErrorBody},
     404: {"model": ErrorBody},
     422: {"model": ErrorBody},
@@ -48,9 +49,22 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 @app.post("/chat", status_code=202, response_model=ChatAccepted, responses=ERRORS)
-def post_chat(body: ChatRequest, deps: DepsDep, cfg: SettingsDep) -> ChatAccepted:
+def post_chat(
+    body: ChatRequest,
+    deps: DepsDep,
+    cfg: SettingsDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            min_length=1,
+            max_length=255,
+            pattern=r"^[\x21-\x7e]+$",
+            description="Repeat a request safely: the same key returns the same task",
+        ),
+    ] = None,
+) -> ChatAccepted:
     """Record and enqueue a chat request; answer at once with where to stream it from."""
-    return chat.submit(deps, cfg, body)
+    return chat.submit(deps, cfg, body, idempotency_key)
 
 
 @app.get("/chat/{task_id}", response_model=TaskStatus, responses=ERRORS)

@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import Any
 from urllib.parse import quote
 
+from aws_lambda_powertools.utilities.idempotency import (
+    DynamoDBPersistenceLayer,
+    IdempotencyConfig,
+    idempotent_function,
+)
+from aws_lambda_powertools.utilities.idempotency.exceptions import (
+    IdempotencyAlreadyInProgressError,
+    IdempotencyValidationError,
+)
 from botocore.exceptions import BotoCoreError, ClientError
 
 from llmstream import tokens
 from llmstream.deps import Deps
-from llmstream.exceptions import QueueUnavailable, SessionNotFound
+from llmstream.exceptions import IdempotencyConflict, QueueUnavailable, SessionNotFound
 from llmstream.models import (
     CancelResult,
     ChatAccepted,
@@ -25,8 +35,64 @@ from llmstream.settings import ApiSettings
 from llmstream.tasks import Task
 
 
-def submit(deps: Deps, settings: ApiSettings, request: ChatRequest) -> ChatAccepted:
-    """Record the request (status queued), enqueue its id, and hand back a stream URL."""
+def submit(
+    deps: Deps, settings: ApiSettings, request: ChatRequest, idempotency_key: str | None = None
+) -> ChatAccepted:
+    """Record the request (status queued), enqueue its id, and hand back a stream URL.
+
+    With an Idempotency-Key, a repeat of the same request returns the first one's task (a
+    fresh stream URL for it) and never queues a second model call; the same key with a
+    different body is refused (422), and one whose first request is still in flight (409).
+    """
+    if idempotency_key is None:
+        ids = _enqueue(deps, settings, request)
+    else:
+        ids = _idempotent_enqueue(deps, settings, request, idempotency_key)
+    return ChatAccepted(
+        task_id=ids["task_id"],
+        session_id=ids["session_id"],
+        stream_url=stream_url(deps, settings, ids["task_id"]),
+    )
+
+
+def _idempotent_enqueue(
+    deps: Deps, settings: ApiSettings, request: ChatRequest, key: str
+) -> dict[str, str]:
+    persistence = DynamoDBPersistenceLayer(
+        table_name=settings.idempotency_table, boto3_client=deps.dynamodb
+    )
+    config = IdempotencyConfig(
+        event_key_jmespath="key",
+        payload_validation_jmespath="request",
+        raise_on_no_idempotency_key=True,
+        expires_after_seconds=settings.idempotency_ttl_seconds,
+    )
+
+    @idempotent_function(  # type: ignore[untyped-decorator]  # Powertools' decorator
+        data_keyword_argument="data",
+        persistence_store=persistence,
+        config=config,
+        key_prefix="llmstream.chat",
+    )
+    def enqueue_once(data: dict[str, Any]) -> dict[str, str]:
+        return _enqueue(deps, settings, request)
+
+    try:
+        result: dict[str, str] = enqueue_once(
+            data={"key": key, "request": request.model_dump(mode="json")}
+        )
+    except IdempotencyValidationError as e:
+        raise IdempotencyConflict(
+            "this Idempotency-Key was used with a different request body", 422
+        ) from e
+    except IdempotencyAlreadyInProgressError as e:
+        raise IdempotencyConflict(
+            "a request with this Idempotency-Key is still being processed; retry shortly", 409
+        ) from e
+    return result
+
+
+def _enqueue(deps: Deps, settings: ApiSettings, request: ChatRequest) -> dict[str, str]:
     task_id = uuid.uuid4().hex
     session_id = request.session_id or uuid.uuid4().hex
     task = Task(
@@ -51,9 +117,7 @@ def submit(deps: Deps, settings: ApiSettings, request: ChatRequest) -> ChatAccep
         )
     except (ClientError, BotoCoreError) as e:
         raise QueueUnavailable(f"could not enqueue task: {e}") from e
-    return ChatAccepted(
-        task_id=task_id, session_id=session_id, stream_url=stream_url(deps, settings, task_id)
-    )
+    return {"task_id": task_id, "session_id": session_id}
 
 
 def stream_url(deps: Deps, settings: ApiSettings, task_id: str) -> str:

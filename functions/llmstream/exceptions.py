@@ -48,3 +48,11 @@ class TokenInvalid(LlmStreamError):
 
 class ModelUnavailable(LlmStreamError):
     """The model API refused or failed a call the api function makes itself."""
+
+
+class IdempotencyConflict(LlmStreamError):
+    """The Idempotency-Key was used with another body, or its first request is in flight."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status

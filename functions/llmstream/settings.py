@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     queue_url_default: str
     queue_url_low: str
     dead_letter_queue_url: str
+    idempotency_table: str
+    idempotency_ttl_seconds: int = Field(default=86400, gt=0)
     model_id: str
     cors_allow_origins: str = Field(description="Comma-separated origins, or *")
     # The HMAC key of stream tokens: in the cloud a Secrets Manager secret (read once per

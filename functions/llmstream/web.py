@@ -7,6 +7,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 
 from llmstream.exceptions import (
+    IdempotencyConflict,
     LlmStreamError,
     ModelUnavailable,
     QueueUnavailable,
@@ -31,6 +32,8 @@ _STATUS: dict[type[LlmStreamError], int] = {
 
 async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     status = next((code for cls, code in _STATUS.items() if isinstance(exc, cls)), 500)
+    if isinstance(exc, IdempotencyConflict):
+        status = exc.status
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
 

@@ -137,3 +137,32 @@ def test_docs_list_every_route_with_its_models(local_stack: Stack) -> None:
     assert httpx.get(f"{local_stack.urls['api']}/docs").status_code == 200
     stream = httpx.get(f"{local_stack.urls['stream']}/openapi.json").json()
     assert {"/stream/{task_id}", "/direct", "/health"} <= set(stream["paths"])
+
+
+def test_idempotency_key_returns_the_same_task_and_one_model_call(local_stack: Stack) -> None:
+    api, fake = local_stack.urls["api"], local_stack.urls["openai"].removesuffix("/v1")
+    key = f"key-{uuid.uuid4().hex}"
+    body = {"message": "only once please"}
+    before = httpx.get(f"{fake}/fake/stats").json()["chat_requests"]
+    # WHEN the client sends the same request with the same key three times
+    answers = [
+        httpx.post(f"{api}/chat", json=body, headers={"Idempotency-Key": key}) for _ in range(3)
+    ]
+    # THEN every answer names the same task, whose stream works
+    assert {r.status_code for r in answers} == {202}
+    assert len({r.json()["task_id"] for r in answers}) == 1
+    assert text(read_stream(answers[-1].json()["stream_url"])) == expected_answer(
+        [{"role": "user", "content": "only once please"}], behaviour=FAKE
+    )
+    # AND the model was called once
+    assert httpx.get(f"{fake}/fake/stats").json()["chat_requests"] - before == 1
+    # AND the key cannot be reused for another request; another key is another task
+    other = httpx.post(
+        f"{api}/chat", json={"message": "something else"}, headers={"Idempotency-Key": key}
+    )
+    assert other.status_code == 422 and "Idempotency-Key" in other.json()["detail"]
+    fresh = httpx.post(f"{api}/chat", json=body, headers={"Idempotency-Key": key + "-2"})
+    assert fresh.json()["task_id"] != answers[0].json()["task_id"]
+    read_stream(fresh.json()["stream_url"])
+    bad = httpx.post(f"{api}/chat", json=body, headers={"Idempotency-Key": "has space"})
+    assert bad.status_code == 422
