@@ -15,6 +15,7 @@ ENV = {
     "QUEUE_URL_DEFAULT": "http://default",
     "QUEUE_URL_LOW": "http://low",
     "DEAD_LETTER_QUEUE_URL": "http://dlq",
+    "IDEMPOTENCY_TABLE": "i",
     "MODEL_ID": "m",
     "STREAM_TOKEN_SECRET": "s" * 32,
     "CORS_ALLOW_ORIGINS": "*",
