@@ -25,6 +25,7 @@ from openai import (
 from llmstream.chunklog.base import ChunkLog
 from llmstream.deps import Deps
 from llmstream.exceptions import ClaimLost, TaskAlreadyFinal, TaskNotFound
+from llmstream.limits import estimate_tokens
 from llmstream.llm import Finished, build_messages, open_stream, pieces
 from llmstream.models import EventKind
 from llmstream.tasks import Task
@@ -148,6 +149,14 @@ class Watchdog:
                 return
 
 
+class Throttled(Exception):
+    """Over the shared rate limit: requeue the task to run after ``delay`` seconds."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(f"rate limited for {delay:.0f}s")
+        self.delay = delay
+
+
 class RetryLater(Exception):
     """The task went back to its queue; redeliver the message after ``delay`` seconds."""
 
@@ -206,14 +215,26 @@ def run_task(
     if task.cancel_requested:
         _end(deps, writer, task, "cancelled", {"type": "cancelled"})
         return
+    history = deps.tasks.session(task.session_id) if settings.history_token_budget else []
+    messages = build_messages(task, history, settings.history_token_budget)
+    # Shared rate limits: without room now, the task waits on its queue, not in Lambda.
+    estimate = estimate_tokens(messages, task.max_tokens)
+    wait = deps.limits.acquire(estimate)
+    if wait > 0:
+        deps.tasks.defer(
+            task_id,
+            task.attempt,
+            time.time() + wait,
+            f"rate limited: waiting {wait:.0f}s for model capacity",
+        )
+        raise Throttled(wait)
     budget = settings.answer_timeout_seconds
     if remaining_seconds is not None:
         budget = min(budget, remaining_seconds() - settings.lambda_margin_seconds)
+    used: dict[str, Any] = {}
     try:
         if next_seq > 1:
             writer.event("reset", {"type": "reset", "attempt": task.attempt})
-        history = deps.tasks.session(task.session_id) if settings.history_token_budget else []
-        messages = build_messages(task, history, settings.history_token_budget)
         stream = open_stream(deps.openai, task, messages)
         watchdog = Watchdog(
             cancelled=lambda: deps.tasks.is_cancel_requested(task_id),
@@ -244,6 +265,7 @@ def run_task(
             _fail(deps, writer, task_id, task.attempt, f"timeout: no answer within {budget:.0f}s")
         else:
             usage = finished.usage if finished else None
+            used.update(usage or {})
             data: dict[str, Any] = {"type": "done", "usage": usage}
             if finished and finished.finish_reason:
                 data["finish_reason"] = finished.finish_reason
@@ -264,6 +286,13 @@ def run_task(
     except Exception as e:  # a bug must still end the stream, not leave it hanging
         logger.exception("task %s failed", task_id)
         _fail(deps, writer, task_id, task.attempt, f"internal error: {type(e).__name__}")
+    finally:
+        # The estimate was taken from the token bucket; settle it with what was used.
+        actual = int(
+            used.get("total_tokens")
+            or estimate - min(task.max_tokens or 1024, 1024) + len("".join(writer.text)) // 4
+        )
+        deps.limits.settle(estimate, actual)
 
 
 def _end(

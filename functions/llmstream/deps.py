@@ -16,6 +16,7 @@ from botocore.config import Config
 from llmstream import vault
 from llmstream.chunklog.base import ChunkLog
 from llmstream.chunklog.dynamodb import DynamoDBChunkLog
+from llmstream.limits import ModelLimits, TokenBuckets
 from llmstream.settings import Settings, get_settings
 from llmstream.tasks import TaskStore
 
@@ -41,6 +42,7 @@ class Deps:
     sqs: SQSClient
     tasks: TaskStore
     log: ChunkLog
+    limits: ModelLimits
     _openai: OpenAI | None = field(default=None, repr=False)
 
     @property
@@ -73,6 +75,9 @@ def build_deps(
         sqs=sqs or boto3.client("sqs", config=_BOTO_CONFIG),
         tasks=TaskStore(settings.requests_table, ddb, settings.retention_seconds),
         log=make_chunklog(settings, ddb),
+        limits=ModelLimits(
+            TokenBuckets(settings.rate_limit_table, ddb), settings.llm_rpm, settings.llm_tpm
+        ),
         _openai=openai,
     )
 

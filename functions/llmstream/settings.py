@@ -25,6 +25,10 @@ class Settings(BaseSettings):
     queue_url_low: str
     dead_letter_queue_url: str
     idempotency_table: str
+    rate_limit_table: str
+    # Model rate limits shared by all workers (token buckets); 0 means no limit.
+    llm_rpm: int = Field(default=0, ge=0, description="Model requests per minute")
+    llm_tpm: int = Field(default=0, ge=0, description="Model tokens per minute")
     idempotency_ttl_seconds: int = Field(default=86400, gt=0)
     model_id: str
     cors_allow_origins: str = Field(description="Comma-separated origins, or *")

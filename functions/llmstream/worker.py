@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from aws_lambda_powertools import Logger
@@ -13,7 +14,7 @@ from aws_lambda_powertools.utilities.batch import (
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from llmstream.answer import RetryLater, run_task
+from llmstream.answer import RetryLater, Throttled, run_task
 from llmstream.deps import get_deps
 from llmstream.models import TaskMessage
 from llmstream.settings import Settings
@@ -34,6 +35,15 @@ def record_handler(record: SQSRecord, lambda_context: LambdaContext) -> None:
             message.task_id,
             receive_count=int(record.attributes.approximate_receive_count),
             remaining_seconds=lambda: lambda_context.get_remaining_time_in_millis() / 1000,
+        )
+    except Throttled as throttled:
+        # Over the shared rate limit: a new, delayed copy of the message (SQS delays reach
+        # 15 minutes), and this one done. Unlike a failure, waiting for capacity must not
+        # count toward maxReceiveCount and the DLQ.
+        deps.sqs.send_message(
+            QueueUrl=queue_url_of(deps.settings, record.event_source_arn),
+            MessageBody=record.body,
+            DelaySeconds=min(900, max(1, math.ceil(throttled.delay))),
         )
     except RetryLater as retry:
         # Back to the queue for the backoff delay instead of the queue's long visibility

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import uuid
 from typing import Any
 
 import pytest
@@ -90,3 +91,63 @@ def test_post_chat_through_mangum_records_and_enqueues(
     assert bad["statusCode"] == 422
     health = api_module.handler(http_api_event("GET", "/health"), ctx)
     assert health["statusCode"] == 200
+
+
+@pytest.fixture
+def worker_module(
+    stack: LocalTemplate, aws_endpoint: str, fake_openai_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Any:
+    env = {
+        **stack.functions()["WorkerFunction"].environment,
+        "LLM_RPM": "1",
+        "AWS_ENDPOINT_URL": aws_endpoint,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "OPENAI_BASE_URL": fake_openai_url,
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    from llmstream import deps, settings, vault
+
+    caches = (settings.get_settings, deps.get_deps, vault.read_secret)
+    for cached in caches:
+        cached.cache_clear()
+    import llmstream.worker
+
+    yield importlib.reload(llmstream.worker)
+    for cached in caches:
+        cached.cache_clear()
+
+
+def test_worker_handler_requeues_a_rate_limited_task_with_a_delay(
+    worker_module: Any, stack: LocalTemplate, clients: dict[str, Any]
+) -> None:
+    from llmstream.deps import get_deps
+    from llmstream.limits import Bucket
+    from llmstream.tasks import Task
+    from localcloud.poller import sqs_record
+
+    deps = get_deps()
+    deps.limits.buckets.take(Bucket("model-rpm", 1), 1)  # the minute's one request is gone
+    task = Task(
+        task_id=uuid.uuid4().hex, session_id="s", status="queued", model="m", message="later please"
+    )
+    deps.tasks.create(task)
+    sqs, queue = clients["sqs"], stack.queue_url("LowQueue")
+    sqs.send_message(QueueUrl=queue, MessageBody=json.dumps({"task_id": task.task_id}))
+    [message] = sqs.receive_message(
+        QueueUrl=queue, WaitTimeSeconds=2, MessageSystemAttributeNames=["All"]
+    )["Messages"]
+    arn = stack.resolve({"Fn::GetAtt": ["LowQueue", "Arn"]})
+    event = {"Records": [sqs_record(message, arn, "us-east-1")]}
+    ctx = LambdaContext(function_name="worker", memory_limit_in_mb=512, timeout_seconds=300)
+    # WHEN the worker function gets the task while over the limit
+    result = worker_module.handler(event, ctx)
+    # THEN the record succeeds (no step toward the DLQ) and a delayed copy waits on the queue
+    assert result == {"batchItemFailures": []}
+    attrs = sqs.get_queue_attributes(
+        QueueUrl=queue, AttributeNames=["ApproximateNumberOfMessagesDelayed"]
+    )
+    assert int(attrs["Attributes"]["ApproximateNumberOfMessagesDelayed"]) == 1
+    assert deps.tasks.get(task.task_id).status == "waiting"

@@ -16,6 +16,7 @@ ENV = {
     "QUEUE_URL_LOW": "http://low",
     "DEAD_LETTER_QUEUE_URL": "http://dlq",
     "IDEMPOTENCY_TABLE": "i",
+    "RATE_LIMIT_TABLE": "l",
     "MODEL_ID": "m",
     "STREAM_TOKEN_SECRET": "s" * 32,
     "CORS_ALLOW_ORIGINS": "*",
