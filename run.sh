@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# llmstream: one entry point for the local stack, the tests and (later) deploys.
-#   ./run.sh start [up options]   the whole stack on this machine: no keys, no Docker
+# llmstream: one entry point for the local stack, the tests and deploys.
+#   ./run.sh start [-d] [options] the whole stack on this machine: no keys, no Docker
+#                                 (-d: in the background; then stop, restart, status, logs)
+#   ./run.sh stop | restart | status
+#   ./run.sh logs [component]     follow the logs (aws, openai, api, stream, worker, frontend)
+#   ./run.sh scale N              N concurrent local worker invocations per queue
 #   ./run.sh test [pytest args]   lint, type-check, and every test tier
 #   ./run.sh deploy [--env prod]  sam build + sam deploy, then publish the chat page
 #   ./run.sh install              create .venv and install everything (the others do it too)
@@ -88,6 +92,29 @@ ensure_apt() {
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
+# `start -d`: the stack in the background, its output in .localcloud/llmstream-local/up.log.
+start_detached() {
+  local dir=.localcloud/llmstream-local
+  mkdir -p "$dir"
+  rm -f "$dir/state.json"
+  nohup "$VENV/bin/python" -m localcloud up "$@" >"$dir/up.log" 2>&1 &
+  local pid=$!
+  say "starting in the background (pid $pid; progress: $dir/up.log)"
+  for _ in $(seq 1 240); do
+    if [ -f "$dir/state.json" ]; then
+      sed -n '/llmstream is up/,$p' "$dir/up.log"
+      return 0
+    fi
+    if ! kill -0 "$pid" 2>/dev/null; then
+      cat "$dir/up.log" >&2
+      return 1
+    fi
+    sleep 0.5
+  done
+  echo "not up after 2 minutes; see $dir/up.log" >&2
+  return 1
+}
+
 cmd=${1:-help}
 shift || true
 case "$cmd" in
@@ -96,7 +123,37 @@ case "$cmd" in
     ;;
   start)
     ensure_venv
-    exec "$VENV/bin/python" -m localcloud up "$@"
+    if [ "${1:-}" = "-d" ] || [ "${1:-}" = "--detach" ]; then
+      shift
+      start_detached "$@"
+    else
+      exec "$VENV/bin/python" -m localcloud up "$@"
+    fi
+    ;;
+  stop)
+    ensure_venv
+    "$VENV/bin/python" -m localcloud stop
+    ;;
+  restart)
+    ensure_venv
+    "$VENV/bin/python" -m localcloud stop
+    start_detached "$@"
+    ;;
+  status)
+    ensure_venv
+    exec "$VENV/bin/python" -m localcloud status
+    ;;
+  scale)
+    ensure_venv
+    exec "$VENV/bin/python" -m localcloud scale "$@"
+    ;;
+  logs)
+    dir=.localcloud/llmstream-local/logs
+    [ -d "$dir" ] || { echo "no logs yet: ./run.sh start first" >&2; exit 1; }
+    if [ $# -gt 0 ]; then
+      exec tail -n 100 -F "$dir/$1.log"
+    fi
+    exec tail -n 20 -F "$dir"/*.log
     ;;
   test)
     ensure_venv
@@ -135,11 +192,11 @@ PY
     python -m llmstream_deploy publish --stack "$stack"
     ;;
   help | -h | --help)
-    sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
     ;;
   *)
     echo "unknown command: $cmd" >&2
-    sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
     ;;
 esac

@@ -5,12 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import time
 from pathlib import Path
 
 from localcloud.template import ROOT
+
+
+def say(msg: str) -> None:
+    print(msg, flush=True)  # noqa: T201 - this is the command's output
 
 
 def _interrupt(*_: object) -> None:
@@ -35,9 +40,6 @@ def _up(args: argparse.Namespace) -> int:
         fake_ttft_ms=args.fake_ttft_ms,
     )
 
-    def say(msg: str) -> None:
-        print(msg, flush=True)  # noqa: T201 - this is the command's output
-
     stack = Stack(opts, progress=say)
     signal.signal(signal.SIGTERM, _interrupt)  # `run.sh stop` and CI end it like Ctrl-C
     try:
@@ -58,9 +60,17 @@ def _up(args: argparse.Namespace) -> int:
             '-d \'{"message":"hi"}\''
         )
         say("Ctrl-C stops everything.")
+        control = opts.dir / "workers"
+        control.unlink(missing_ok=True)
         while True:
             time.sleep(1)
             stack.check()
+            if control.exists():  # `localcloud scale N` asks for another worker count
+                wanted = int(control.read_text().strip() or opts.workers)
+                control.unlink()
+                say(f"scaling the local workers to {wanted} ...")
+                stack.scale(wanted)
+                say(f"{wanted} worker(s) per queue")
     except KeyboardInterrupt:
         say("\nstopping ...")
         return 0
@@ -70,6 +80,76 @@ def _up(args: argparse.Namespace) -> int:
     finally:
         stack.stop()
         say("stopped.")
+
+
+def _state(stack: str) -> dict[str, object] | None:
+    path = ROOT / ".localcloud" / stack / "state.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _status(args: argparse.Namespace) -> int:
+    import httpx
+
+    state = _state(args.stack)
+    if state is None or not _alive(int(state["pid"])):  # type: ignore[call-overload]
+        say(f"{args.stack}: not running")
+        return 3
+    say(f"{args.stack}: up (pid {state['pid']}, {state['workers']} worker(s) per queue)")
+    for name, pid in state["pids"].items():  # type: ignore[attr-defined]
+        say(f"  {name:<9} pid {pid:<7} {'running' if _alive(pid) else 'DEAD'}")
+    urls = state["urls"]
+    try:
+        full = httpx.get(f"{urls['api']}/health/full", timeout=10).json()  # type: ignore[index]
+    except httpx.HTTPError as e:
+        say(f"  health: api unreachable ({e})")
+        return 1
+    say(f"  health: {full['status']}")
+    for name, check in full["queues"].items():
+        depth = check.get("depth") or {}
+        say(
+            f"  queue {name:<12} visible {depth.get('visible', '?'):<4} "
+            f"in flight {depth.get('in_flight', '?')}"
+        )
+    return 0 if full["status"] == "ok" else 1
+
+
+def _stop(args: argparse.Namespace) -> int:
+    state = _state(args.stack)
+    if state is None or not _alive(int(state["pid"])):  # type: ignore[call-overload]
+        say(f"{args.stack}: not running")
+        return 0
+    pid = int(state["pid"])  # type: ignore[call-overload]
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    say(f"{args.stack}: stopped")
+    return 0
+
+
+def _scale(args: argparse.Namespace) -> int:
+    state = _state(args.stack)
+    if state is None or not _alive(int(state["pid"])):  # type: ignore[call-overload]
+        say(f"{args.stack}: not running; start it with --workers {args.workers}")
+        return 1
+    (ROOT / ".localcloud" / args.stack / "workers").write_text(str(args.workers))
+    deadline = time.monotonic() + 400
+    while time.monotonic() < deadline:
+        state = _state(args.stack)
+        if state and state.get("workers") == args.workers:
+            say(f"{args.stack}: {args.workers} worker(s) per queue")
+            return 0
+        time.sleep(0.3)
+    say("scaling did not finish; see the logs")
+    return 1
 
 
 def _fake_openai(args: argparse.Namespace) -> int:
@@ -130,6 +210,18 @@ def main(argv: list[str] | None = None) -> int:
     front.add_argument("--directory", default=str(ROOT / "frontend"))
     front.add_argument("--config", required=True, help="config.json content")
     front.set_defaults(fn=_frontend)
+
+    for verb, fn, text in (
+        ("status", _status, "is the stack up, and how is it"),
+        ("stop", _stop, "stop a running stack"),
+    ):
+        cmd = sub.add_parser(verb, help=text)
+        cmd.add_argument("--stack", default="llmstream-local")
+        cmd.set_defaults(fn=fn)
+    scale = sub.add_parser("scale", help="set the number of local workers of a running stack")
+    scale.add_argument("workers", type=int)
+    scale.add_argument("--stack", default="llmstream-local")
+    scale.set_defaults(fn=_scale)
 
     poll = sub.add_parser("poll", help="SQS event source poller (spec from `up`)")
     poll.add_argument("--spec", required=True)

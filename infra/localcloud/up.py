@@ -115,9 +115,22 @@ class Stack:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def scale(self, workers: int) -> None:
+        """Run ``workers`` concurrent worker invocations per event source from now on. The
+        pollers stop gracefully (answers in progress finish) and start again."""
+        for name in [n for n in self.procs if n.startswith("worker")]:
+            proc = self.procs.pop(name)
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=360)
+        self.opts.workers = workers
+        self._start_pollers()
+        (self.opts.dir / "state.json").write_text(json.dumps(self.state(), indent=2))
+
     def state(self) -> dict[str, Any]:
         return {
             "stack": self.opts.stack,
+            "pid": os.getpid(),
+            "workers": self.opts.workers,
             "urls": self.urls,
             "pids": {name: p.pid for name, p in self.procs.items()},
             "logs": str(self.opts.dir / "logs"),
