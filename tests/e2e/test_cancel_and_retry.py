@@ -102,3 +102,24 @@ def test_cancel_on_disconnect(local_stack: Stack) -> None:
     wait_for(lambda: status(local_stack, drop["task_id"])["status"] == "cancelled", timeout=10)
     assert status(local_stack, keep["task_id"])["status"] == "running"
     httpx.post(f"{local_stack.urls['api']}/chat/{keep['task_id']}/cancel")
+
+
+def test_high_priority_work_does_not_wait_behind_a_default_backlog(local_stack: Stack) -> None:
+    api = local_stack.urls["api"]
+    # GIVEN more slow default-priority work than the default queue's workers (4 locally)
+    slow = {"message": "backlog [[fake tokens=200 tps=20]]", "priority": 0}
+    backlog = [post_chat(local_stack, slow).json()["task_id"] for _ in range(8)]
+    wait_for(lambda: sum(status(local_stack, t)["status"] == "running" for t in backlog) >= 4)
+    # WHEN a high-priority request arrives
+    urgent = post_chat(local_stack, {"message": "urgent [[fake tokens=5]]", "priority": 9})
+    urgent_id = urgent.json()["task_id"]
+    wait_for(lambda: status(local_stack, urgent_id)["status"] == "done")
+    # THEN it was answered while default work was still waiting for a worker
+    states = {t: status(local_stack, t)["status"] for t in backlog}
+    waiting = [t for t, state in states.items() if state == "queued"]
+    assert waiting, f"the backlog should still have queued work: {states}"
+    started = {t: status(local_stack, t)["started_at"] for t in backlog}
+    urgent_started = status(local_stack, urgent_id)["started_at"]
+    assert all(s is None or s > urgent_started for t, s in started.items() if t in waiting)
+    for task_id in backlog:
+        httpx.post(f"{api}/chat/{task_id}/cancel")

@@ -85,3 +85,14 @@ def test_a_parameter_without_value_fails_loudly(tmp_path: Path) -> None:
     (tmp_path / "t.yaml").write_text(text)
     with pytest.raises(ValueError, match="AlarmEmail"):
         LocalTemplate.load("unit", path=tmp_path / "t.yaml")
+
+
+def test_worker_retry_budget_matches_the_queues_redrive_policy() -> None:
+    from llmstream.settings import Settings
+
+    tpl = LocalTemplate.load("unit")
+    counts = {
+        tpl.props(q)["RedrivePolicy"]["maxReceiveCount"]
+        for q in ("HighQueue", "DefaultQueue", "LowQueue")
+    }
+    assert counts == {Settings.model_fields["max_receive_count"].default}
