@@ -121,6 +121,22 @@ def _count(messages: list[dict[str, Any]]) -> int:
     return sum(len(str(m.get("content", "")).split()) + 3 for m in messages)
 
 
+def _error(
+    message: str,
+    status: int,
+    *,
+    kind: str = "invalid_request_error",
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """An error body as the OpenAI API sends it."""
+    return JSONResponse(
+        {"error": {"message": message, "type": kind, "code": code}},
+        status_code=status,
+        headers=headers,
+    )
+
+
 def create_app(behaviour: Behaviour | None = None) -> FastAPI:
     base = behaviour or Behaviour()
     app = FastAPI(title="fake OpenAI")
@@ -129,16 +145,7 @@ def create_app(behaviour: Behaviour | None = None) -> FastAPI:
 
     def _auth_error(request: Request) -> JSONResponse | None:
         if not request.headers.get("authorization", "").startswith("Bearer "):
-            return JSONResponse(
-                {
-                    "error": {
-                        "message": "missing API key",
-                        "type": "invalid_request_error",
-                        "code": "invalid_api_key",
-                    }
-                },
-                status_code=401,
-            )
+            return _error("missing API key", 401, code="invalid_api_key")
         return None
 
     @app.get("/v1/models")
@@ -174,27 +181,9 @@ def create_app(behaviour: Behaviour | None = None) -> FastAPI:
         if isinstance(inputs, str):
             inputs = [inputs]
         if not isinstance(inputs, list) or not inputs or "model" not in body:
-            return JSONResponse(
-                {
-                    "error": {
-                        "message": "'input' and 'model' are required",
-                        "type": "invalid_request_error",
-                        "code": None,
-                    }
-                },
-                status_code=400,
-            )
+            return _error("'input' and 'model' are required", 400)
         if len(inputs) > EMBEDDING_BATCH_LIMIT:
-            return JSONResponse(
-                {
-                    "error": {
-                        "message": f"at most {EMBEDDING_BATCH_LIMIT} inputs per request",
-                        "type": "invalid_request_error",
-                        "code": None,
-                    }
-                },
-                status_code=400,
-            )
+            return _error(f"at most {EMBEDDING_BATCH_LIMIT} inputs per request", 400)
         app.state.embedding_requests += 1
         tokens = sum(len(str(text).split()) for text in inputs)
         return {
@@ -214,29 +203,15 @@ def create_app(behaviour: Behaviour | None = None) -> FastAPI:
         body = await request.json()
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages or "model" not in body:
-            return JSONResponse(
-                {
-                    "error": {
-                        "message": "'messages' and 'model' are required",
-                        "type": "invalid_request_error",
-                        "code": None,
-                    }
-                },
-                status_code=400,
-            )
+            return _error("'messages' and 'model' are required", 400)
         app.state.requests += 1
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
         behave = parse_directive(_last_user(messages), base)
         if behave.status != 200:
-            return JSONResponse(
-                {
-                    "error": {
-                        "message": f"fake failure {behave.status}",
-                        "type": "server_error",
-                        "code": None,
-                    }
-                },
-                status_code=behave.status,
+            return _error(
+                f"fake failure {behave.status}",
+                behave.status,
+                kind="server_error",
                 headers={"retry-after-ms": "10"},
             )
         tokens, finish = answer_tokens(messages, max_tokens, base)
