@@ -1,0 +1,75 @@
+"""Shared rate limits on a whole local stack of their own (LLM_TPM=600): work over the
+limit waits on its queue, then runs; every request still ends done."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from localcloud.up import Options, Ports, Stack
+from tests.conftest import ARTIFACTS, free_port, unique
+from tests.e2e.test_chat_flow import read_stream
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def limited_stack() -> Iterator[Stack]:
+    opts = Options(
+        stack=unique("e2e-limits"),
+        ports=Ports(
+            aws=free_port(),
+            api=free_port(),
+            stream=free_port(),
+            openai=free_port(),
+            frontend=free_port(),
+        ),
+        workers=4,
+        fake_tokens=30,
+        fake_tps=100.0,
+        fake_ttft_ms=20.0,
+        state_dir=ARTIFACTS / "e2e-limits-stack",
+        extra_env={"LLM_TPM": "600"},  # 10 tokens a second, shared by every worker
+    )
+    with Stack(opts) as stack:
+        yield stack
+
+
+def test_work_over_the_token_limit_waits_then_finishes(limited_stack: Stack) -> None:
+    api = limited_stack.urls["api"]
+    # GIVEN seven requests that may each use ~260 tokens: three at once need more than the
+    # 600 tokens in the bucket
+    bodies = [
+        httpx.post(f"{api}/chat", json={"message": f"limited {i}", "max_tokens": 250}).json()
+        for i in range(7)
+    ]
+    seen: dict[str, set[str]] = {b["task_id"]: set() for b in bodies}
+    retry_at: list[float] = []
+
+    def final(body: dict[str, str]) -> str:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            s = httpx.get(f"{api}/chat/{body['task_id']}").json()
+            seen[body["task_id"]].add(s["status"])
+            if s.get("retry_at"):
+                retry_at.append(s["retry_at"])
+            if s["status"] in ("done", "error", "cancelled"):
+                return str(s["status"])
+            time.sleep(0.2)
+        return "timeout"
+
+    with ThreadPoolExecutor(7) as pool:
+        finals = list(pool.map(final, bodies))
+    # THEN some waited for capacity (status waiting, with a retry time) and all finished
+    assert finals == ["done"] * 7
+    assert any("waiting" in states for states in seen.values()), seen
+    assert retry_at
+    # AND the streams of the ones that waited are whole
+    for body in bodies:
+        events = read_stream(body["stream_url"])
+        assert json.loads(events[-1].data)["type"] == "done"
