@@ -157,6 +157,7 @@ case "$cmd" in
     ;;
   test)
     ensure_venv
+    ensure_apt chromium fonts-dejavu-core  # the browser tests drive Debian's Chromium
     ensure_checkov
     ensure_lambda_python
     say "ruff"
