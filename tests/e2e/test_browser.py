@@ -159,6 +159,21 @@ def test_controls_have_labels_and_a_sensible_focus_order(page: Page) -> None:
     assert page.evaluate("document.activeElement.id") == "send"
 
 
+@pytest.mark.parametrize("path", ["/", "/dashboard.html"])
+def test_pages_pass_an_accessibility_check(browser: Browser, local_stack: Stack, path: str) -> None:
+    """axe-core (WCAG 2 A/AA rules: labels, names, contrast, landmarks ...) finds nothing."""
+    from axe_playwright_python.sync_playwright import Axe
+
+    context = browser.new_context(viewport=DESKTOP)
+    pg = context.new_page()
+    pg.goto(local_stack.urls["frontend"] + path)
+    pg.wait_for_load_state("networkidle")
+    results = Axe().run(pg, options={"runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa"]}})
+    violations = results.response["violations"]
+    assert violations == [], results.generate_report()
+    context.close()
+
+
 def test_dashboard_shows_a_queued_task(browser: Browser, local_stack: Stack) -> None:
     api = local_stack.urls["api"]
     # GIVEN more low-priority work than the low queue's local workers
