@@ -6,6 +6,7 @@
 #   ./run.sh logs [component]     follow the logs (aws, openai, api, stream, worker, frontend)
 #   ./run.sh scale N              N concurrent local worker invocations per queue
 #   ./run.sh test [pytest args]   lint, type-check, and every test tier
+#   ./run.sh bench [--quick|--full] the pipeline against direct streaming, side by side
 #   ./run.sh deploy [--env prod]  sam build + sam deploy, then publish the chat page
 #   ./run.sh install              create .venv and install everything (the others do it too)
 set -euo pipefail
@@ -168,6 +169,10 @@ case "$cmd" in
     say "pytest (unit, integration, e2e)"
     exec python -m pytest tests "$@"
     ;;
+  bench)
+    ensure_venv
+    exec python -m tests.bench "$@"
+    ;;
   deploy)
     ensure_venv
     ensure_lambda_python
@@ -193,11 +198,11 @@ PY
     python -m llmstream_deploy publish --stack "$stack"
     ;;
   help | -h | --help)
-    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
     ;;
   *)
     echo "unknown command: $cmd" >&2
-    sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
     ;;
 esac

@@ -96,6 +96,11 @@ def answer_tokens(
     return tokens, "stop"
 
 
+def request_key(messages: list[dict[str, Any]]) -> str:
+    """Names one conversation: the benchmark asks for its token emission times by it."""
+    return hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).hexdigest()[:24]
+
+
 def expected_answer(
     messages: list[dict[str, Any]],
     max_tokens: int | None = None,
@@ -142,6 +147,7 @@ def create_app(behaviour: Behaviour | None = None) -> FastAPI:
     app = FastAPI(title="fake OpenAI")
     app.state.requests = 0
     app.state.embedding_requests = 0
+    app.state.emissions = {}
 
     def _auth_error(request: Request) -> JSONResponse | None:
         if not request.headers.get("authorization", "").startswith("Bearer "):
@@ -171,6 +177,12 @@ def create_app(behaviour: Behaviour | None = None) -> FastAPI:
             "chat_requests": app.state.requests,
             "embedding_requests": app.state.embedding_requests,
         }
+
+    @app.get("/fake/emissions/{key}")
+    async def emissions(key: str) -> Any:
+        """When each token of the streamed answer to one conversation left this server."""
+        times = app.state.emissions.get(key)
+        return {"times": times} if times is not None else _error("unknown request key", 404)
 
     @app.post("/v1/embeddings")
     async def embeddings(request: Request) -> Any:
@@ -255,6 +267,12 @@ def create_app(behaviour: Behaviour | None = None) -> FastAPI:
             }
             return f"data: {json.dumps(payload)}\n\n"
 
+        # Wall-clock emission time of every token, for the benchmark's per-chunk delay.
+        emitted: list[float] = []
+        app.state.emissions[request_key(messages)] = emitted
+        while len(app.state.emissions) > 10_000:
+            app.state.emissions.pop(next(iter(app.state.emissions)))
+
         async def events() -> AsyncIterator[str]:
             start = time.monotonic()
             await asyncio.sleep(behave.ttft_ms / 1000)
@@ -265,6 +283,7 @@ def create_app(behaviour: Behaviour | None = None) -> FastAPI:
                 if (delay := due - time.monotonic()) > 0:
                     await asyncio.sleep(delay)
                 yield chunk({"content": token})
+                emitted.append(time.time())
             yield chunk({}, finish)
             if include_usage:
                 payload = {

@@ -51,6 +51,9 @@ class Options:
     fake_ttft_ms: float = 200.0
     state_dir: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    # The functions' AWS endpoint, when it differs from the emulator's own address (the
+    # benchmark puts a request-counting proxy in between).
+    function_aws_endpoint: str | None = None
 
     @property
     def dir(self) -> Path:
@@ -280,6 +283,8 @@ class Stack:
             "POWERTOOLS_TRACE_DISABLED": "true",
             **self.opts.extra_env,
         }
+        if self.opts.function_aws_endpoint:
+            env["AWS_ENDPOINT_URL"] = self.opts.function_aws_endpoint
         env.pop("AWS_LWA_INVOKE_MODE", None)
         env.pop("AWS_LAMBDA_EXEC_WRAPPER", None)
         self.env[logical_id] = env

@@ -1,0 +1,76 @@
+"""A request-counting HTTP proxy in front of the AWS emulator: how many chunk-log writes and
+reads the pipeline really makes (DynamoDB operations by table)."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class CountingProxy:
+    def __init__(self, upstream_port: int) -> None:
+        self.counts: Counter[tuple[str, str]] = Counter()  # (operation, table)
+        self._lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                target = self.headers.get("x-amz-target", "")
+                if target.startswith("DynamoDB_"):
+                    operation = target.split(".", 1)[1]
+                    try:
+                        doc = json.loads(body or b"{}")
+                    except ValueError:
+                        doc = {}
+                    tables = (
+                        [doc["TableName"]]
+                        if "TableName" in doc
+                        else list(doc.get("RequestItems", {}))
+                    )
+                    with proxy._lock:
+                        for table in tables or ["?"]:
+                            proxy.counts[(operation, table)] += 1
+                conn = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=60)
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                try:
+                    conn.request(self.command, self.path, body=body, headers=headers)
+                    resp = conn.getresponse()
+                    data = resp.read()
+                except OSError:  # the emulator is gone (the stack is stopping)
+                    self.send_error(502)
+                    return
+                self.send_response(resp.status)
+                for key, value in resp.getheaders():
+                    if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(key, value)
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _forward
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> CountingProxy:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+
+    def snapshot(self) -> Counter[tuple[str, str]]:
+        with self._lock:
+            return Counter(self.counts)
