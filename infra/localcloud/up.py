@@ -69,6 +69,7 @@ class Stack:
         self.opts = options
         self.progress = progress or (lambda _msg: None)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._commands: dict[str, tuple[list[str], dict[str, str] | None]] = {}
         self._logs: list[IO[bytes]] = []
         self.urls: dict[str, str] = {}
         self.env: dict[str, dict[str, str]] = {}
@@ -382,7 +383,21 @@ class Stack:
         return url
 
     # ------------------------------------------------------------------ processes
+    def kill(self, name: str) -> None:
+        """Stop one component at once (SIGKILL), as a crash or a cut connection would."""
+        proc = self.procs[name]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    def revive(self, name: str) -> None:
+        """Start a component again with the command and environment it had."""
+        argv, env = self._commands[name]
+        self._spawn(name, argv, env)
+        if name in self.urls and name != "aws":
+            self._wait_http(name, f"{self.urls[name]}/health")
+
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+        self._commands[name] = (argv, env)
         logfile = self.log(name).open("ab")
         self._logs.append(logfile)
         self.procs[name] = subprocess.Popen(

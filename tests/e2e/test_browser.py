@@ -195,3 +195,26 @@ def test_dashboard_shows_a_queued_task(browser: Browser, local_stack: Stack) -> 
     finally:
         for task_id in tasks:
             httpx.post(f"{api}/chat/{task_id}/cancel")
+
+
+def test_a_dropped_stream_shows_reconnecting_and_resumes(
+    browser: Browser, local_stack: Stack
+) -> None:
+    context = browser.new_context(viewport=DESKTOP)
+    pg = context.new_page()
+    pg.goto(local_stack.urls["frontend"])
+    message = "drop the connection [[fake tokens=160 tps=20]]"
+    send(pg, message)
+    bubble = pg.locator(".msg.assistant").last
+    expect(bubble.locator(".body")).not_to_be_empty(timeout=10_000)
+    # WHEN the stream server dies mid-answer (every open connection is cut)
+    local_stack.kill("stream")
+    try:
+        expect(pg.locator("#status")).to_have_text("reconnecting…", timeout=10_000)
+        expect(pg.locator("#light-stream")).to_have_attribute("data-state", "warn")
+    finally:
+        local_stack.revive("stream")
+    # THEN the page resumes from its Last-Event-ID: the whole answer, nothing repeated
+    expect(bubble).to_have_class("msg assistant done", timeout=40_000)
+    assert bubble.locator(".body").inner_text().strip() == answer(message, 160)
+    context.close()
