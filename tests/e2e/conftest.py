@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -11,25 +12,32 @@ from tests.conftest import ARTIFACTS, free_port, unique
 FAKE_TOKENS = 40
 
 
+def stack_options(name: str, **overrides: Any) -> Options:
+    """A stack of the tests' own: unique name, free ports, a fast fake model."""
+    defaults: dict[str, Any] = {
+        "workers": 4,
+        "fake_tps": 100.0,
+        "fake_ttft_ms": 50.0,
+        "state_dir": ARTIFACTS / f"{name}-stack",
+    }
+    ports = Ports(
+        aws=free_port(),
+        api=free_port(),
+        stream=free_port(),
+        openai=free_port(),
+        frontend=free_port(),
+    )
+    return Options(stack=unique(name), ports=ports, **{**defaults, **overrides})
+
+
 @pytest.fixture(scope="session")
 def local_stack() -> Iterator[Stack]:
     """The whole local stack, started as `./run.sh start` starts it, on free ports."""
     if os.environ.get("AWS_ENDPOINT_URL"):
         pytest.fail("unset AWS_ENDPOINT_URL: the e2e stack runs its own emulator")
-    opts = Options(
-        stack=unique("e2e"),
-        ports=Ports(
-            aws=free_port(),
-            api=free_port(),
-            stream=free_port(),
-            openai=free_port(),
-            frontend=free_port(),
-        ),
-        workers=4,
+    opts = stack_options(
+        "e2e",
         fake_tokens=FAKE_TOKENS,
-        fake_tps=100.0,
-        fake_ttft_ms=50.0,
-        state_dir=ARTIFACTS / "e2e-stack",
         # Small embedding batches, so a test can see POST /embeddings split its input.
         extra_env={"EMBEDDINGS_BATCH_SIZE": "2"},
     )

@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from localcloud.up import Options, Ports, Stack
-from tests.conftest import ARTIFACTS, free_port, unique
+from localcloud.up import Stack
+from tests.e2e.conftest import stack_options
 from tests.e2e.test_chat_flow import read_stream
 
 pytestmark = pytest.mark.e2e
@@ -20,20 +20,10 @@ pytestmark = pytest.mark.e2e
 
 @pytest.fixture(scope="module")
 def limited_stack() -> Iterator[Stack]:
-    opts = Options(
-        stack=unique("e2e-limits"),
-        ports=Ports(
-            aws=free_port(),
-            api=free_port(),
-            stream=free_port(),
-            openai=free_port(),
-            frontend=free_port(),
-        ),
-        workers=4,
+    opts = stack_options(
+        "e2e-limits",
         fake_tokens=30,
-        fake_tps=100.0,
         fake_ttft_ms=20.0,
-        state_dir=ARTIFACTS / "e2e-limits-stack",
         extra_env={"LLM_TPM": "600"},  # 10 tokens a second, shared by every worker
     )
     with Stack(opts) as stack:
