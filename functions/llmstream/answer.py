@@ -40,7 +40,12 @@ class ChunkWriter:
 
     The first piece is written at once (time to first token is what a user feels); after
     that text is held until ``interval`` has passed since the last write or ``max_chars``
-    is reached, so a 50 tokens/s answer costs ~10 writes/s instead of 50.
+    is reached, so a 40 tokens/s answer costs ~10 writes/s instead of 40. Once started, a
+    flusher thread writes held text when its interval is up even if no further token comes
+    (a model that pauses must not hold back what it already said).
+
+    Writes are serialised by one lock, so seqs stay dense whichever thread writes. An error
+    in the flusher thread (store down, SeqConflict) is raised in the caller's next call.
     """
 
     def __init__(
@@ -62,6 +67,10 @@ class ChunkWriter:
         self._buffer: list[str] = []
         self._buffered = 0
         self._last_write: float | None = None
+        self._lock = threading.Condition(threading.RLock())
+        self._closed = False
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
         self.chunks_written = 0
         self.text: list[str] = []  # this attempt's answer, for the session history
 
@@ -70,37 +79,77 @@ class ChunkWriter:
         """Seq of the last event written."""
         return self._seq
 
+    def start(self) -> ChunkWriter:
+        """Start the flusher thread (the worker does; unit tests drive the clock instead)."""
+        self._thread = threading.Thread(target=self._flusher, name="chunk-flusher", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop the flusher thread; held text is written by ``event`` or dropped with it."""
+        with self._lock:
+            self._closed = True
+            self._lock.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=15)
+
     def add(self, text: str) -> None:
-        self.text.append(text)
-        self._buffer.append(text)
-        self._buffered += len(text)
-        now = self._clock()
-        if (
-            self._last_write is None
-            or now - self._last_write >= self._interval
-            or self._buffered >= self._max_chars
-        ):
-            self.flush()
+        with self._lock:
+            self._raise_flusher_error()
+            self.text.append(text)
+            self._buffer.append(text)
+            self._buffered += len(text)
+            if (
+                self._last_write is None
+                or self._clock() - self._last_write >= self._interval
+                or self._buffered >= self._max_chars
+            ):
+                self.flush()
+            else:
+                self._lock.notify_all()  # the flusher times the held text
 
     def flush(self) -> None:
-        if not self._buffer:
-            return
-        text = "".join(self._buffer)
-        self._buffer.clear()
-        self._buffered = 0
-        for start in range(0, len(text), self._max_chars):
-            self._write("chunk", {"chunk": text[start : start + self._max_chars]})
-            self.chunks_written += 1
-        self._last_write = self._clock()
+        with self._lock:
+            self._raise_flusher_error()
+            if not self._buffer:
+                return
+            text = "".join(self._buffer)
+            self._buffer.clear()
+            self._buffered = 0
+            for start in range(0, len(text), self._max_chars):
+                self._write("chunk", {"chunk": text[start : start + self._max_chars]})
+                self.chunks_written += 1
+            self._last_write = self._clock()
 
     def event(self, kind: EventKind, data: dict[str, Any]) -> None:
         """Write a non-text event (reset or terminal) after any held text."""
-        self.flush()
-        self._write(kind, data)
+        with self._lock:
+            self.flush()
+            self._write(kind, data)
 
     def _write(self, kind: EventKind, data: dict[str, Any]) -> None:
         self._log.append(self._task_id, self._seq + 1, kind, data)  # SeqConflict: lost
         self._seq += 1
+
+    def _raise_flusher_error(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _flusher(self) -> None:
+        with self._lock:
+            while not self._closed and self._error is None:
+                if not self._buffer or self._last_write is None:
+                    self._lock.wait()
+                    continue
+                due = self._last_write + self._interval - self._clock()
+                if due > 0:
+                    self._lock.wait(due)
+                    continue
+                try:
+                    self.flush()
+                except BaseException as e:  # handed to the token loop's thread
+                    self._error = e
 
 
 class Watchdog:
@@ -212,10 +261,30 @@ def run_task(
         interval=settings.chunk_flush_interval_ms / 1000,
         max_chars=settings.chunk_max_chars,
     )
+    try:
+        _answer(deps, task, writer, next_seq, remaining_seconds, receive_count)
+    finally:
+        writer.close()
+
+
+def _answer(
+    deps: Deps,
+    task: Task,
+    writer: ChunkWriter,
+    next_seq: int,
+    remaining_seconds: Callable[[], float] | None,
+    receive_count: int,
+) -> None:
+    settings = deps.settings
+    task_id = task.task_id
     if task.cancel_requested:
         _end(deps, writer, task, "cancelled", {"type": "cancelled"})
         return
-    history = deps.tasks.session(task.session_id) if settings.history_token_budget else []
+    history = (
+        deps.tasks.session(task.session_id)
+        if settings.history_token_budget and not task.new_session
+        else []
+    )
     messages = build_messages(task, history, settings.history_token_budget)
     # Shared rate limits: without room now, the task waits on its queue, not in Lambda.
     estimate = estimate_tokens(messages, task.max_tokens)
@@ -236,6 +305,7 @@ def run_task(
         if next_seq > 1:
             writer.event("reset", {"type": "reset", "attempt": task.attempt})
         stream = open_stream(deps.openai, task, messages)
+        writer.start()
         watchdog = Watchdog(
             cancelled=lambda: deps.tasks.is_cancel_requested(task_id),
             deadline=time.monotonic() + budget,

@@ -107,6 +107,7 @@ def _enqueue(deps: Deps, settings: ApiSettings, request: ChatRequest) -> dict[st
         temperature=request.temperature,
         cancel_on_disconnect=request.cancel_on_disconnect,
         created_at=time.time(),
+        new_session=request.session_id is None,
     )
     # The row first, then the message: a worker that receives the id always finds the row.
     deps.tasks.create(task)

@@ -1,20 +1,66 @@
-"""The stream function's core: follow a task's chunk log from a seq, without blocking."""
+"""The stream function's core: follow a task's chunk log from a seq, without blocking.
+
+DynamoDB cannot push, so a stream polls; the question is when. The worker writes at most
+once per flush interval (ChunkWriter) and stamps each event with its write time, so after
+an event the next one cannot exist before ``written_at + interval``: the reader sleeps until
+then, and one read usually finds one new event. Reads that find nothing (the model has not
+started yet, or pauses) poll at a short interval at first, then back off.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import anyio
 
 from llmstream.chunklog.base import ChunkLog
 from llmstream.models import Event
 
-# Read window: small while live (one new chunk per poll is the norm), growing while a
-# resumed client catches up on a long backlog, so a catch-up costs a few calls, not one per
-# chunk. The DynamoDB backend reads these keys in one BatchGetItem.
-_LIVE_WINDOW = 4
+# Read window: one key while live (one new event per read is the norm, and a key read costs
+# one read unit whether it finds an item or not), growing while a resumed client catches up
+# on a long backlog, so a catch-up costs a few calls, not one per event.
+_LIVE_WINDOW = 1
 _MAX_WINDOW = 100
+
+
+@dataclass
+class Pacer:
+    """How long to wait before the next read."""
+
+    interval: float  # poll interval while nothing is known
+    max_interval: float  # longest wait during a long silence
+    write_interval: float  # the writer writes at most once per this
+    write_lag: float = 0.015  # a write's own latency, before a read can see it
+    eager_seconds: float = 1.0  # poll at ``interval`` this long before backing off
+    _empty: int = 0
+    _empty_since: float | None = None
+    _next_write: float | None = None
+
+    def saw(self, event: Event) -> None:
+        self._empty, self._empty_since = 0, None
+        if event.written_at is not None:
+            self._next_write = event.written_at + self.write_interval + self.write_lag
+        else:
+            self._next_write = None
+
+    def behind(self, now: float) -> bool:
+        """True when a next event may already exist (read again at once)."""
+        return self._next_write is None or self._next_write <= now
+
+    def wait(self, now: float, found: bool) -> float:
+        """Seconds to sleep after a read that found (or not) new events."""
+        if found and self._next_write is not None and self._next_write > now:
+            return self._next_write - now
+        if found:
+            return self.interval
+        self._empty += 1
+        if self._empty_since is None:
+            self._empty_since = now
+        if now - self._empty_since < self.eager_seconds:
+            return self.interval
+        return float(min(self.max_interval, self.interval * 1.5**self._empty))
 
 
 async def follow(
@@ -22,7 +68,7 @@ async def follow(
     task_id: str,
     after: int,
     *,
-    poll_interval: float,
+    pacer: Pacer,
     max_seconds: float,
 ) -> AsyncIterator[Event]:
     """Yield the task's events after ``after`` until its terminal event.
@@ -40,8 +86,10 @@ async def follow(
             after = event.seq
             if event.terminal:
                 return
-        if len(batch) == window:
+        if batch:
+            pacer.saw(batch[-1])
+        if len(batch) == window and pacer.behind(time.time()):
             window = min(window * 4, _MAX_WINDOW)  # behind: read more per call, no pause
             continue
         window = _LIVE_WINDOW
-        await anyio.sleep(poll_interval)
+        await anyio.sleep(pacer.wait(time.time(), bool(batch)))

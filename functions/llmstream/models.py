@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -134,6 +134,9 @@ class Event:
     seq: int
     kind: EventKind
     data: dict[str, Any]
+    # When the writer wrote it (epoch seconds), if the backend keeps it: readers time their
+    # next poll by it. Not part of the wire format.
+    written_at: float | None = field(default=None, compare=False)
 
     @property
     def terminal(self) -> bool:

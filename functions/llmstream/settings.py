@@ -75,8 +75,11 @@ class Settings(BaseSettings):
     retry_base_seconds: float = Field(default=2.0, ge=0)
     retry_max_seconds: float = Field(default=120.0, ge=0)
 
-    # Stream: how often an idle stream polls the chunk log, and keep-alive pings.
-    stream_poll_interval_ms: int = Field(default=50, gt=0)
+    # Stream: between events a stream reads when the writer's next write is due; while
+    # nothing is due (model not started, or pausing) it polls at this interval for a second,
+    # then backs off to the max. Keep-alive pings keep an idle connection open.
+    stream_poll_interval_ms: int = Field(default=25, gt=0)
+    stream_poll_max_interval_ms: int = Field(default=500, gt=0)
     stream_ping_seconds: int = Field(default=15, gt=0)
     # A function URL response lasts at most 15 minutes; end before that so the client's
     # EventSource reconnects with Last-Event-ID instead of seeing a cut connection.

@@ -20,7 +20,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from llmstream import tokens, web
 from llmstream.deps import get_deps
-from llmstream.follow import follow
+from llmstream.follow import Pacer, follow
 from llmstream.llm import direct_pieces, make_async_client
 from llmstream.models import ID_PATTERN, ChatRequest, ErrorBody, Health
 from llmstream.settings import get_settings
@@ -83,7 +83,11 @@ async def stream(
                 deps.log,
                 task_id,
                 start,
-                poll_interval=settings.stream_poll_interval_ms / 1000,
+                pacer=Pacer(
+                    interval=settings.stream_poll_interval_ms / 1000,
+                    max_interval=settings.stream_poll_max_interval_ms / 1000,
+                    write_interval=settings.chunk_flush_interval_ms / 1000,
+                ),
                 max_seconds=settings.stream_max_seconds,
             ):
                 yield ServerSentEvent(data=event.sse_data(), id=str(event.seq))

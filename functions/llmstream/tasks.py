@@ -45,6 +45,9 @@ class Task:
     retry_at: float | None = None
     answer: str | None = None
     hour: str | None = None  # UTC yyyymmddhh of created_at: the by-hour index of /stats
+    # The request started its session (no session_id given): the worker has no history to
+    # look up, which saves a query on the answer's critical path.
+    new_session: bool = False
 
     def to_item(self, expires_at: int) -> dict[str, Any]:
         raw = {k: v for k, v in self.__dict__.items() if v is not None}

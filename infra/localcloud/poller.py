@@ -1,7 +1,8 @@
 """An SQS event source that behaves like Lambda's event source mapping.
 
-Like Lambda: long polling, up to ``BatchSize`` records per invocation in the event shape
-Lambda sends, several invocations at once (up to ``MaximumConcurrency``), successful
+Like Lambda: a few pollers long-poll the queue and hand each batch (up to ``BatchSize``
+records, in the event shape Lambda sends) to an invocation; at most ``MaximumConcurrency``
+invocations run at once, and a poller only receives while one is free. Successful
 records deleted, and with ``ReportBatchItemFailures`` only the records the function names
 kept. A record that is not deleted becomes visible again after the queue's visibility
 timeout and is redelivered; the queue's redrive policy moves it to the DLQ after
@@ -16,6 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,13 +112,22 @@ class EventSourceMapping:
     concurrency: int = 4
     wait_seconds: int = 5
     region: str = "us-east-1"
+    # Long polls per queue. Idle long polls are what an emulator pays for while nothing
+    # happens, and one poller already receives far faster than answers finish.
+    pollers: int = 2
     invocations: int = 0
     _stop: threading.Event = field(default_factory=threading.Event, repr=False)
     _threads: list[threading.Thread] = field(default_factory=list, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _pool: ThreadPoolExecutor | None = field(default=None, repr=False)
+    _slots: threading.BoundedSemaphore | None = field(default=None, repr=False)
 
     def start(self) -> None:
-        for i in range(self.concurrency):
+        self._slots = threading.BoundedSemaphore(self.concurrency)
+        self._pool = ThreadPoolExecutor(
+            self.concurrency, thread_name_prefix=f"lambda-{self.function_name}"
+        )
+        for i in range(max(1, min(self.pollers, self.concurrency))):
             thread = threading.Thread(
                 target=self._loop, name=f"esm-{self.function_name}-{i}", daemon=True
             )
@@ -124,23 +135,47 @@ class EventSourceMapping:
             self._threads.append(thread)
 
     def stop(self, timeout: float | None = None) -> None:
+        """Stop receiving; invocations in progress finish (like a scaled-down mapping)."""
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout)
+        if self._pool is not None:
+            self._pool.shutdown(wait=timeout is None or timeout > 0)
 
     def _loop(self) -> None:
+        assert self._slots is not None and self._pool is not None
         while not self._stop.is_set():
+            if not self._slots.acquire(timeout=0.5):  # every invocation busy: do not receive
+                continue
             try:
-                self.poll_once()
+                messages = self._receive()
             except Exception:
+                self._slots.release()
                 log.exception("event source %s: poll failed", self.function_name)
                 self._stop.wait(1.0)
+                continue
+            if not messages:
+                self._slots.release()
+                continue
+            self._pool.submit(self._invoke_then_free, messages)
+
+    def _invoke_then_free(self, messages: list[dict[str, Any]]) -> None:
+        assert self._slots is not None
+        try:
+            self._invoke(messages)
+        except Exception:
+            log.exception("event source %s: invocation failed", self.function_name)
+        finally:
+            self._slots.release()
 
     def poll_once(self) -> int:
         """Receive one batch and invoke the function with it; return the batch size."""
         messages = self._receive()
         if not messages:
             return 0
+        return self._invoke(messages)
+
+    def _invoke(self, messages: list[dict[str, Any]]) -> int:
         with self._lock:
             self.invocations += 1
         event = {"Records": [sqs_record(m, self.queue_arn, self.region) for m in messages]}

@@ -54,6 +54,9 @@ class Options:
     # The functions' AWS endpoint, when it differs from the emulator's own address (the
     # benchmark puts a request-counting proxy in between).
     function_aws_endpoint: str | None = None
+    # Run ``workers`` invocations per queue even above the template's MaximumConcurrency
+    # (the benchmark measures the pipeline at a concurrency, not the queue's cap).
+    ignore_concurrency_caps: bool = False
 
     @property
     def dir(self) -> Path:
@@ -332,6 +335,8 @@ class Stack:
         for esm in tpl.event_sources():
             fn = functions[esm.function]
             cap = esm.maximum_concurrency or self.opts.workers
+            if self.opts.ignore_concurrency_caps:
+                cap = self.opts.workers
             by_function.setdefault(esm.function, []).append(
                 {
                     "queue_url": tpl.queue_url(esm.queue),

@@ -32,7 +32,7 @@ from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"
-TOKENS, TPS, TTFT_MS = 60, 40.0, 200.0
+TOKENS, TPS, TTFT_MS = 160, 40.0, 200.0
 FAKE = Behaviour(tokens=TOKENS, tps=TPS, ttft_ms=TTFT_MS)
 
 
@@ -167,6 +167,7 @@ def run(levels: list[int], rounds: int, say: Any) -> dict[str, Any]:
                 frontend=free_port(),
             ),
             workers=max(levels),
+            ignore_concurrency_caps=True,
             fake_tokens=TOKENS,
             fake_tps=TPS,
             fake_ttft_ms=TTFT_MS,

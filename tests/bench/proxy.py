@@ -18,6 +18,10 @@ class CountingProxy:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out in separate writes: without TCP_NODELAY, Nagle plus
+            # the client's delayed ACK would hold every answer back by ~40 ms.
+            disable_nagle_algorithm = True
+            _conn: http.client.HTTPConnection | None = None
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -39,12 +43,9 @@ class CountingProxy:
                     with proxy._lock:
                         for table in tables or ["?"]:
                             proxy.counts[(operation, table)] += 1
-                conn = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=60)
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
                 try:
-                    conn.request(self.command, self.path, body=body, headers=headers)
-                    resp = conn.getresponse()
-                    data = resp.read()
+                    resp, data = self._upstream(body, headers)
                 except OSError:  # the emulator is gone (the stack is stopping)
                     self.send_error(502)
                     return
@@ -55,7 +56,28 @@ class CountingProxy:
                 self.send_header("content-length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
-                conn.close()
+
+            def _upstream(
+                self, body: bytes, headers: dict[str, str]
+            ) -> tuple[http.client.HTTPResponse, bytes]:
+                # One kept-alive upstream connection per client connection (boto3 keeps its
+                # connections alive too): the proxy adds a hop, not a TCP handshake per call.
+                for attempt in (1, 2):
+                    if self._conn is None:
+                        self._conn = http.client.HTTPConnection(
+                            "127.0.0.1", upstream_port, timeout=60
+                        )
+                    conn = self._conn
+                    try:
+                        conn.request(self.command, self.path, body=body, headers=headers)
+                        resp = conn.getresponse()
+                        return resp, resp.read()
+                    except (http.client.HTTPException, OSError):
+                        conn.close()
+                        self._conn = None
+                        if attempt == 2:
+                            raise
+                raise AssertionError("unreachable")
 
             do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _forward
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -113,3 +114,49 @@ def test_a_second_writer_at_the_same_seq_loses() -> None:
     writer(log, clock).add("mine")
     with pytest.raises(SeqConflict):
         writer(log, clock).add("theirs")
+
+
+def wait_for(condition: Any, seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.005)
+    return False
+
+
+def test_started_writer_flushes_held_text_when_the_model_pauses() -> None:
+    # GIVEN a started writer (real clock) that wrote the first token and holds the second
+    log = MemoryLog()
+    w = ChunkWriter(log, "t", next_seq=1, interval=0.05, max_chars=1000).start()
+    try:
+        w.add("first ")
+        w.add("held")
+        assert [e.data["chunk"] for e in log.read_all("t")] == ["first "]
+        # WHEN no further token comes
+        # THEN the held text is written once its interval is up
+        assert wait_for(lambda: len(log.read_all("t")) == 2)
+        assert [e.data["chunk"] for e in log.read_all("t")] == ["first ", "held"]
+    finally:
+        w.close()
+
+
+def test_a_flusher_error_is_raised_in_the_token_loop() -> None:
+    # GIVEN a log that refuses the second write, and a started writer holding text
+    class Refusing(MemoryLog):
+        def append(self, task_id: str, seq: int, kind: EventKind, data: dict[str, Any]) -> None:
+            if seq == 2:
+                raise SeqConflict("taken")
+            super().append(task_id, seq, kind, data)
+
+    log = Refusing()
+    w = ChunkWriter(log, "t", next_seq=1, interval=0.02, max_chars=1000).start()
+    try:
+        w.add("a")
+        w.add("b")  # the flusher's write of this fails
+        assert wait_for(lambda: w._error is not None)
+        # THEN the next call in the token loop raises it (the worker's ClaimLost path)
+        with pytest.raises(SeqConflict):
+            w.add("c")
+    finally:
+        w.close()

@@ -26,6 +26,7 @@ class DynamoDBChunkLog(ChunkLog):
         self._retention = retention_seconds
 
     def append(self, task_id: str, seq: int, kind: EventKind, data: dict[str, Any]) -> None:
+        now = time.time()
         try:
             self._client.put_item(
                 TableName=self._table,
@@ -34,7 +35,9 @@ class DynamoDBChunkLog(ChunkLog):
                     "seq": {"N": str(seq)},
                     "kind": {"S": kind},
                     "data": {"S": json.dumps(data, separators=(",", ":"), ensure_ascii=False)},
-                    "expires_at": {"N": str(int(time.time()) + self._retention)},
+                    # When it was written: readers time their next poll by it.
+                    "at": {"N": f"{now:.3f}"},
+                    "expires_at": {"N": str(int(now) + self._retention)},
                 },
                 ConditionExpression="attribute_not_exists(seq)",
             )
@@ -102,4 +105,5 @@ def _event(item: dict[str, Any]) -> Event:
         seq=int(item["seq"]["N"]),
         kind=cast(EventKind, item["kind"]["S"]),
         data=json.loads(item["data"]["S"]),
+        written_at=float(item["at"]["N"]) if "at" in item else None,
     )
