@@ -1,10 +1,11 @@
 """`./run.sh bench [--quick|--full]`: the pipeline against direct streaming, side by side.
 
-Starts its own local stack (fake OpenAI at a fixed pace), then measures in one run:
+Starts its own local stack (the fake OpenAI at a fixed pace, every function's AWS calls
+through a counting proxy), then measures in one run, level after level of concurrency:
   baseline  a client streaming straight from the fake OpenAI (this machine's limit)
   pipeline  POST /chat -> SQS -> worker -> DynamoDB chunk log -> SSE
-at several concurrency levels, checking every answer arrived whole (nothing lost or
-repeated). Results: bench/results/latest.json and latest.md.
+checking that every answer arrived whole (text, dense seqs, one terminal event). Writes
+bench/results/latest.json, latest.md and PNG plots; prints the table.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ import statistics
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import boto3
 import httpx
 import psutil
 from httpx_sse import connect_sse
@@ -27,23 +30,38 @@ from openai import OpenAI
 
 from localcloud.fake_openai import Behaviour, answer_tokens, request_key
 from localcloud.up import Options, Ports, Stack
+from tests.bench.cost import PerAnswer, cost_per_1000
 from tests.bench.proxy import CountingProxy
+from tests.bench.report import markdown, plots, table
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"
+# A 4-second answer: 160 tokens at 40 tokens/s after 200 ms to the first token.
 TOKENS, TPS, TTFT_MS = 160, 40.0, 200.0
 FAKE = Behaviour(tokens=TOKENS, tps=TPS, ttft_ms=TTFT_MS)
+SIZES: dict[str, tuple[list[int], Callable[[int], int]]] = {
+    # name: (levels, answers at a level)
+    "quick": ([1, 10], lambda c: max(c * 2, 4)),
+    "default": ([1, 10, 100], lambda c: max(c * 2 if c < 100 else c, 4)),
+    "full": ([1, 2, 5, 10, 20, 50, 100, 200], lambda c: max(c * 2, 8)),
+}
 
 
 @dataclass
 class Answer:
     ok: bool
     ttft: float  # request sent -> first text at the client (s)
-    post_ms: float | None = None
     delays: list[float] = field(default_factory=list)  # token emitted -> client read (s)
-    stream_seconds: float = 0.0
+    stream_seconds: float = 0.0  # first text -> last text at the client
     problem: str | None = None
+    # pipeline only
+    task_id: str | None = None
+    post_ms: float | None = None
+    sent_at: float = 0.0  # wall clock, when the POST went out
+    first_at: float = 0.0  # wall clock, when the first text arrived
+    sse_seconds: float = 0.0  # the SSE response, open to close
+    bytes_in: int = 0  # what the client received (POST answer + SSE)
 
 
 def _delays(message: str, arrivals: list[tuple[float, int]], fake_url: str) -> list[float]:
@@ -63,57 +81,69 @@ def _delays(message: str, arrivals: list[tuple[float, int]], fake_url: str) -> l
     return out
 
 
+def _expected(message: str) -> str:
+    return "".join(answer_tokens([{"role": "user", "content": message}], None, FAKE)[0])
+
+
 def baseline(fake_url: str, n: int) -> Answer:
     message = f"bench baseline {n} {uuid.uuid4().hex[:8]}"
     client = OpenAI(base_url=f"{fake_url}/v1", api_key="sk-bench", max_retries=0)
-    started, arrivals, text = time.perf_counter(), [], ""
+    started, arrivals, text, first = time.perf_counter(), [], "", None
     stream = client.chat.completions.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": message}], stream=True
     )
-    first = None
     for chunk in stream:
         for choice in chunk.choices:
             if choice.delta.content:
                 first = first or time.perf_counter()
                 text += choice.delta.content
                 arrivals.append((time.time(), len(text)))
-    expected = "".join(answer_tokens([{"role": "user", "content": message}], None, FAKE)[0])
+    whole = text == _expected(message)
     return Answer(
-        ok=text == expected,
+        ok=whole,
         ttft=(first or started) - started,
         delays=_delays(message, arrivals, fake_url),
         stream_seconds=arrivals[-1][0] - arrivals[0][0] if arrivals else 0.0,
-        problem=None if text == expected else "text differs",
+        problem=None if whole else "text differs",
     )
 
 
 def pipeline(api: str, fake_url: str, n: int) -> Answer:
     message = f"bench pipeline {n} {uuid.uuid4().hex[:8]}"
-    with httpx.Client(timeout=120) as client:
-        started = time.perf_counter()
+    with httpx.Client(timeout=180) as client:
+        sent_at, started = time.time(), time.perf_counter()
         resp = client.post(f"{api}/chat", json={"message": message})
         post_ms = (time.perf_counter() - started) * 1000
         body = resp.json()
-        arrivals, text, ids, first, final = [], "", [], None, None
+        bytes_in = len(resp.content)
+        arrivals, text, ids, first, first_at, final = [], "", [], None, 0.0, None
+        opened = time.perf_counter()
         with connect_sse(client, "GET", body["stream_url"]) as source:
             for sse in source.iter_sse():
+                bytes_in += len(sse.id) + len(sse.data) + 12  # "id: ", "data: ", newlines
                 ids.append(int(sse.id))
                 data = json.loads(sse.data)
                 if "chunk" in data:
-                    first = first or time.perf_counter()
+                    if first is None:
+                        first, first_at = time.perf_counter(), time.time()
                     text += data["chunk"]
                     arrivals.append((time.time(), len(text)))
                 else:
                     final = data.get("type")
-    expected = "".join(answer_tokens([{"role": "user", "content": message}], None, FAKE)[0])
-    whole = text == expected and ids == list(range(1, len(ids) + 1)) and final == "done"
+        sse_seconds = time.perf_counter() - opened
+    whole = text == _expected(message) and ids == list(range(1, len(ids) + 1)) and final == "done"
     return Answer(
         ok=whole,
         ttft=(first or started) - started,
-        post_ms=post_ms,
         delays=_delays(message, arrivals, fake_url),
         stream_seconds=arrivals[-1][0] - arrivals[0][0] if arrivals else 0.0,
-        problem=None if whole else f"final={final} ids_ok={ids == sorted(set(ids))}",
+        problem=None if whole else f"final={final} seqs_dense={ids == sorted(set(ids))}",
+        task_id=body["task_id"],
+        post_ms=post_ms,
+        sent_at=sent_at,
+        first_at=first_at,
+        sse_seconds=sse_seconds,
+        bytes_in=bytes_in,
     )
 
 
@@ -125,8 +155,14 @@ def pct(values: list[float], p: float) -> float | None:
     return statistics.quantiles(values, n=100, method="inclusive")[int(p) - 1]
 
 
+def _ms(values: list[float], p: float) -> float | None:
+    v = pct(values, p)
+    return None if v is None else v * 1000
+
+
 def summarize(answers: list[Answer]) -> dict[str, Any]:
     delays = [d for a in answers for d in a.delays]
+    ttfts = [a.ttft for a in answers]
     posts = [a.post_ms for a in answers if a.post_ms is not None]
     return {
         "answers": len(answers),
@@ -134,12 +170,20 @@ def summarize(answers: list[Answer]) -> dict[str, Any]:
         "problems": [a.problem for a in answers if a.problem][:5],
         "post_ms_p50": pct(posts, 50),
         "post_ms_p99": pct(posts, 99),
-        "ttft_ms_p50": (pct([a.ttft for a in answers], 50) or 0) * 1000,
-        "ttft_ms_p95": (pct([a.ttft for a in answers], 95) or 0) * 1000,
-        "chunk_delay_ms_p50": (pct(delays, 50) or 0) * 1000,
-        "chunk_delay_ms_p95": (pct(delays, 95) or 0) * 1000,
+        "ttft_ms_p50": _ms(ttfts, 50),
+        "ttft_ms_p95": _ms(ttfts, 95),
+        "chunk_delay_ms_p50": _ms(delays, 50),
+        "chunk_delay_ms_p95": _ms(delays, 95),
         "stream_seconds": sum(a.stream_seconds for a in answers),
+        # for the plots
+        "ttft_ms": sorted(round(t * 1000, 2) for t in ttfts),
+        "chunk_delay_ms_sample": sorted(round(d * 1000, 2) for d in delays)[
+            :: max(1, len(delays) // 2000)
+        ],
     }
+
+
+SELF = "bench (clients, proxy)"
 
 
 def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
@@ -147,14 +191,83 @@ def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
     for name, pid in pids.items():
         try:
             proc = psutil.Process(pid)
-            times = [proc.cpu_times(), *(c.cpu_times() for c in proc.children(recursive=True))]
+            kids = [] if name == SELF else proc.children(recursive=True)  # the stack is ours
+            times = [proc.cpu_times(), *(c.cpu_times() for c in kids)]
             out[name] = sum(t.user + t.system for t in times)
         except psutil.Error:
             out[name] = 0.0
     return out
 
 
-def run(levels: list[int], rounds: int, say: Any) -> dict[str, Any]:
+def task_rows(ddb: Any, table: str, answers: list[Answer]) -> list[dict[str, float]]:
+    """The request rows' timestamps (read straight from the emulator, not counted)."""
+    rows = []
+    for a in answers:
+        item = ddb.get_item(TableName=table, Key={"task_id": {"S": a.task_id}})["Item"]
+        rows.append({k: float(v["N"]) for k, v in item.items() if "N" in v and k.endswith("_at")})
+    return rows
+
+
+def breakdown(
+    answers: list[Answer], rows: list[dict[str, float]], base_ttft: float
+) -> dict[str, float | None]:
+    """Where the added time to first token goes (medians, ms)."""
+    parts: dict[str, list[float]] = {
+        "post_to_row": [],  # API function: request in, row written
+        "row_to_claim": [],  # SendMessage, the event source's receive, the invocation
+        "claim_to_first_write": [],  # claim, model call, first chunk write, minus the model
+        "first_write_to_client": [],  # the stream's next read, SSE to the client
+    }
+    for a, row in zip(answers, rows, strict=True):
+        if not {"created_at", "started_at", "first_token_at"} <= row.keys() or not a.first_at:
+            continue
+        parts["post_to_row"].append(row["created_at"] - a.sent_at)
+        parts["row_to_claim"].append(row["started_at"] - row["created_at"])
+        parts["claim_to_first_write"].append(row["first_token_at"] - row["started_at"] - base_ttft)
+        parts["first_write_to_client"].append(a.first_at - row["first_token_at"])
+    return {k: round(statistics.median(v) * 1000, 1) if v else None for k, v in parts.items()}
+
+
+def usage(
+    answers: list[Answer],
+    rows: list[dict[str, float]],
+    calls: Any,
+    units: Any,
+    tables: dict[str, str],
+    memory: dict[str, int],
+) -> PerAnswer:
+    n = len(answers)
+    writes = sum(u for (op, t), u in units.items() if t in tables.values() and op in _DDB_WRITES)
+    reads = sum(u for (op, t), u in units.items() if t in tables.values() and op in _DDB_READS)
+    sqs = sum(c for (op, _), c in calls.items() if op in _SQS_PER_ANSWER)
+    worker = [r["finished_at"] - r["started_at"] for r in rows if "finished_at" in r]
+    return PerAnswer(
+        api_seconds=statistics.mean(a.post_ms or 0 for a in answers) / 1000,
+        worker_seconds=statistics.mean(worker) if worker else 0.0,
+        stream_seconds=statistics.mean(a.sse_seconds for a in answers),
+        memory_mb=memory,
+        stream_connections=1.0,
+        dynamodb_write_units=writes / n,
+        dynamodb_read_units=reads / n,
+        sqs_requests=sqs / n,
+        bytes_out=statistics.mean(a.bytes_in for a in answers),
+    )
+
+
+_DDB_WRITES = {"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem"}
+_DDB_READS = {"GetItem", "BatchGetItem", "Query"}
+# Requests an answer causes; empty long polls are a fixed cost per queue, not per answer.
+_SQS_PER_ANSWER = {
+    "SendMessage",
+    "ReceiveMessage",
+    "DeleteMessage",
+    "DeleteMessageBatch",
+    "ChangeMessageVisibility",
+}
+
+
+def run(size: str, say: Any) -> dict[str, Any]:
+    levels, answers_at = SIZES[size]
     aws_port = free_port()
     with CountingProxy(aws_port) as proxy:
         opts = Options(
@@ -174,111 +287,125 @@ def run(levels: list[int], rounds: int, say: Any) -> dict[str, Any]:
             function_aws_endpoint=f"http://127.0.0.1:{proxy.port}",
             state_dir=ROOT / ".localcloud" / "bench",
         )
-        stack = Stack(opts, progress=say)
+        stack = Stack(opts, progress=lambda m: say(f"  {m}"))
+        say(f"starting a local stack (workers: {max(levels)}) ...")
         with stack:
             api, fake = stack.urls["api"], stack.urls["openai"].removesuffix("/v1")
-            chunks_table = stack.env["WorkerFunction"]["CHUNKS_TABLE"]
+            env = stack.env["WorkerFunction"]
+            tables = {"chunks": env["CHUNKS_TABLE"], "requests": env["REQUESTS_TABLE"]}
+            assert stack.template is not None
+            fns = stack.template.functions()
+            memory = {
+                "api": fns["ApiFunction"].memory,
+                "worker": fns["WorkerFunction"].memory,
+                "stream": fns["StreamFunction"].memory,
+            }
+            ddb = boto3.client(
+                "dynamodb",
+                endpoint_url=f"http://127.0.0.1:{aws_port}",
+                region_name="us-east-1",
+                aws_access_key_id="bench",
+                aws_secret_access_key="bench",
+            )
             pids = {n: p.pid for n, p in stack.procs.items()}
+            pids[SELF] = psutil.Process().pid
             say("warming up ...")
-            pipeline(api, fake, -1)
-            baseline(fake, -1)
+            for i in range(2):
+                pipeline(api, fake, -1 - i)
+                baseline(fake, -1 - i)
             results: dict[str, Any] = {"levels": {}}
             for level in levels:
-                n = level * rounds
-                say(f"concurrency {level}: baseline ({n} answers) ...")
+                n = answers_at(level)
+                say(f"concurrency {level}: baseline, {n} answers ...")
                 with ThreadPoolExecutor(level) as pool:
                     base = list(pool.map(lambda i: baseline(fake, i), range(n)))
-                say(f"concurrency {level}: pipeline ({n} answers) ...")
-                before_ops, before_cpu = proxy.snapshot(), cpu_seconds(pids)
+                say(f"concurrency {level}: pipeline, {n} answers ...")
+                (calls0, units0), cpu0, wall0 = proxy.snapshot(), cpu_seconds(pids), time.time()
                 with ThreadPoolExecutor(level) as pool:
                     pipe = list(pool.map(lambda i: pipeline(api, fake, i), range(n)))
-                ops = proxy.snapshot() - before_ops
-                cpu = {k: v - before_cpu.get(k, 0) for k, v in cpu_seconds(pids).items()}
+                wall = time.time() - wall0
+                calls1, units1 = proxy.snapshot()
+                calls, units = calls1 - calls0, units1 - units0
+                cpu = {k: v - cpu0.get(k, 0) for k, v in cpu_seconds(pids).items()}
+                rows = task_rows(ddb, tables["requests"], pipe)
                 p, b = summarize(pipe), summarize(base)
-                writes = ops[("PutItem", chunks_table)]
-                reads = sum(ops[(op, chunks_table)] for op in ("GetItem", "BatchGetItem", "Query"))
                 stream_s = max(p["stream_seconds"], 1e-9)
+                chunk_writes = calls[("PutItem", tables["chunks"])]
+                chunk_reads = sum(
+                    calls[(op, tables["chunks"])] for op in ("GetItem", "BatchGetItem", "Query")
+                )
+                chunk_read_units = sum(
+                    units[(op, tables["chunks"])] for op in ("GetItem", "BatchGetItem", "Query")
+                )
+                functions_cpu = sum(cpu.get(k, 0.0) for k in ("api", "worker", "stream"))
+                per_answer = usage(pipe, rows, calls, units, tables, memory)
                 p.update(
                     {
-                        "chunk_log_writes_per_stream_second": writes / stream_s,
-                        "chunk_log_reads_per_stream_second": reads / stream_s,
-                        "cpu_seconds_per_answer": sum(v for k, v in cpu.items() if k != "openai")
-                        / len(pipe),
+                        "added_ttft_ms_p50": (p["ttft_ms_p50"] or 0) - (b["ttft_ms_p50"] or 0),
+                        "added_ttft_breakdown_ms_p50": breakdown(
+                            pipe, rows, (b["ttft_ms_p50"] or 0) / 1000
+                        ),
+                        "chunk_log_writes_per_stream_second": chunk_writes / stream_s,
+                        "chunk_log_reads_per_stream_second": chunk_reads / stream_s,
+                        "chunk_log_read_units_per_stream_second": chunk_read_units / stream_s,
+                        "cpu_seconds_per_answer_functions": functions_cpu / n,
+                        "cpu_seconds_per_answer_emulator": cpu.get("aws", 0.0) / n,
                         "cpu_seconds_per_answer_by_process": {
-                            k: round(v / len(pipe), 4) for k, v in cpu.items()
+                            k: round(v / n, 4) for k, v in cpu.items()
                         },
-                        "added_ttft_ms_p50": p["ttft_ms_p50"] - b["ttft_ms_p50"],
+                        "emulator_cpu_utilisation": cpu.get("aws", 0.0) / wall,
+                        # every process of the run, the benchmark's own clients included
+                        "machine_cpu_utilisation": sum(cpu.values())
+                        / wall
+                        / (psutil.cpu_count() or 1),
+                        "calls": {f"{op} {name}": c for (op, name), c in sorted(calls.items())},
+                        "cost": cost_per_1000(per_answer),
                     }
                 )
                 results["levels"][str(level)] = {"baseline": b, "pipeline": p}
                 say(
-                    f"  whole: pipeline {p['whole']}/{p['answers']}, "
-                    f"baseline {b['whole']}/{b['answers']}; TTFT p50 {p['ttft_ms_p50']:.0f} ms "
-                    f"vs {b['ttft_ms_p50']:.0f} ms"
+                    f"  whole: pipeline {p['whole']}/{n}, baseline {b['whole']}/{n}; "
+                    f"TTFT p50 {p['ttft_ms_p50']:.0f} ms vs {b['ttft_ms_p50']:.0f} ms; "
+                    f"chunk delay p95 {p['chunk_delay_ms_p95']:.0f} ms; "
+                    f"emulator busy {p['emulator_cpu_utilisation']:.0%} of a core, "
+                    f"machine {p['machine_cpu_utilisation']:.0%}"
                 )
     results["setup"] = {
-        "fake_tokens": TOKENS,
-        "fake_tps": TPS,
-        "fake_ttft_ms": TTFT_MS,
+        "size": size,
         "levels": levels,
-        "rounds": rounds,
+        "answers": {str(c): answers_at(c) for c in levels},
+        "fake_model": {"tokens": TOKENS, "tokens_per_second": TPS, "ttft_ms": TTFT_MS},
+        "chunk_log": "dynamodb (moto server)",
         "cpus": psutil.cpu_count(),
+        "python": sys.version.split()[0],
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     return results
 
 
-def table(results: dict[str, Any]) -> str:
-    def f(v: float | None, d: int = 1) -> str:
-        return "-" if v is None else f"{v:.{d}f}"
-
-    rows = [
-        "| concurrency | path | whole | POST p50 / p99 ms | TTFT p50 / p95 ms "
-        "| added TTFT p50 ms | chunk delay p50 / p95 ms | log writes / reads per stream-s "
-        "| CPU s / answer |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for level, r in results["levels"].items():
-        b, p = r["baseline"], r["pipeline"]
-        rows.append(
-            f"| {level} | baseline (direct from the model) | {b['whole']}/{b['answers']} "
-            f"| - | {f(b['ttft_ms_p50'])} / {f(b['ttft_ms_p95'])} | - "
-            f"| {f(b['chunk_delay_ms_p50'])} / {f(b['chunk_delay_ms_p95'])} | - | - |"
-        )
-        rows.append(
-            f"| {level} | pipeline (DynamoDB chunk log) | {p['whole']}/{p['answers']} "
-            f"| {f(p['post_ms_p50'])} / {f(p['post_ms_p99'])} "
-            f"| {f(p['ttft_ms_p50'])} / {f(p['ttft_ms_p95'])} "
-            f"| {f(p['added_ttft_ms_p50'])} "
-            f"| {f(p['chunk_delay_ms_p50'])} / {f(p['chunk_delay_ms_p95'])} "
-            f"| {f(p['chunk_log_writes_per_stream_second'])} / "
-            f"{f(p['chunk_log_reads_per_stream_second'])} "
-            f"| {f(p['cpu_seconds_per_answer'], 3)} |"
-        )
-    return "\n".join(rows)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__)
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="concurrency 1 and 10")
-    size.add_argument("--full", action="store_true", help="concurrency 1, 10, 50, 100")
+    size.add_argument("--quick", action="store_true", help="concurrency 1 and 10 (~2 min)")
+    size.add_argument("--full", action="store_true", help="concurrency 1 to 200")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     args = parser.parse_args(argv)
-    levels, rounds = (
-        ([1, 10], 2) if args.quick else ([1, 10, 50, 100], 3) if args.full else ([1, 10, 100], 2)
-    )
+    name = "quick" if args.quick else "full" if args.full else "default"
 
     def say(msg: str) -> None:
         print(msg, flush=True)  # noqa: T201 - progress is the command's output
 
-    results = run(levels, rounds, say)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "latest.json").write_text(json.dumps(results, indent=2))
-    md = table(results)
-    (RESULTS / "latest.md").write_text(md + "\n")
+    started = time.monotonic()
+    results = run(name, say)
+    results["setup"]["seconds"] = round(time.monotonic() - started, 1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "latest.json").write_text(json.dumps(results, indent=2))
+    images = plots(results, args.out)
+    (args.out / "latest.md").write_text(markdown(results, images))
     say("")
-    say(md)
-    say(f"\nwritten: {RESULTS / 'latest.json'}, {RESULTS / 'latest.md'}")
+    say(table(results))
+    written = [args.out / "latest.json", args.out / "latest.md", *images]
+    say(f"\nwritten: {', '.join(str(p) for p in written)}")
     whole = all(
         r["pipeline"]["whole"] == r["pipeline"]["answers"] for r in results["levels"].values()
     )

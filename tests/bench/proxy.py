@@ -1,5 +1,6 @@
-"""A request-counting HTTP proxy in front of the AWS emulator: how many chunk-log writes and
-reads the pipeline really makes (DynamoDB operations by table)."""
+"""A request-counting HTTP proxy in front of the AWS emulator: how many calls the functions
+really make (DynamoDB operations by table, SQS operations by queue) and how many keys or
+items they touch (what DynamoDB bills)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class CountingProxy:
     def __init__(self, upstream_port: int) -> None:
-        self.counts: Counter[tuple[str, str]] = Counter()  # (operation, table)
+        self.counts: Counter[tuple[str, str]] = Counter()  # calls by (operation, table)
+        self.units: Counter[tuple[str, str]] = Counter()  # keys/items they touched
         self._lock = threading.Lock()
         proxy = self
 
@@ -29,26 +31,13 @@ class CountingProxy:
             def _forward(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
                 target = self.headers.get("x-amz-target", "")
-                if target.startswith("DynamoDB_"):
-                    operation = target.split(".", 1)[1]
-                    try:
-                        doc = json.loads(body or b"{}")
-                    except ValueError:
-                        doc = {}
-                    tables = (
-                        [doc["TableName"]]
-                        if "TableName" in doc
-                        else list(doc.get("RequestItems", {}))
-                    )
-                    with proxy._lock:
-                        for table in tables or ["?"]:
-                            proxy.counts[(operation, table)] += 1
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
                 try:
                     resp, data = self._upstream(body, headers)
                 except OSError:  # the emulator is gone (the stack is stopping)
                     self.send_error(502)
                     return
+                proxy._count(target, body, data)
                 self.send_response(resp.status)
                 for key, value in resp.getheaders():
                     if key.lower() not in ("transfer-encoding", "connection", "content-length"):
@@ -86,6 +75,32 @@ class CountingProxy:
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
+    def _count(self, target: str, body: bytes, answer: bytes) -> None:
+        service, _, operation = target.partition(".")
+        if not operation:
+            return
+        try:
+            doc = json.loads(body or b"{}")
+        except ValueError:
+            doc = {}
+        counted: list[tuple[str, str, int]] = []  # (operation, table or queue, units)
+        if service.startswith("DynamoDB_"):
+            if "TableName" in doc:
+                counted.append((operation, doc["TableName"], 1))
+            for table, request in (doc.get("RequestItems") or {}).items():
+                # BatchGetItem is billed per key read, BatchWriteItem per item written.
+                units = len(request.get("Keys", [])) if isinstance(request, dict) else len(request)
+                counted.append((operation, table, units))
+        elif service == "AmazonSQS":
+            queue = str(doc.get("QueueUrl", "?")).rsplit("/", 1)[-1]
+            if operation == "ReceiveMessage" and b'"Messages"' not in answer:
+                operation = "ReceiveMessage(empty)"
+            counted.append((operation, queue, 1))
+        with self._lock:
+            for operation, name, units in counted:
+                self.counts[(operation, name)] += 1
+                self.units[(operation, name)] += units
+
     def __enter__(self) -> CountingProxy:
         self.thread.start()
         return self
@@ -93,6 +108,7 @@ class CountingProxy:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
 
-    def snapshot(self) -> Counter[tuple[str, str]]:
+    def snapshot(self) -> tuple[Counter[tuple[str, str]], Counter[tuple[str, str]]]:
+        """(calls, units) so far."""
         with self._lock:
-            return Counter(self.counts)
+            return Counter(self.counts), Counter(self.units)
