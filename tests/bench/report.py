@@ -163,7 +163,7 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
         for kind, style in (("baseline", ":"), ("pipeline", "-")):
             r = results["levels"][c][kind]
             for ax, key in ((ax1, "ttft_ms"), (ax2, "chunk_delay_ms_sample")):
-                xs = r[key]
+                xs = [max(x, 0.1) for x in r[key]]  # log axis; clocks can differ by <1 ms
                 if xs:
                     ys = [(k + 1) / len(xs) for k in range(len(xs))]
                     ax.step(xs, ys, style, color=color, where="post", label=f"{kind}, c={c}")
