@@ -116,10 +116,15 @@ class ChunkWriter:
             text = "".join(self._buffer)
             self._buffer.clear()
             self._buffered = 0
+            began = self._clock()
             for start in range(0, len(text), self._max_chars):
                 self._write("chunk", {"chunk": text[start : start + self._max_chars]})
                 self.chunks_written += 1
-            self._last_write = self._clock()
+            # Writes start one interval apart (the cadence a reader expects from the write
+            # stamps) while the store is fast; when it slows down, at least half an interval
+            # passes after each write ends, so writes space out and carry more text instead
+            # of queueing up behind each other.
+            self._last_write = max(began, self._clock() - self._interval / 2)
 
     def event(self, kind: EventKind, data: dict[str, Any]) -> None:
         """Write a non-text event (reset or terminal) after any held text."""

@@ -27,34 +27,55 @@ _MAX_WINDOW = 100
 
 @dataclass
 class Pacer:
-    """How long to wait before the next read."""
+    """How long to wait before the next read.
+
+    After an event stamped ``written_at`` (when its write started), the next write starts
+    ``write_interval`` after that write ended and is visible a write later: ``lag`` stands
+    for those two write latencies. It adapts: a read at the due time that finds nothing
+    raises it, one that finds the event lowers it, so the reader settles just behind the
+    writer whatever the store's latency, at about one read per write.
+    """
 
     interval: float  # poll interval while nothing is known
     max_interval: float  # longest wait during a long silence
     write_interval: float  # the writer writes at most once per this
-    write_lag: float = 0.015  # a write's own latency, before a read can see it
+    lag: float = 0.02  # two writes' latency (adapts)
+    min_lag: float = 0.005
+    max_lag: float = 0.1
     eager_seconds: float = 1.0  # poll at ``interval`` this long before backing off
     _empty: int = 0
     _empty_since: float | None = None
-    _next_write: float | None = None
+    _written_at: float | None = None
+    _due_read: bool = False  # the last read was the one timed for a due write
+
+    def _next_write(self) -> float | None:
+        if self._written_at is None:
+            return None
+        return self._written_at + self.write_interval + self.lag
 
     def saw(self, event: Event) -> None:
+        if self._due_read:
+            self.lag = max(self.min_lag, self.lag - 0.002)  # found at once: come sooner
+        self._due_read = False
         self._empty, self._empty_since = 0, None
-        if event.written_at is not None:
-            self._next_write = event.written_at + self.write_interval + self.write_lag
-        else:
-            self._next_write = None
+        self._written_at = event.written_at
 
     def behind(self, now: float) -> bool:
         """True when a next event may already exist (read again at once)."""
-        return self._next_write is None or self._next_write <= now
+        due = self._next_write()
+        return due is None or due <= now
 
     def wait(self, now: float, found: bool) -> float:
         """Seconds to sleep after a read that found (or not) new events."""
-        if found and self._next_write is not None and self._next_write > now:
-            return self._next_write - now
+        due = self._next_write()
         if found:
+            if due is not None and due > now:
+                self._due_read = True
+                return due - now
             return self.interval
+        if self._due_read:  # the due write was not visible yet: wait longer next time
+            self.lag = min(self.max_lag, self.lag + 0.01)
+            self._due_read = False
         self._empty += 1
         if self._empty_since is None:
             self._empty_since = now

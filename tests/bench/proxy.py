@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import statistics
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -15,6 +17,7 @@ class CountingProxy:
     def __init__(self, upstream_port: int) -> None:
         self.counts: Counter[tuple[str, str]] = Counter()  # calls by (operation, table)
         self.units: Counter[tuple[str, str]] = Counter()  # keys/items they touched
+        self.latency: dict[tuple[str, str], list[float]] = {}  # the emulator's answer times
         self._lock = threading.Lock()
         proxy = self
 
@@ -32,12 +35,13 @@ class CountingProxy:
                 body = self.rfile.read(int(self.headers.get("content-length") or 0))
                 target = self.headers.get("x-amz-target", "")
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                began = time.perf_counter()
                 try:
                     resp, data = self._upstream(body, headers)
                 except OSError:  # the emulator is gone (the stack is stopping)
                     self.send_error(502)
                     return
-                proxy._count(target, body, data)
+                proxy._count(target, body, data, time.perf_counter() - began)
                 self.send_response(resp.status)
                 for key, value in resp.getheaders():
                     if key.lower() not in ("transfer-encoding", "connection", "content-length"):
@@ -75,7 +79,7 @@ class CountingProxy:
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def _count(self, target: str, body: bytes, answer: bytes) -> None:
+    def _count(self, target: str, body: bytes, answer: bytes, seconds: float) -> None:
         service, _, operation = target.partition(".")
         if not operation:
             return
@@ -100,6 +104,7 @@ class CountingProxy:
             for operation, name, units in counted:
                 self.counts[(operation, name)] += 1
                 self.units[(operation, name)] += units
+                self.latency.setdefault((operation, name), []).append(seconds)
 
     def __enter__(self) -> CountingProxy:
         self.thread.start()
@@ -107,6 +112,17 @@ class CountingProxy:
 
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
+
+    def latency_ms(self, since: dict[tuple[str, str], int] | None = None) -> dict[str, float]:
+        """Median time the emulator took per (operation, table), over calls after ``since``
+        (counts from an earlier ``snapshot``)."""
+        with self._lock:
+            out = {}
+            for key, times in self.latency.items():
+                recent = times[(since or {}).get(key, 0) :]
+                if recent:
+                    out[f"{key[0]} {key[1]}"] = round(statistics.median(recent) * 1000, 2)
+            return out
 
     def snapshot(self) -> tuple[Counter[tuple[str, str]], Counter[tuple[str, str]]]:
         """(calls, units) so far."""

@@ -81,6 +81,13 @@ def breakdown(results: dict[str, Any]) -> str:
             for c in levels
         ]
         rows.append(f"| {text} | " + " | ".join(cells) + " |")
+    cells = [
+        _f(results["levels"][c]["pipeline"].get("emulator_ms_on_first_token_path")) for c in levels
+    ]
+    rows.append(
+        "| of which the emulator's answer times on the path (row put, send, claim, "
+        "chunk put, chunk get; medians) | " + " | ".join(cells) + " |"
+    )
     return "\n".join(rows)
 
 

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.unit
 
 
 def pacer() -> Pacer:
-    return Pacer(interval=0.025, max_interval=0.5, write_interval=0.1, write_lag=0.01)
+    return Pacer(interval=0.025, max_interval=0.5, write_interval=0.1, lag=0.01)
 
 
 def test_after_an_event_the_next_read_is_when_the_next_write_is_due() -> None:
@@ -73,7 +73,7 @@ class CountingLog(ChunkLog):
 
 def follow_all(log: ChunkLog, after: int = 0) -> list[int]:
     async def read() -> list[int]:
-        p = Pacer(interval=0.005, max_interval=0.05, write_interval=0.02, write_lag=0.0)
+        p = Pacer(interval=0.005, max_interval=0.05, write_interval=0.02, lag=0.0, min_lag=0.0)
         return [e.seq async for e in follow(log, "t", after, pacer=p, max_seconds=20)]
 
     return anyio.run(read)
@@ -103,3 +103,16 @@ def test_following_a_live_writer_delivers_each_event_once_in_order() -> None:
     seqs = follow_all(log)
     writer.join()
     assert seqs == list(range(1, 22))
+
+
+def test_the_lag_grows_when_a_due_read_finds_nothing_and_shrinks_when_it_hits() -> None:
+    p = pacer()
+    p.saw(Event(1, "chunk", {}, written_at=100.0))
+    p.wait(100.01, found=True)  # sleeps until the next write is due
+    p.wait(100.11, found=False)  # ... which was not visible yet
+    assert p.lag == pytest.approx(0.02)
+    p.saw(Event(2, "chunk", {}, written_at=100.12))  # found on a later poll: no change
+    assert p.lag == pytest.approx(0.02)
+    p.wait(100.13, found=True)
+    p.saw(Event(3, "chunk", {}, written_at=100.22))  # found by the due read: come sooner
+    assert p.lag == pytest.approx(0.018)
