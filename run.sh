@@ -37,20 +37,24 @@ find_python() {
   exit 1
 }
 
+# ensure_venv [local|dev]: the virtualenv with the project and an extra of its tools.
+# `local` (the local cloud and the benchmarks) is a part of `dev` (tests, deploy), so a venv
+# with dev serves both; start and bench on a fresh clone install only what they need.
 ensure_venv() {
-  local stamp="$VENV/.installed-$(sha1sum pyproject.toml | cut -c1-12)"
+  local extra=${1:-dev} hash
+  hash=$(sha1sum pyproject.toml | cut -c1-12)
   if [ ! -x "$VENV/bin/python" ]; then
     local py
     py=$(find_python)
     say "creating $VENV with $py"
     "$py" -m venv "$VENV"
   fi
-  if [ ! -f "$stamp" ]; then
-    say "installing Python dependencies into $VENV (first run only; a few minutes)"
+  if [ ! -f "$VENV/.installed-dev-$hash" ] && [ ! -f "$VENV/.installed-$extra-$hash" ]; then
+    say "installing Python dependencies ($extra) into $VENV (first run only; a few minutes)"
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
-    "$VENV/bin/python" -m pip install --quiet -e '.[dev]'
-    rm -f "$VENV"/.installed-*
-    touch "$stamp"
+    "$VENV/bin/python" -m pip install --quiet -e ".[$extra]"
+    find "$VENV" -maxdepth 1 -name '.installed-*' ! -name "*-$hash" -delete
+    touch "$VENV/.installed-$extra-$hash"
   fi
   export PATH="$PWD/$VENV/bin:$PATH"
 }
@@ -123,7 +127,7 @@ case "$cmd" in
     ensure_venv
     ;;
   start)
-    ensure_venv
+    ensure_venv local
     if [ "${1:-}" = "-d" ] || [ "${1:-}" = "--detach" ]; then
       shift
       start_detached "$@"
@@ -132,20 +136,20 @@ case "$cmd" in
     fi
     ;;
   stop)
-    ensure_venv
+    ensure_venv local
     "$VENV/bin/python" -m localcloud stop
     ;;
   restart)
-    ensure_venv
+    ensure_venv local
     "$VENV/bin/python" -m localcloud stop
     start_detached "$@"
     ;;
   status)
-    ensure_venv
+    ensure_venv local
     exec "$VENV/bin/python" -m localcloud status
     ;;
   scale)
-    ensure_venv
+    ensure_venv local
     exec "$VENV/bin/python" -m localcloud scale "$@"
     ;;
   logs)
@@ -170,7 +174,7 @@ case "$cmd" in
     exec python -m pytest tests "$@"
     ;;
   bench)
-    ensure_venv
+    ensure_venv local
     exec python -m tests.bench "$@"
     ;;
   deploy)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -29,6 +30,13 @@ from localcloud.template import ROOT, LocalTemplate
 API_FUNCTION = "ApiFunction"
 STREAM_FUNCTION = "StreamFunction"
 STREAM_APP = "llmstream.stream:app"  # what the stream function's run.sh starts under LWA
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (for stacks of their own: tests, benchmarks)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 @dataclass

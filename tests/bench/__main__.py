@@ -29,11 +29,10 @@ from httpx_sse import connect_sse
 from openai import OpenAI
 
 from localcloud.fake_openai import Behaviour, answer_tokens, request_key
-from localcloud.up import Options, Ports, Stack
+from localcloud.up import Options, Ports, Stack, free_port
 from tests.bench.cost import PerAnswer, cost_per_1000
 from tests.bench.proxy import CountingProxy
 from tests.bench.report import markdown, plots, table
-from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from localcloud.up import Options, Ports, Stack
-from tests.conftest import ARTIFACTS, free_port, unique
+from localcloud.up import Options, Ports, Stack, free_port
+from tests.conftest import ARTIFACTS, unique
 
 FAKE_TOKENS = 40
 

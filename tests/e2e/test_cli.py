@@ -12,7 +12,8 @@ import time
 import httpx
 import pytest
 
-from tests.conftest import ROOT, free_port, unique
+from localcloud.up import free_port
+from tests.conftest import ROOT, unique
 
 pytestmark = pytest.mark.e2e
 

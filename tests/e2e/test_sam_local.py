@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from localcloud.up import Stack
-from tests.conftest import ROOT, free_port
+from localcloud.up import Stack, free_port
+from tests.conftest import ROOT
 from tests.unit.test_template import sam
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
