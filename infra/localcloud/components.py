@@ -39,7 +39,7 @@ def run_poller(spec_path: Path) -> None:
             batching_window=spec["batching_window"],
             report_batch_item_failures=spec["report_batch_item_failures"],
             concurrency=spec["concurrency"],
-            wait_seconds=spec.get("wait_seconds", 5),
+            wait_seconds=spec.get("wait_seconds", 2),
             region=spec["region"],
         )
         mapping.start()

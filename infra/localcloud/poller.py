@@ -110,7 +110,8 @@ class EventSourceMapping:
     batching_window: int = 0
     report_batch_item_failures: bool = False
     concurrency: int = 4
-    wait_seconds: int = 5
+    # Long-poll time: short, so a stopping poller is gone within it (Lambda uses 20 s).
+    wait_seconds: int = 2
     region: str = "us-east-1"
     # Long polls per queue. Idle long polls cost the emulator CPU (measured: 15 cost it a
     # third more CPU per answer than 6), and receiving is far faster than answering, so two

@@ -105,19 +105,24 @@ class Stack:
         return self
 
     def stop(self) -> None:
-        for _name, proc in reversed(list(self.procs.items())):
-            if proc.poll() is None:
+        # The functions first (the pollers finish their long polls and invocations against a
+        # live emulator), then the emulator.
+        first = {n: p for n, p in self.procs.items() if n != "aws"}
+        last = {n: p for n, p in self.procs.items() if n == "aws"}
+        for group in (first, last):
+            for proc in reversed(list(group.values())):
+                if proc.poll() is None:
+                    try:
+                        os.killpg(proc.pid, signal.SIGTERM)
+                    except ProcessLookupError:
+                        continue
+            deadline = time.monotonic() + 10
+            for proc in group.values():
                 try:
-                    os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    continue
-        deadline = time.monotonic() + 10
-        for proc in self.procs.values():
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+                    proc.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
         self.procs.clear()
         for f in self._logs:
             f.close()

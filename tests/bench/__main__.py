@@ -338,9 +338,12 @@ def run(size: str, say: Any) -> dict[str, Any]:
             pids = {n: p.pid for n, p in stack.procs.items()}
             pids[SELF] = psutil.Process().pid
             say("warming up ...")
-            for i in range(2):
-                pipeline(api, fake, -1 - i)
-                baseline(fake, -1 - i)
+            with ThreadPoolExecutor(2) as pool:  # connections, caches, threads
+                list(
+                    pool.map(
+                        lambda f: f(), [lambda: pipeline(api, fake, -1), lambda: baseline(fake, -1)]
+                    )
+                )
             results: dict[str, Any] = {"levels": {}}
             for level in levels:
                 n = answers_at(level)
@@ -424,20 +427,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     name = "quick" if args.quick else "full" if args.full else "default"
 
-    def say(msg: str) -> None:
-        print(msg, flush=True)  # noqa: T201 - progress is the command's output
-
     started = time.monotonic()
+
+    def say(msg: str) -> None:
+        print(f"[{time.monotonic() - started:5.0f}s] {msg}", flush=True)  # noqa: T201
+
     results = run(name, say)
     results["setup"]["seconds"] = round(time.monotonic() - started, 1)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "latest.json").write_text(json.dumps(results, indent=2))
     images = plots(results, args.out)
     (args.out / "latest.md").write_text(markdown(results, images))
-    say("")
-    say(table(results))
+    print(f"\n{table(results)}\n", flush=True)  # noqa: T201 - the command's result
     written = [args.out / "latest.json", args.out / "latest.md", *images]
-    say(f"\nwritten: {', '.join(str(p) for p in written)}")
+    say(f"written: {', '.join(str(p) for p in written)}")
     whole = all(
         r["pipeline"]["whole"] == r["pipeline"]["answers"] for r in results["levels"].values()
     )
