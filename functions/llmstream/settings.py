@@ -46,7 +46,7 @@ class Settings(BaseSettings):
 
     # Worker: coalescing of model tokens into chunk-log writes. The first token is written at
     # once (time to first token matters most); after that at most one write per interval.
-    chunk_flush_interval_ms: int = Field(default=100, ge=0)
+    chunk_flush_interval_ms: int = Field(default=110, ge=0)
     chunk_max_chars: int = Field(default=2048, gt=0)
     # OpenAI SDK: its own retries (exponential backoff, honours Retry-After) and timeout.
     openai_max_retries: int = Field(default=2, ge=0)

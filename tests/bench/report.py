@@ -115,7 +115,8 @@ def costs(results: dict[str, Any]) -> str:
     rows.append(
         f"Per answer at c={levels[0]}: worker {use['worker_seconds']:.2f} s, stream "
         f"{use['stream_seconds']:.2f} s, API {use['api_seconds'] * 1000:.0f} ms "
-        f"(memory {use['memory_mb']} MB, arm64); DynamoDB {use['dynamodb_write_units']:.1f} "
+        f"(memory: {', '.join(f'{k} {v} MB' for k, v in use['memory_mb'].items())}; arm64); "
+        f"DynamoDB {use['dynamodb_write_units']:.1f} "
         f"write units and {use['dynamodb_read_units']:.1f} read units; "
         f"{use['sqs_requests']:.1f} SQS requests; {use['bytes_out'] / 1024:.1f} KiB out. "
         f"Prices: AWS list prices, {first['region']}, as of {first['prices_as_of']} "
