@@ -294,8 +294,15 @@ def _first_token_path(latency: dict[str, float], tables: dict[str, str]) -> floa
     return round(total, 1)
 
 
-def run(size: str, say: Any) -> dict[str, Any]:
-    levels, answers_at = SIZES[size]
+def run(
+    size: str,
+    say: Any,
+    levels: list[int] | None = None,
+    answers: int | None = None,
+) -> dict[str, Any]:
+    """Measure at each level; ``levels`` and ``answers`` (per level) override the size's."""
+    levels = levels or SIZES[size][0]
+    answers_at = SIZES[size][1] if answers is None else (lambda _c: answers)
     aws_port = free_port()
     with CountingProxy(aws_port) as proxy:
         opts = Options(
@@ -309,7 +316,7 @@ def run(size: str, say: Any) -> dict[str, Any]:
             ),
             workers=max(levels),
             ignore_concurrency_caps=True,
-            fake_tokens=TOKENS,
+            fake_tokens=FAKE.tokens,
             fake_tps=TPS,
             fake_ttft_ms=TTFT_MS,
             function_aws_endpoint=f"http://127.0.0.1:{proxy.port}",
@@ -409,7 +416,7 @@ def run(size: str, say: Any) -> dict[str, Any]:
         "size": size,
         "levels": levels,
         "answers": {str(c): answers_at(c) for c in levels},
-        "fake_model": {"tokens": TOKENS, "tokens_per_second": TPS, "ttft_ms": TTFT_MS},
+        "fake_model": {"tokens": FAKE.tokens, "tokens_per_second": TPS, "ttft_ms": TTFT_MS},
         "chunk_log": "dynamodb (moto server)",
         "cpus": psutil.cpu_count(),
         "python": sys.version.split()[0],
@@ -424,15 +431,22 @@ def main(argv: list[str] | None = None) -> int:
     size.add_argument("--quick", action="store_true", help="concurrency 1 and 10 (~2 min)")
     size.add_argument("--full", action="store_true", help="concurrency 1 to 200")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
+    parser.add_argument(
+        "--levels", type=lambda v: [int(c) for c in v.split(",")], help="e.g. 1,5,20"
+    )
+    parser.add_argument("--answers", type=int, help="answers per level")
+    parser.add_argument("--tokens", type=int, default=TOKENS, help="tokens per answer")
     args = parser.parse_args(argv)
     name = "quick" if args.quick else "full" if args.full else "default"
+    global FAKE  # the fake model's answers, which the clients check every answer against
+    FAKE = Behaviour(tokens=args.tokens, tps=TPS, ttft_ms=TTFT_MS)
 
     started = time.monotonic()
 
     def say(msg: str) -> None:
         print(f"[{time.monotonic() - started:5.0f}s] {msg}", flush=True)  # noqa: T201
 
-    results = run(name, say)
+    results = run(name, say, args.levels, args.answers)
     results["setup"]["seconds"] = round(time.monotonic() - started, 1)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "latest.json").write_text(json.dumps(results, indent=2))

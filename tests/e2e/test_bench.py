@@ -1,0 +1,52 @@
+"""`./run.sh bench` end to end, cut small: its own stack, both paths, the report files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.e2e
+
+
+def test_bench_measures_both_paths_and_writes_its_report(tmp_path: Path) -> None:
+    # WHEN a small benchmark runs (one level, two short answers)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tests.bench",
+            "--levels",
+            "1",
+            "--answers",
+            "2",
+            "--tokens",
+            "20",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    # THEN it printed the table with the baseline and the pipeline side by side
+    assert "| 1 | baseline (straight from the model) | 2/2 |" in run.stdout
+    assert "| 1 | pipeline (DynamoDB chunk log) | 2/2 |" in run.stdout
+    # AND wrote the results, with figures taken from the run
+    results = json.loads((tmp_path / "latest.json").read_text())
+    pipe = results["levels"]["1"]["pipeline"]
+    assert pipe["whole"] == pipe["answers"] == 2
+    assert pipe["ttft_ms_p50"] > results["levels"]["1"]["baseline"]["ttft_ms_p50"] > 0
+    assert pipe["chunk_log_writes_per_stream_second"] > 0
+    assert pipe["cost"]["usd_per_1000_answers"] > 0
+    assert any(k.startswith("PutItem ") for k in pipe["calls"])
+    assert "## Cost model" in (tmp_path / "latest.md").read_text()
+    for png in ("latency_cdf.png", "delay_vs_concurrency.png"):
+        assert (tmp_path / png).read_bytes().startswith(b"\x89PNG")
