@@ -43,7 +43,7 @@ SIZES: dict[str, tuple[list[int], Callable[[int], int]]] = {
     # name: (levels, answers at a level)
     "quick": ([1, 10], lambda c: max(c * 2, 3)),
     "default": ([1, 10, 100], lambda c: max(c * 2 if c < 100 else c, 8)),
-    "full": ([1, 2, 5, 10, 20, 50, 100, 200], lambda c: max(c * 2, 8)),
+    "full": ([1, 2, 5, 10, 20, 50, 100, 200], lambda c: max(c, 8)),
 }
 
 
