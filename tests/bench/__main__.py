@@ -179,13 +179,19 @@ def summarize(answers: list[Answer]) -> dict[str, Any]:
         "stream_seconds": sum(a.stream_seconds for a in answers),
         # for the plots
         "ttft_ms": sorted(round(t * 1000, 2) for t in ttfts),
-        "chunk_delay_ms_sample": sorted(round(d * 1000, 2) for d in delays)[
-            :: max(1, len(delays) // 2000)
-        ],
+        "chunk_delay_ms_sample": _sample(sorted(round(d * 1000, 2) for d in delays)),
     }
 
 
 SELF = "bench (clients, proxy)"
+
+
+def _sample(values: list[float], n: int = 400) -> list[float]:
+    """Every k-th of sorted values, the largest kept: enough for a CDF, small in the JSON."""
+    if len(values) <= n:
+        return values
+    step = len(values) / n
+    return [values[int(i * step)] for i in range(n)] + [values[-1]]
 
 
 def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:

@@ -182,11 +182,7 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
         ax.set_xscale("log")
         ax.grid(alpha=0.3)
     ax1.legend(fontsize=7)
-    fig.tight_layout()
-    path = out / "latency_cdf.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written.append(path)
+    written.append(_save(fig, out / "latency_cdf.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     xs = [int(c) for c in levels]
@@ -209,9 +205,14 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    written.append(_save(fig, out / "delay_vs_concurrency.png"))
+    return written
+
+
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
-    path = out / "delay_vs_concurrency.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    written.append(path)
-    return written
+    return path
