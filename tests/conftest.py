@@ -57,9 +57,9 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 @pytest.fixture(scope="session")
 def aws_endpoint() -> Iterator[str]:
-    """A moto server on a free port, for this test session only."""
+    """The local AWS endpoint (moto server) on a free port, for this test session only."""
     port = free_port()
-    proc = spawn([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], "moto")
+    proc = spawn([sys.executable, "-m", "localcloud", "aws", "--port", str(port)], "moto")
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/moto-api/data.json", proc)
     yield url

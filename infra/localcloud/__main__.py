@@ -1,4 +1,4 @@
-"""``python -m localcloud up|poll|fake-openai|frontend``."""
+"""``python -m localcloud up|poll|aws|fake-openai|frontend``."""
 
 from __future__ import annotations
 
@@ -152,6 +152,13 @@ def _scale(args: argparse.Namespace) -> int:
     return 1
 
 
+def _aws(args: argparse.Namespace) -> int:
+    from localcloud.emulator import serve
+
+    serve(args.host, args.port)
+    return 0
+
+
 def _fake_openai(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -195,6 +202,11 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--fake-tps", type=float, default=50.0)
     up.add_argument("--fake-ttft-ms", type=float, default=200.0)
     up.set_defaults(fn=_up)
+
+    aws = sub.add_parser("aws", help="the AWS endpoint alone (moto server)")
+    aws.add_argument("--host", default="127.0.0.1")
+    aws.add_argument("--port", type=int, default=4566)
+    aws.set_defaults(fn=_aws)
 
     fake = sub.add_parser("fake-openai", help="the fake OpenAI server alone")
     fake.add_argument("--host", default="127.0.0.1")

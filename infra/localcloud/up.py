@@ -206,10 +206,20 @@ class Stack:
         self.aws_env["AWS_ENDPOINT_URL"] = url
         self._local_credentials_if_missing()
         self._spawn(
-            "aws", [sys.executable, "-m", "moto.server", "-H", o.host, "-p", str(o.ports.aws)]
+            "aws",
+            [
+                sys.executable,
+                "-m",
+                "localcloud",
+                "aws",
+                "--host",
+                o.host,
+                "--port",
+                str(o.ports.aws),
+            ],
         )
         self._wait_http("aws", f"{url}/moto-api/data.json")
-        return f"moto server at {url}"
+        return f"moto server at {url} (DynamoDB requests one at a time)"
 
     def _local_credentials_if_missing(self) -> None:
         # The emulators accept any credentials; real ones are never needed locally.
