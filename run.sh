@@ -97,6 +97,14 @@ ensure_apt() {
   $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
+# True if the arguments ask for the Redis Streams chunk log (`--chunk-log redis`).
+wants_redis() {
+  case " $* " in
+    *" --chunk-log redis "* | *" --chunk-log=redis "*) return 0 ;;
+  esac
+  return 1
+}
+
 # `start -d`: the stack in the background, its output in .localcloud/llmstream-local/up.log.
 start_detached() {
   local dir=.localcloud/llmstream-local
@@ -128,6 +136,7 @@ case "$cmd" in
     ;;
   start)
     ensure_venv local
+    wants_redis "$@" && ensure_apt redis-server
     if [ "${1:-}" = "-d" ] || [ "${1:-}" = "--detach" ]; then
       shift
       start_detached "$@"
@@ -141,6 +150,7 @@ case "$cmd" in
     ;;
   restart)
     ensure_venv local
+    wants_redis "$@" && ensure_apt redis-server
     "$VENV/bin/python" -m localcloud stop
     start_detached "$@"
     ;;
@@ -162,7 +172,9 @@ case "$cmd" in
     ;;
   test)
     ensure_venv
-    ensure_apt chromium fonts-dejavu-core  # the browser tests drive Debian's Chromium
+    # The browser tests drive Debian's Chromium; the Redis Streams chunk log runs on
+    # Debian's redis-server.
+    ensure_apt chromium fonts-dejavu-core redis-server
     ensure_checkov
     ensure_lambda_python
     say "ruff"
@@ -175,6 +187,7 @@ case "$cmd" in
     ;;
   bench)
     ensure_venv local
+    ensure_apt redis-server  # the benchmark measures every chunk-log backend
     exec python -m tests.bench "$@"
     ;;
   deploy)

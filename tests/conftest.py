@@ -1,9 +1,10 @@
 """Shared fixtures. Integration and e2e tests talk to real processes over HTTP: a moto
-server, the fake OpenAI server (through the real openai SDK), uvicorn apps."""
+server, a redis-server, the fake OpenAI server (through the real openai SDK), uvicorn apps."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 
 from localcloud.up import free_port
 
@@ -62,6 +64,30 @@ def aws_endpoint() -> Iterator[str]:
     proc = spawn([sys.executable, "-m", "localcloud", "aws", "--port", str(port)], "moto")
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/moto-api/data.json", proc)
+    yield url
+    stop(proc)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """A redis-server of this test session's own (the Redis Streams chunk log)."""
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.fail("redis-server not found: `./run.sh test` installs the Debian package")
+    port = free_port()
+    argv = [server, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly"]
+    proc = spawn([*argv, "no"], "redis")
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url, socket_connect_timeout=1)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start: {ARTIFACTS}/redis.log") from None
+            time.sleep(0.05)
     yield url
     stop(proc)
 

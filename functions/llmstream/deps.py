@@ -85,6 +85,12 @@ def build_deps(
 def make_chunklog(settings: Settings, dynamodb: DynamoDBClient) -> ChunkLog:
     if settings.chunklog_backend == "dynamodb":
         return DynamoDBChunkLog(settings.chunks_table, dynamodb, settings.retention_seconds)
+    if settings.chunklog_backend == "redis" and settings.redis_url:
+        from llmstream.chunklog.redis import RedisChunkLog  # only where it is used
+
+        return RedisChunkLog(
+            settings.redis_url, settings.retention_seconds, prefix=settings.redis_key_prefix
+        )
     raise ValueError(f"unknown chunk-log backend {settings.chunklog_backend!r}")
 
 

@@ -64,10 +64,13 @@ def _timed(fn: Any) -> tuple[Any, float, str | None]:
 def health_full(deps: Deps) -> HealthFull:
     s = deps.settings
     tables = {}
-    for name, table in (("requests", s.requests_table), ("chunks", s.chunks_table)):
-        described, ms, error = _timed(lambda t=table: deps.dynamodb.describe_table(TableName=t))
-        status = described["Table"]["TableStatus"] if described else None
-        tables[name] = Check(ok=status == "ACTIVE", latency_ms=ms, detail=error or status)
+    described, ms, error = _timed(lambda: deps.dynamodb.describe_table(TableName=s.requests_table))
+    status = described["Table"]["TableStatus"] if described else None
+    tables["requests"] = Check(ok=status == "ACTIVE", latency_ms=ms, detail=error or status)
+    # The chunk log: its DynamoDB table, or the Redis server (CHUNKLOG_BACKEND).
+    pong, ms, error = _timed(deps.log.ping)
+    detail = error or f"{s.chunklog_backend}: {pong}"
+    tables["chunks"] = Check(ok=pong is not None, latency_ms=ms, detail=detail)
     queues = {}
     for name, url in queue_urls(s).items():
         depth, ms, error = _timed(lambda u=url: queue_depth(deps, u))

@@ -39,7 +39,12 @@ class Settings(BaseSettings):
     # The OpenAI key: a Secrets Manager secret in the cloud; without one, the openai SDK
     # reads OPENAI_API_KEY itself.
     openai_api_key_secret_arn: str | None = None
-    chunklog_backend: Literal["dynamodb"] = "dynamodb"
+    # Where answers are written and streamed from: DynamoDB (the chunks table), or Redis
+    # Streams (ElastiCache for Redis OSS / Valkey: REDIS_URL, rediss:// for TLS), which wakes
+    # streams on each write instead of being polled.
+    chunklog_backend: Literal["dynamodb", "redis"] = "dynamodb"
+    redis_url: str | None = Field(default=None, description="redis[s]://[user:pass@]host:port/db")
+    redis_key_prefix: str = Field(default="llmstream", min_length=1)
 
     # Data retention: request rows and chunks expire through the tables' TTL attribute.
     retention_seconds: int = Field(default=7 * 24 * 3600, gt=0)
@@ -90,6 +95,12 @@ class Settings(BaseSettings):
     def _one_token_secret(self) -> Settings:
         if (self.stream_token_secret_arn is None) == (self.stream_token_secret is None):
             raise ValueError("set exactly one of STREAM_TOKEN_SECRET_ARN, STREAM_TOKEN_SECRET")
+        return self
+
+    @model_validator(mode="after")
+    def _redis_needs_a_url(self) -> Settings:
+        if self.chunklog_backend == "redis" and not self.redis_url:
+            raise ValueError("CHUNKLOG_BACKEND=redis needs REDIS_URL")
         return self
 
     def queue_url_for(self, priority: int) -> str:

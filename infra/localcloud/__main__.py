@@ -33,11 +33,13 @@ def _up(args: argparse.Namespace) -> int:
             stream=args.stream_port,
             openai=args.openai_port,
             frontend=args.frontend_port,
+            redis=args.redis_port,
         ),
         workers=args.workers,
         fake_tokens=args.fake_tokens,
         fake_tps=args.fake_tps,
         fake_ttft_ms=args.fake_ttft_ms,
+        chunk_log=args.chunk_log,
     )
 
     stack = Stack(opts, progress=say)
@@ -51,6 +53,8 @@ def _up(args: argparse.Namespace) -> int:
         say(f"  api           {u['api']}   (POST /chat, GET /chat/{{task_id}}, /docs)")
         say(f"  stream        {u['stream']}   (GET /stream/{{task_id}}?token=...)")
         say(f"  aws endpoint  {u['aws']}")
+        if "redis" in u:
+            say(f"  chunk log     {u['redis']}   (Redis Streams)")
         if "openai" in u:
             say(f"  fake openai   {u['openai']}")
         say(f"  logs          {opts.dir / 'logs'}")
@@ -197,6 +201,13 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--stream-port", type=int, default=8008)
     up.add_argument("--openai-port", type=int, default=8009)
     up.add_argument("--frontend-port", type=int, default=3000)
+    up.add_argument("--redis-port", type=int, default=6380)
+    up.add_argument(
+        "--chunk-log",
+        choices=["dynamodb", "redis"],
+        default="dynamodb",
+        help="where answers are written and streamed from (redis: Redis Streams)",
+    )
     up.add_argument("--workers", type=int, default=4, help="concurrent local worker invocations")
     up.add_argument("--fake-tokens", type=int, default=60)
     up.add_argument("--fake-tps", type=float, default=50.0)

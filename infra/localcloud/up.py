@@ -1,6 +1,7 @@
 """``up``: the whole stack on one machine, from template.yaml, with no keys and no Docker.
 
-AWS endpoint (moto server unless AWS_ENDPOINT_URL points elsewhere) -> provision from the
+AWS endpoint (moto server unless AWS_ENDPOINT_URL points elsewhere) -> Redis, when the chunk
+log is Redis Streams (redis-server unless REDIS_URL is set) -> provision from the
 template -> fake OpenAI (unless OPENAI_API_KEY is set) -> api and stream apps (uvicorn),
 the SQS poller for the worker, and the frontend. Each runs as its own process with the
 environment the template gives its function; logs go to ``.localcloud/<stack>/logs``.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -46,6 +48,7 @@ class Ports:
     stream: int = 8008
     openai: int = 8009
     frontend: int = 3000
+    redis: int = 6380  # not Redis's own 6379, which a system redis-server may hold
 
 
 @dataclass
@@ -65,6 +68,8 @@ class Options:
     # Run ``workers`` invocations per queue even above the template's MaximumConcurrency
     # (the benchmark measures the pipeline at a concurrency, not the queue's cap).
     ignore_concurrency_caps: bool = False
+    # The chunk log's backend: "dynamodb" (the template's table) or "redis" (Redis Streams).
+    chunk_log: str = "dynamodb"
 
     @property
     def dir(self) -> Path:
@@ -86,17 +91,26 @@ class Stack:
         self.env: dict[str, dict[str, str]] = {}
         self.template: LocalTemplate | None = None
         self.fake_openai = False
+        self.chunk_env: dict[str, str] = {}
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> Stack:
         o = self.opts
         (o.dir / "logs").mkdir(parents=True, exist_ok=True)
+        steps: list[tuple[str, Callable[[], str]]] = [("AWS endpoint", self._endpoint)]
+        if o.chunk_log == "redis":
+            steps.append(("Redis (the chunk log)", self._redis))
+        elif o.chunk_log != "dynamodb":
+            raise StartError(f"unknown chunk log {o.chunk_log!r}: dynamodb or redis")
+        steps += [
+            ("resources from template.yaml", self._provision),
+            ("model", self._model),
+            ("api, stream and worker functions", self._functions),
+            ("frontend", self._frontend),
+        ]
         try:
-            self._step(1, "AWS endpoint", self._endpoint)
-            self._step(2, "resources from template.yaml", self._provision)
-            self._step(3, "model", self._model)
-            self._step(4, "api, stream and worker functions", self._functions)
-            self._step(5, "frontend", self._frontend)
+            for n, (what, fn) in enumerate(steps, 1):
+                self._step(n, len(steps), what, fn)
         except BaseException:
             self.stop()
             raise
@@ -106,9 +120,10 @@ class Stack:
 
     def stop(self) -> None:
         # The functions first (the pollers finish their long polls and invocations against a
-        # live emulator), then the emulator.
-        first = {n: p for n, p in self.procs.items() if n != "aws"}
-        last = {n: p for n, p in self.procs.items() if n == "aws"}
+        # live emulator), then the stores.
+        stores = ("aws", "redis")
+        first = {n: p for n, p in self.procs.items() if n not in stores}
+        last = {n: p for n, p in self.procs.items() if n in stores}
         for group in (first, last):
             for proc in reversed(list(group.values())):
                 if proc.poll() is None:
@@ -155,6 +170,7 @@ class Stack:
             "pids": {name: p.pid for name, p in self.procs.items()},
             "logs": str(self.opts.dir / "logs"),
             "fake_openai": self.fake_openai,
+            "chunk_log": self.opts.chunk_log,
         }
 
     def sam_local_env_file(self) -> Path:
@@ -167,7 +183,12 @@ class Stack:
         assert self.template is not None
         out: dict[str, dict[str, str]] = {}
         for logical_id, spec in self.template.functions().items():
-            env = {**spec.environment, **self.aws_env, "POWERTOOLS_TRACE_DISABLED": "true"}
+            env = {
+                **spec.environment,
+                **self.aws_env,
+                **self.chunk_env,
+                "POWERTOOLS_TRACE_DISABLED": "true",
+            }
             if "OPENAI_BASE_URL" in self.openai_env:
                 env["OPENAI_BASE_URL"] = self.openai_env["OPENAI_BASE_URL"]
             out[logical_id] = env
@@ -183,11 +204,11 @@ class Stack:
         return self.opts.dir / "logs" / f"{name}.log"
 
     # ------------------------------------------------------------------ steps
-    def _step(self, n: int, what: str, fn: Callable[[], str]) -> None:
+    def _step(self, n: int, of: int, what: str, fn: Callable[[], str]) -> None:
         started = time.monotonic()
-        self.progress(f"[{n}/5] {what} ...")
+        self.progress(f"[{n}/{of}] {what} ...")
         detail = fn()
-        self.progress(f"[{n}/5] {what}: {detail} ({time.monotonic() - started:.1f}s)")
+        self.progress(f"[{n}/{of}] {what}: {detail} ({time.monotonic() - started:.1f}s)")
 
     def _endpoint(self) -> str:
         o = self.opts
@@ -220,6 +241,31 @@ class Stack:
         )
         self._wait_http("aws", f"{url}/moto-api/data.json")
         return f"moto server at {url} (DynamoDB requests one at a time)"
+
+    def _redis(self) -> str:
+        o = self.opts
+        url = os.environ.get("REDIS_URL")
+        if url:
+            if not _redis_answers(url):
+                raise StartError(f"REDIS_URL {url} does not answer PING")
+            detail = f"using {url} (REDIS_URL)"
+        else:
+            server = shutil.which("redis-server")
+            if server is None:
+                raise StartError(
+                    "redis-server not found: install the Debian package redis-server "
+                    "(`./run.sh start --chunk-log redis` does)"
+                )
+            url = f"redis://{o.host}:{o.ports.redis}/0"
+            # In memory only, like a cache node: the chunk log's copy of an answer expires
+            # anyway, and the request row keeps the final text.
+            argv = [server, "--bind", o.host, "--port", str(o.ports.redis), "--save", ""]
+            self._spawn("redis", [*argv, "--appendonly", "no", "--dir", str(o.dir)])
+            self._wait("redis", lambda: _redis_answers(url))
+            detail = f"redis-server at {url}"
+        self.urls["redis"] = url
+        self.chunk_env = {"CHUNKLOG_BACKEND": "redis", "REDIS_URL": url}
+        return detail
 
     def _local_credentials_if_missing(self) -> None:
         # The emulators accept any credentials; real ones are never needed locally.
@@ -304,6 +350,7 @@ class Stack:
             **self.aws_env,
             **spec.environment,
             **self.openai_env,
+            **self.chunk_env,
             "AWS_LAMBDA_FUNCTION_NAME": spec.name,
             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(spec.memory),
             # X-Ray has no daemon locally.
@@ -458,3 +505,12 @@ class Stack:
                 return False
 
         self._wait(name, ready)
+
+
+def _redis_answers(url: str) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping())
+    except redis.RedisError:
+        return False

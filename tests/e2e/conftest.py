@@ -45,3 +45,22 @@ def local_stack() -> Iterator[Stack]:
     stack.start()
     yield stack
     stack.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_stack() -> Iterator[Stack]:
+    """The whole local stack with the Redis Streams chunk log (`--chunk-log redis`)."""
+    opts = stack_options("e2e-redis", fake_tokens=FAKE_TOKENS, chunk_log="redis")
+    opts.ports.redis = free_port()
+    stack = Stack(opts)
+    stack.start()
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture(params=["dynamodb", "redis"])
+def chat_stack(request: pytest.FixtureRequest) -> Stack:
+    """The stack on each chunk-log backend, for the tests of what the chunk log carries."""
+    name = "local_stack" if request.param == "dynamodb" else "redis_stack"
+    stack: Stack = request.getfixturevalue(name)
+    return stack

@@ -29,9 +29,9 @@ def wait_for(predicate: object, timeout: float = 20) -> None:
     raise AssertionError("condition not met in time")
 
 
-def test_cancel_ends_the_stream_with_cancelled(local_stack: Stack) -> None:
-    api = local_stack.urls["api"]
-    body = post_chat(local_stack, {"message": "long [[fake tokens=400 tps=20]]"}).json()
+def test_cancel_ends_the_stream_with_cancelled(chat_stack: Stack) -> None:
+    api = chat_stack.urls["api"]
+    body = post_chat(chat_stack, {"message": "long [[fake tokens=400 tps=20]]"}).json()
     events: list[dict[str, object]] = []
 
     def viewer() -> None:
@@ -53,7 +53,7 @@ def test_cancel_ends_the_stream_with_cancelled(local_stack: Stack) -> None:
     # THEN the stream ended with cancelled, well before the 20 s answer would have
     assert not thread.is_alive()
     assert events[-1] == {"type": "cancelled"}
-    assert status(local_stack, body["task_id"])["status"] == "cancelled"
+    assert status(chat_stack, body["task_id"])["status"] == "cancelled"
     again = httpx.post(f"{api}/chat/{body['task_id']}/cancel").json()
     assert again["status"] == "cancelled"
 

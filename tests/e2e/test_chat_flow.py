@@ -6,8 +6,10 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import boto3
 import httpx
 import pytest
+import redis
 from httpx_sse import ServerSentEvent, connect_sse
 
 from localcloud.fake_openai import Behaviour, expected_answer
@@ -15,6 +17,11 @@ from localcloud.up import Stack
 from tests.e2e.conftest import FAKE_TOKENS
 
 pytestmark = pytest.mark.e2e
+LOCAL_CREDENTIALS = {
+    "region_name": "us-east-1",
+    "aws_access_key_id": "test",
+    "aws_secret_access_key": "test",
+}
 
 
 def post_chat(stack: Stack, body: dict[str, Any]) -> httpx.Response:
@@ -48,14 +55,14 @@ def text(events: list[ServerSentEvent]) -> str:
     return "".join(json.loads(e.data).get("chunk", "") for e in events)
 
 
-def test_chat_answer_arrives_whole_over_sse(local_stack: Stack) -> None:
+def test_chat_answer_arrives_whole_over_sse(chat_stack: Stack) -> None:
     # GIVEN a chat request
-    resp = post_chat(local_stack, {"message": "hi"})
+    resp = post_chat(chat_stack, {"message": "hi"})
     # THEN it is accepted at once with a task, a session and a signed stream URL
     assert resp.status_code == 202, resp.text
     body = resp.json()
     assert body["status"] == "queued"
-    assert body["stream_url"].startswith(f"{local_stack.urls['stream']}/stream/{body['task_id']}")
+    assert body["stream_url"].startswith(f"{chat_stack.urls['stream']}/stream/{body['task_id']}")
     assert "token=" in body["stream_url"]
     # WHEN the client follows the stream
     events = read_stream(body["stream_url"])
@@ -66,7 +73,7 @@ def test_chat_answer_arrives_whole_over_sse(local_stack: Stack) -> None:
     assert final["type"] == "done" and final["usage"]["completion_tokens"] == FAKE_TOKENS
     assert all("chunk" in json.loads(e.data) for e in events[:-1])
     # AND the status endpoint agrees
-    status = httpx.get(f"{local_stack.urls['api']}/chat/{body['task_id']}").json()
+    status = httpx.get(f"{chat_stack.urls['api']}/chat/{body['task_id']}").json()
     assert status["status"] == "done"
     assert status["text"] == answer_of("hi")
     assert status["session_id"] == body["session_id"]
@@ -75,9 +82,9 @@ def test_chat_answer_arrives_whole_over_sse(local_stack: Stack) -> None:
 
 
 @pytest.mark.parametrize("how", ["last-event-id", "after"])
-def test_resume_gets_exactly_the_events_after_n(local_stack: Stack, how: str) -> None:
+def test_resume_gets_exactly_the_events_after_n(chat_stack: Stack, how: str) -> None:
     message = "resume me [[fake tokens=120 tps=60]]"
-    body = post_chat(local_stack, {"message": message}).json()
+    body = post_chat(chat_stack, {"message": message}).json()
     url = body["stream_url"]
     # GIVEN a viewer that dropped the connection after 3 events, mid-answer
     first = read_stream(url, stop_after=3)
@@ -94,8 +101,8 @@ def test_resume_gets_exactly_the_events_after_n(local_stack: Stack, how: str) ->
     assert text(first + rest) == answer_of(message, tokens=120)
 
 
-def test_several_viewers_get_identical_events(local_stack: Stack) -> None:
-    body = post_chat(local_stack, {"message": "two viewers [[fake tokens=80 tps=80]]"}).json()
+def test_several_viewers_get_identical_events(chat_stack: Stack) -> None:
+    body = post_chat(chat_stack, {"message": "two viewers [[fake tokens=80 tps=80]]"}).json()
     with ThreadPoolExecutor(3) as pool:
         results = list(pool.map(lambda _: read_stream(body["stream_url"]), range(3)))
     as_tuples = [[(e.id, e.data) for e in r] for r in results]
@@ -103,21 +110,43 @@ def test_several_viewers_get_identical_events(local_stack: Stack) -> None:
     assert json.loads(results[0][-1].data)["type"] == "done"
 
 
-def test_every_accepted_request_ends_in_a_terminal_state(local_stack: Stack) -> None:
+def test_every_accepted_request_ends_in_a_terminal_state(chat_stack: Stack) -> None:
     # GIVEN more concurrent requests than local workers, one of which the model fails
     messages = [f"load {i} [[fake tokens=30 tps=150]]" for i in range(9)]
     messages.append("fail [[fake status=500]]")
     with ThreadPoolExecutor(10) as pool:
         bodies = [
-            r.json() for r in pool.map(lambda m: post_chat(local_stack, {"message": m}), messages)
+            r.json() for r in pool.map(lambda m: post_chat(chat_stack, {"message": m}), messages)
         ]
         finals = list(pool.map(lambda b: json.loads(read_stream(b["stream_url"])[-1].data), bodies))
     # THEN every stream ended with a terminal event, and the statuses match
     assert [f["type"] for f in finals] == ["done"] * 9 + ["error"]
     for body, final in zip(bodies, finals, strict=True):
-        status = httpx.get(f"{local_stack.urls['api']}/chat/{body['task_id']}").json()
+        status = httpx.get(f"{chat_stack.urls['api']}/chat/{body['task_id']}").json()
         assert status["status"] == final["type"]
     assert "500" in finals[-1]["message"]
+
+
+def test_on_redis_the_answer_is_in_a_redis_stream_not_dynamodb(redis_stack: Stack) -> None:
+    body = post_chat(redis_stack, {"message": "where do you live"}).json()
+    events = read_stream(body["stream_url"])
+    assert json.loads(events[-1].data)["type"] == "done"
+    # The worker wrote the events to the task's stream, one entry per event, IDs 0-<seq>
+    r = redis.Redis.from_url(redis_stack.urls["redis"], decode_responses=True)
+    entries = r.xrange(f"llmstream:{{{body['task_id']}}}:chunks")
+    assert [e[0] for e in entries] == [f"0-{e.id}" for e in events]
+    assert r.ttl(f"llmstream:{{{body['task_id']}}}:chunks") > 0
+    # and nothing to the chunks table
+    assert redis_stack.template is not None
+    table = redis_stack.template.functions()["WorkerFunction"].environment["CHUNKS_TABLE"]
+    ddb = boto3.client("dynamodb", endpoint_url=redis_stack.urls["aws"], **LOCAL_CREDENTIALS)
+    got = ddb.get_item(TableName=table, Key={"task_id": {"S": body["task_id"]}, "seq": {"N": "1"}})
+    assert "Item" not in got
+    # The health check looks at Redis for the chunk log
+    health = httpx.get(f"{redis_stack.urls['api']}/health/full", timeout=10).json()
+    assert (
+        health["tables"]["chunks"]["ok"] and health["tables"]["chunks"]["detail"] == "redis: PONG"
+    )
 
 
 def test_stream_refuses_missing_or_bad_tokens(local_stack: Stack) -> None:

@@ -37,6 +37,9 @@ class MemoryLog(ChunkLog):
         log = self.events.get(task_id, {})
         return log[max(log)] if log else None
 
+    def ping(self) -> str:
+        return "ok"
+
 
 class Clock:
     def __init__(self) -> None:

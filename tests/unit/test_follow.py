@@ -70,6 +70,9 @@ class CountingLog(ChunkLog):
     def last(self, task_id: str) -> Event | None:
         return self.events[max(self.events)] if self.events else None
 
+    def ping(self) -> str:
+        return "ok"
+
 
 def follow_all(log: ChunkLog, after: int = 0) -> list[int]:
     async def read() -> list[int]:

@@ -8,12 +8,16 @@ second writer (a redelivered message while the first attempt still runs) finds o
 from __future__ import annotations
 
 import abc
-from typing import Any
+from typing import Any, ClassVar
 
 from llmstream.models import Event, EventKind
 
 
 class ChunkLog(abc.ABC):
+    # True if the backend can wake a reader when an event is written (``read_wait``);
+    # readers of the others poll ``read``.
+    pushes: ClassVar[bool] = False
+
     @abc.abstractmethod
     def append(self, task_id: str, seq: int, kind: EventKind, data: dict[str, Any]) -> None:
         """Write event ``seq``; raise SeqConflict if it exists already."""
@@ -25,6 +29,17 @@ class ChunkLog(abc.ABC):
     @abc.abstractmethod
     def last(self, task_id: str) -> Event | None:
         """Return the newest event of the task, or None if it has none."""
+
+    @abc.abstractmethod
+    def ping(self) -> str:
+        """A cheap check that the store answers: a short status, or StoreUnavailable."""
+
+    async def read_wait(
+        self, task_id: str, after: int, limit: int, timeout: float
+    ) -> tuple[list[Event], bool]:
+        """Wait up to ``timeout`` for events after ``after``; return them (as ``read``) and
+        whether any event past ``after`` exists at all (False: the wait ran out)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot wait; poll read()")
 
     def read_all(self, task_id: str, page: int = 100) -> list[Event]:
         events: list[Event] = []

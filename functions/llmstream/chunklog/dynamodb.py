@@ -84,6 +84,15 @@ class DynamoDBChunkLog(ChunkLog):
             request = dict(answer.get("UnprocessedKeys") or {})
         return items
 
+    def ping(self) -> str:
+        try:
+            status = self._client.describe_table(TableName=self._table)["Table"]["TableStatus"]
+        except ClientError as e:
+            raise StoreUnavailable(str(e)) from e
+        if status != "ACTIVE":
+            raise StoreUnavailable(f"table {self._table} is {status}")
+        return status
+
     def last(self, task_id: str) -> Event | None:
         try:
             answer = self._client.query(

@@ -1,0 +1,144 @@
+"""Chunk log on Redis Streams (ElastiCache for Redis OSS or Valkey): one stream per task.
+
+Stream ``<prefix>:{<task_id>}:chunks``; event ``seq`` is entry ID ``0-<seq>``, so a range
+read by seq is an XRANGE, and Redis itself refuses an ID at or below the stream's top: a
+second writer at an existing seq gets SeqConflict from the XADD, with no script. The key
+expires ``retention_seconds`` after the last append (EXPIRE in the same MULTI).
+
+Unlike DynamoDB, Redis can push: ``read_wait`` blocks in XREAD BLOCK on the event loop
+(redis.asyncio), so a stream wakes up when the worker writes instead of polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any, ClassVar, cast
+
+import redis
+import redis.asyncio
+from redis.exceptions import RedisError, ResponseError
+
+from llmstream.chunklog.base import ChunkLog
+from llmstream.exceptions import SeqConflict, StoreUnavailable
+from llmstream.models import Event, EventKind
+
+# A blocked XREAD answers within its BLOCK time; the socket waits a little longer than the
+# longest block before it calls the connection dead.
+_MAX_BLOCK_SECONDS = 10.0
+
+
+class RedisChunkLog(ChunkLog):
+    pushes: ClassVar[bool] = True
+
+    def __init__(self, url: str, retention_seconds: int, prefix: str = "llmstream") -> None:
+        self._url = url
+        self._retention = retention_seconds
+        self._prefix = prefix
+        self._client = redis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_connect_timeout=3,
+            socket_timeout=10,
+            health_check_interval=30,
+        )
+        self._async: tuple[asyncio.AbstractEventLoop, redis.asyncio.Redis] | None = None
+
+    def key(self, task_id: str) -> str:
+        # The braces are a hash tag: in cluster mode (ElastiCache Serverless) everything of
+        # one task lives in one slot.
+        return f"{self._prefix}:{{{task_id}}}:chunks"
+
+    def append(self, task_id: str, seq: int, kind: EventKind, data: dict[str, Any]) -> None:
+        if seq < 1:
+            raise ValueError(f"seq starts at 1, got {seq}")
+        key = self.key(task_id)
+        fields = {
+            "kind": kind,
+            "data": json.dumps(data, separators=(",", ":"), ensure_ascii=False),
+            "at": f"{time.time():.3f}",  # when it was written (DynamoDB backend: the same)
+        }
+        pipe = self._client.pipeline(transaction=True)
+        pipe.xadd(key, fields, id=f"0-{seq}")  # type: ignore[arg-type]
+        pipe.expire(key, self._retention)
+        try:
+            pipe.execute()
+        except ResponseError as e:
+            if "equal or smaller" in str(e):  # Redis: the ID is at or below the stream's top
+                raise SeqConflict(f"task {task_id}: seq {seq} already written") from e
+            raise StoreUnavailable(str(e)) from e
+        except RedisError as e:
+            raise StoreUnavailable(str(e)) from e
+
+    def read(self, task_id: str, after: int, limit: int) -> list[Event]:
+        try:
+            entries = self._client.xrange(
+                self.key(task_id), min=f"0-{after + 1}", max="+", count=max(1, limit)
+            )
+        except RedisError as e:
+            raise StoreUnavailable(str(e)) from e
+        return _dense(cast(list[Any], entries), after)
+
+    def last(self, task_id: str) -> Event | None:
+        try:
+            entries = cast(list[Any], self._client.xrevrange(self.key(task_id), count=1))
+        except RedisError as e:
+            raise StoreUnavailable(str(e)) from e
+        return _event(*entries[0]) if entries else None
+
+    async def read_wait(
+        self, task_id: str, after: int, limit: int, timeout: float
+    ) -> tuple[list[Event], bool]:
+        block_ms = max(1, int(min(timeout, _MAX_BLOCK_SECONDS) * 1000))
+        try:
+            got: Any = await self._async_client().xread(
+                {self.key(task_id): f"0-{after}"}, count=max(1, limit), block=block_ms
+            )
+        except RedisError as e:
+            raise StoreUnavailable(str(e)) from e
+        if not got:
+            return [], False  # the block ran out: nothing new
+        # RESP2 answers [[key, entries]], RESP3 {key: [entries]}.
+        entries = next(iter(got.values()))[0] if isinstance(got, dict) else got[0][1]
+        return _dense(entries, after), True
+
+    def _async_client(self) -> redis.asyncio.Redis:
+        # One client per event loop: its connections belong to the loop that opened them.
+        loop = asyncio.get_running_loop()
+        if self._async is None or self._async[0] is not loop:
+            client = redis.asyncio.Redis.from_url(
+                self._url,
+                decode_responses=True,
+                socket_connect_timeout=3,
+                socket_timeout=_MAX_BLOCK_SECONDS + 5,
+                health_check_interval=30,
+            )
+            self._async = (loop, client)
+        return self._async[1]
+
+    def ping(self) -> str:
+        try:
+            self._client.ping()
+        except RedisError as e:
+            raise StoreUnavailable(str(e)) from e
+        return "PONG"
+
+
+def _dense(entries: list[Any], after: int) -> list[Event]:
+    events: list[Event] = []
+    for entry_id, fields in entries:
+        event = _event(entry_id, fields)
+        if event.seq != after + len(events) + 1:
+            break  # a gap: later seqs are not readable yet
+        events.append(event)
+    return events
+
+
+def _event(entry_id: str, fields: dict[str, str]) -> Event:
+    return Event(
+        seq=int(entry_id.split("-", 1)[1]),
+        kind=cast(EventKind, fields["kind"]),
+        data=json.loads(fields["data"]),
+        written_at=float(fields["at"]) if "at" in fields else None,
+    )
