@@ -18,6 +18,7 @@ from samtranslator.yaml_helper import yaml_parse
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
 ACCOUNT = "123456789012"  # the emulators' default account
+NO_VALUE: Any = object()  # what Ref AWS::NoValue resolves to: the property is absent
 # samtranslator only checks CodeUri's form; the code itself is run from the source tree.
 _PLACEHOLDER_CODE = "s3://localcloud/code.zip"
 
@@ -59,6 +60,7 @@ class LocalTemplate:
     # Values the emulator cannot give (a function URL, say), keyed "Logical.Attribute".
     overrides: dict[str, str] = field(default_factory=dict)
     queue_urls: dict[str, str] = field(default_factory=dict)
+    conditions: dict[str, bool] = field(default_factory=dict)
 
     # -------------------------------------------------------------- loading
     @classmethod
@@ -79,7 +81,42 @@ class LocalTemplate:
         if missing:
             raise ValueError(f"template parameters without a value: {', '.join(missing)}")
         translated = translate(document, values, region)
-        return cls(stack=stack, region=region, parameters=values, resources=translated["Resources"])
+        tpl = cls(stack=stack, region=region, parameters=values, resources={})
+        tpl.conditions = tpl._conditions(translated.get("Conditions", {}))
+        # A resource whose Condition is false does not exist (CloudFormation skips it).
+        tpl.resources = {
+            k: v
+            for k, v in translated["Resources"].items()
+            if tpl.conditions.get(v.get("Condition", ""), True)
+        }
+        return tpl
+
+    def _conditions(self, declared: dict[str, Any]) -> dict[str, bool]:
+        done: dict[str, bool] = {}
+
+        def value(name: str) -> bool:
+            if name not in done:
+                done[name] = self._condition(declared[name], value)
+            return done[name]
+
+        for name in declared:
+            value(name)
+        return done
+
+    def _condition(self, expr: Any, named: Any) -> bool:
+        ((fn, arg),) = expr.items()
+        if fn == "Condition":
+            return bool(named(arg))
+        if fn == "Fn::Equals":
+            a, b = (self.resolve(x) for x in arg)
+            return str(a) == str(b)
+        if fn == "Fn::Not":
+            return not self._condition(arg[0], named)
+        if fn == "Fn::And":
+            return all(self._condition(x, named) for x in arg)
+        if fn == "Fn::Or":
+            return any(self._condition(x, named) for x in arg)
+        raise ValueError(f"condition function {fn} is not supported locally")
 
     # -------------------------------------------------------------- queries
     def of_type(self, resource_type: str) -> dict[str, dict[str, Any]]:
@@ -116,7 +153,11 @@ class LocalTemplate:
                 handler=p["Handler"],
                 timeout=int(p.get("Timeout", 3)),
                 memory=int(p.get("MemorySize", 128)),
-                environment={k: str(self.resolve(v)) for k, v in env.items()},
+                environment={
+                    k: str(value)
+                    for k, v in env.items()
+                    if (value := self.resolve(v)) is not NO_VALUE
+                },
             )
         return out
 
@@ -143,14 +184,20 @@ class LocalTemplate:
 
     # -------------------------------------------------------------- intrinsics
     def resolve(self, value: Any) -> Any:
-        """Resolve Ref, Fn::GetAtt, Fn::Sub, Fn::Join and Fn::Select to local values."""
+        """Resolve Ref, Fn::GetAtt, Fn::Sub, Fn::Join, Fn::Select and Fn::If to local values
+        (AWS::NoValue: NO_VALUE, dropped from lists and objects)."""
         if isinstance(value, list):
-            return [self.resolve(v) for v in value]
+            return [r for v in value if (r := self.resolve(v)) is not NO_VALUE]
         if not isinstance(value, dict):
             return value
         if len(value) != 1:
-            return {k: self.resolve(v) for k, v in value.items()}
+            return {k: r for k, v in value.items() if (r := self.resolve(v)) is not NO_VALUE}
         ((fn, arg),) = value.items()
+        if fn == "Ref" and arg == "AWS::NoValue":
+            return NO_VALUE
+        if fn == "Fn::If":
+            condition, then, otherwise = arg
+            return self.resolve(then if self.conditions[condition] else otherwise)
         if fn == "Ref":
             return self._ref(arg)
         if fn == "Fn::GetAtt":

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from localcloud.template import LocalTemplate
+from localcloud.template import NO_VALUE, LocalTemplate
 
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
@@ -96,3 +96,47 @@ def test_worker_retry_budget_matches_the_queues_redrive_policy() -> None:
         for q in ("HighQueue", "DefaultQueue", "LowQueue")
     }
     assert counts == {Settings.model_fields["max_receive_count"].default}
+
+
+def test_the_default_chunk_log_is_dynamodb_with_no_cache_and_no_vpc() -> None:
+    tpl = LocalTemplate.load("unit")
+    tpl.queue_urls = {q: f"http://aws/{q}" for q in tpl.of_type("AWS::SQS::Queue")}
+    tpl.overrides["StreamFunctionUrl.FunctionUrl"] = "http://stream/"
+    assert tpl.conditions["UseRedis"] is False
+    assert not tpl.of_type("AWS::ElastiCache::ServerlessCache")
+    assert not tpl.of_type("AWS::EC2::SecurityGroup")
+    for spec in tpl.functions().values():
+        assert spec.environment["CHUNKLOG_BACKEND"] == "dynamodb"
+        assert spec.environment["REDIS_URL"] == ""
+        assert tpl.resolve(tpl.props(spec.logical_id)["VpcConfig"]) is NO_VALUE
+
+
+def test_the_redis_chunk_log_gets_a_tls_valkey_cache_that_only_the_functions_reach() -> None:
+    tpl = LocalTemplate.load(
+        "unit",
+        parameters={
+            "ChunkLogBackend": "redis",
+            "RedisVpcId": "vpc-0123abcd",
+            "RedisSubnetIds": "subnet-a,subnet-b",
+        },
+    )
+    tpl.queue_urls = {q: f"http://aws/{q}" for q in tpl.of_type("AWS::SQS::Queue")}
+    tpl.overrides["StreamFunctionUrl.FunctionUrl"] = "http://stream/"
+    tpl.overrides["ChunkCache.Endpoint.Address"] = "chunks.serverless.use1.cache.amazonaws.com"
+    tpl.overrides["ChunkCache.Endpoint.Port"] = "6379"
+    cache = tpl.props("ChunkCache")
+    assert cache["Engine"] == "valkey"
+    assert tpl.resolve(cache["SecurityGroupIds"]) == ["unit-ChunkCacheSecurityGroup"]
+    ingress = tpl.props("ChunkCacheSecurityGroup")["SecurityGroupIngress"]
+    assert [tpl.resolve(rule["SourceSecurityGroupId"]) for rule in ingress] == [
+        "unit-FunctionSecurityGroup"
+    ]
+    for spec in tpl.functions().values():
+        assert spec.environment["CHUNKLOG_BACKEND"] == "redis"
+        assert spec.environment["REDIS_URL"] == (
+            "rediss://chunks.serverless.use1.cache.amazonaws.com:6379/0"
+        )
+        vpc = tpl.resolve(tpl.props(spec.logical_id)["VpcConfig"])
+        assert vpc["SecurityGroupIds"] == ["unit-FunctionSecurityGroup"]
+        role = tpl.props(f"{spec.logical_id}Role")
+        assert any("AWSLambdaVPCAccessExecutionRole" in arn for arn in role["ManagedPolicyArns"])
