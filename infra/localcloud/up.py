@@ -161,6 +161,27 @@ class Stack:
         self._start_pollers()
         (self.opts.dir / "state.json").write_text(json.dumps(self.state(), indent=2))
 
+    def use_chunk_log(self, backend: str) -> None:
+        """Run the functions on another chunk-log backend from now on (the benchmark compares
+        backends on one stack). Answers in progress finish first, as in ``scale``."""
+        if backend == self.opts.chunk_log:
+            return
+        for name in [n for n in self.procs if n in ("api", "stream") or n.startswith("worker")]:
+            proc = self.procs.pop(name)
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=360)
+        if backend == "redis":
+            if "redis" not in self.urls:
+                self._redis()
+            self.chunk_env = {"CHUNKLOG_BACKEND": "redis", "REDIS_URL": self.urls["redis"]}
+        elif backend == "dynamodb":
+            self.chunk_env = {}
+        else:
+            raise StartError(f"unknown chunk log {backend!r}: dynamodb or redis")
+        self.opts.chunk_log = backend
+        self._functions()
+        (self.opts.dir / "state.json").write_text(json.dumps(self.state(), indent=2))
+
     def state(self) -> dict[str, Any]:
         return {
             "stack": self.opts.stack,

@@ -3,7 +3,8 @@
 Starts its own local stack (the fake OpenAI at a fixed pace, every function's AWS calls
 through a counting proxy), then measures in one run, level after level of concurrency:
   baseline  a client streaming straight from the fake OpenAI (this machine's limit)
-  pipeline  POST /chat -> SQS -> worker -> DynamoDB chunk log -> SSE
+  pipeline  POST /chat -> SQS -> worker -> chunk log -> SSE, on each chunk-log backend
+            (DynamoDB, then Redis Streams: the functions restarted on the same stack)
 checking that every answer arrived whole (text, dense seqs, one terminal event). Writes
 bench/results/latest.json, latest.md and PNG plots; prints the table.
 """
@@ -243,6 +244,7 @@ def usage(
     units: Any,
     tables: dict[str, str],
     memory: dict[str, int],
+    redis_used: dict[str, int],
 ) -> PerAnswer:
     n = len(answers)
     writes = sum(u for (op, t), u in units.items() if t in tables.values() and op in _DDB_WRITES)
@@ -259,9 +261,12 @@ def usage(
         dynamodb_read_units=reads / n,
         sqs_requests=sqs / n,
         bytes_out=statistics.mean(a.bytes_in for a in answers),
+        # ElastiCache bills an ECPU per command per KB moved; the events are under 1 KB.
+        cache_ecpus=sum(v for k, v in redis_used.items() if k not in _REDIS_FREE) / n,
     )
 
 
+_REDIS_FREE = {"info", "ping", "multi", "exec", "client|setinfo", "hello"}
 _DDB_WRITES = {"PutItem", "UpdateItem", "DeleteItem", "BatchWriteItem"}
 _DDB_READS = {"GetItem", "BatchGetItem", "Query"}
 # Requests an answer causes; empty long polls are a fixed cost per queue, not per answer.
@@ -275,7 +280,8 @@ _SQS_PER_ANSWER = {
 
 
 # The calls between POST /chat and the first text at the client, one after the other:
-# the request row, the enqueue, the claim, the first chunk write, the stream's read of it.
+# the request row, the enqueue, the claim, the first chunk write, the stream's read of it
+# (on the Redis path, the last two go to Redis, not the emulator).
 # (The event source's receive is a long poll: its time is mostly waiting, so left out.)
 _FIRST_TOKEN_PATH = [
     ("PutItem", "requests"),
@@ -286,9 +292,12 @@ _FIRST_TOKEN_PATH = [
 ]
 
 
-def _first_token_path(latency: dict[str, float], tables: dict[str, str]) -> float | None:
+def _first_token_path(
+    latency: dict[str, float], tables: dict[str, str], backend: str = "dynamodb"
+) -> float | None:
     total = 0.0
-    for op, which in _FIRST_TOKEN_PATH:
+    path = _FIRST_TOKEN_PATH if backend == "dynamodb" else _FIRST_TOKEN_PATH[:3]
+    for op, which in path:
         hits = [
             v
             for k, v in latency.items()
@@ -300,16 +309,36 @@ def _first_token_path(latency: dict[str, float], tables: dict[str, str]) -> floa
     return round(total, 1)
 
 
+PATHS = {"dynamodb": "pipeline", "redis": "pipeline_redis"}  # backend -> results key
+_REDIS_WRITES = ("xadd",)
+_REDIS_READS = ("xread", "xrange", "xrevrange")
+
+
+def redis_calls(url: str | None) -> dict[str, int]:
+    """The Redis server's own command counters (INFO commandstats)."""
+    if url is None:
+        return {}
+    import redis
+
+    stats = redis.Redis.from_url(url).info("commandstats")
+    return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
+
+
 def run(
     size: str,
     say: Any,
     levels: list[int] | None = None,
     answers: int | None = None,
+    backends: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Measure at each level; ``levels`` and ``answers`` (per level) override the size's."""
+    """Measure at each level; ``levels`` and ``answers`` (per level) override the size's.
+    The baseline runs once per level; the pipeline once per chunk-log backend, the stack's
+    functions restarted on the next backend in between (same emulator, model, machine)."""
     levels = levels or SIZES[size][0]
+    backends = backends or list(PATHS)
     answers_at = SIZES[size][1] if answers is None else (lambda _c: answers)
     aws_port = free_port()
+    results: dict[str, Any] = {"levels": {str(c): {} for c in levels}}
     with CountingProxy(aws_port) as proxy:
         opts = Options(
             stack=f"bench-{uuid.uuid4().hex[:6]}",
@@ -319,6 +348,7 @@ def run(
                 stream=free_port(),
                 openai=free_port(),
                 frontend=free_port(),
+                redis=free_port(),
             ),
             workers=max(levels),
             ignore_concurrency_caps=True,
@@ -327,11 +357,12 @@ def run(
             fake_ttft_ms=TTFT_MS,
             function_aws_endpoint=f"http://127.0.0.1:{proxy.port}",
             state_dir=ROOT / ".localcloud" / "bench",
+            chunk_log=backends[0],
         )
         stack = Stack(opts, progress=lambda m: say(f"  {m}"))
-        say(f"starting a local stack (workers: {max(levels)}) ...")
+        say(f"starting a local stack (workers: {max(levels)}, chunk log: {backends[0]}) ...")
         with stack:
-            api, fake = stack.urls["api"], stack.urls["openai"].removesuffix("/v1")
+            fake = stack.urls["openai"].removesuffix("/v1")
             env = stack.env["WorkerFunction"]
             tables = {"chunks": env["CHUNKS_TABLE"], "requests": env["REQUESTS_TABLE"]}
             assert stack.template is not None
@@ -348,87 +379,146 @@ def run(
                 aws_access_key_id="bench",
                 aws_secret_access_key="bench",
             )
-            pids = {n: p.pid for n, p in stack.procs.items()}
-            pids[SELF] = psutil.Process().pid
-            say("warming up ...")
-            with ThreadPoolExecutor(2) as pool:  # connections, caches, threads
-                list(
-                    pool.map(
-                        lambda f: f(), [lambda: pipeline(api, fake, -1), lambda: baseline(fake, -1)]
+            for i, backend in enumerate(backends):
+                if i:
+                    say(f"restarting the functions on the {backend} chunk log ...")
+                    stack.use_chunk_log(backend)
+                api = stack.urls["api"]
+                pids = {n: p.pid for n, p in stack.procs.items()}
+                pids[SELF] = psutil.Process().pid
+                say("warming up ...")
+                warm = [lambda api=api: pipeline(api, fake, -1)]
+                if i == 0:
+                    warm.append(lambda: baseline(fake, -1))
+                with ThreadPoolExecutor(2) as pool:  # connections, caches, threads
+                    list(pool.map(lambda f: f(), warm))
+                for level in levels:
+                    n = answers_at(level)
+                    out = results["levels"][str(level)]
+                    if i == 0:
+                        say(f"concurrency {level}: baseline, {n} answers ...")
+                        with ThreadPoolExecutor(level) as pool:
+                            base = list(pool.map(lambda k: baseline(fake, k), range(n)))
+                        out["baseline"] = summarize(base)
+                    say(f"concurrency {level}: pipeline on {backend}, {n} answers ...")
+                    out[PATHS[backend]] = measure(
+                        backend,
+                        level,
+                        n,
+                        api,
+                        fake,
+                        stack.urls.get("redis"),
+                        proxy,
+                        pids,
+                        ddb,
+                        tables,
+                        memory,
+                        out["baseline"],
                     )
-                )
-            results: dict[str, Any] = {"levels": {}}
-            for level in levels:
-                n = answers_at(level)
-                say(f"concurrency {level}: baseline, {n} answers ...")
-                with ThreadPoolExecutor(level) as pool:
-                    base = list(pool.map(lambda i: baseline(fake, i), range(n)))
-                say(f"concurrency {level}: pipeline, {n} answers ...")
-                (calls0, units0), cpu0, wall0 = proxy.snapshot(), cpu_seconds(pids), time.time()
-                with ThreadPoolExecutor(level) as pool:
-                    pipe = list(pool.map(lambda i: pipeline(api, fake, i), range(n)))
-                wall = time.time() - wall0
-                calls1, units1 = proxy.snapshot()
-                calls, units = calls1 - calls0, units1 - units0
-                cpu = {k: v - cpu0.get(k, 0) for k, v in cpu_seconds(pids).items()}
-                rows = task_rows(ddb, tables["requests"], pipe)
-                p, b = summarize(pipe), summarize(base)
-                stream_s = max(p["stream_seconds"], 1e-9)
-                chunk_writes = calls[("PutItem", tables["chunks"])]
-                chunk_reads = sum(
-                    calls[(op, tables["chunks"])] for op in ("GetItem", "BatchGetItem", "Query")
-                )
-                chunk_read_units = sum(
-                    units[(op, tables["chunks"])] for op in ("GetItem", "BatchGetItem", "Query")
-                )
-                functions_cpu = sum(cpu.get(k, 0.0) for k in ("api", "worker", "stream"))
-                per_answer = usage(pipe, rows, calls, units, tables, memory)
-                p.update(
-                    {
-                        "added_ttft_ms_p50": (p["ttft_ms_p50"] or 0) - (b["ttft_ms_p50"] or 0),
-                        "added_ttft_breakdown_ms_p50": breakdown(
-                            pipe, rows, (b["ttft_ms_p50"] or 0) / 1000
-                        ),
-                        "chunk_log_writes_per_stream_second": chunk_writes / stream_s,
-                        "chunk_log_reads_per_stream_second": chunk_reads / stream_s,
-                        "chunk_log_read_units_per_stream_second": chunk_read_units / stream_s,
-                        "cpu_seconds_per_answer_functions": functions_cpu / n,
-                        "cpu_seconds_per_answer_emulator": cpu.get("aws", 0.0) / n,
-                        "cpu_seconds_per_answer_by_process": {
-                            k: round(v / n, 4) for k, v in cpu.items()
-                        },
-                        "emulator_cpu_utilisation": cpu.get("aws", 0.0) / wall,
-                        # every process of the run, the benchmark's own clients included
-                        "machine_cpu_utilisation": sum(cpu.values())
-                        / wall
-                        / (psutil.cpu_count() or 1),
-                        "calls": {f"{op} {name}": c for (op, name), c in sorted(calls.items())},
-                        "emulator_latency_ms_p50": proxy.latency_ms(since=calls0),
-                        "emulator_ms_on_first_token_path": _first_token_path(
-                            proxy.latency_ms(since=calls0), tables
-                        ),
-                        "cost": cost_per_1000(per_answer),
-                    }
-                )
-                results["levels"][str(level)] = {"baseline": b, "pipeline": p}
-                say(
-                    f"  whole: pipeline {p['whole']}/{n}, baseline {b['whole']}/{n}; "
-                    f"TTFT p50 {p['ttft_ms_p50']:.0f} ms vs {b['ttft_ms_p50']:.0f} ms; "
-                    f"chunk delay p95 {p['chunk_delay_ms_p95']:.0f} ms; "
-                    f"emulator busy {p['emulator_cpu_utilisation']:.0%} of a core, "
-                    f"machine {p['machine_cpu_utilisation']:.0%}"
-                )
+                    p, b = out[PATHS[backend]], out["baseline"]
+                    say(
+                        f"  whole: pipeline {p['whole']}/{n}, baseline {b['whole']}/{n}; "
+                        f"TTFT p50 {p['ttft_ms_p50']:.0f} ms vs {b['ttft_ms_p50']:.0f} ms; "
+                        f"chunk delay p95 {p['chunk_delay_ms_p95']:.0f} ms; "
+                        f"stores busy {p['emulator_cpu_utilisation']:.0%} of a core, "
+                        f"machine {p['machine_cpu_utilisation']:.0%}"
+                    )
     results["setup"] = {
         "size": size,
         "levels": levels,
         "answers": {str(c): answers_at(c) for c in levels},
         "fake_model": {"tokens": FAKE.tokens, "tokens_per_second": TPS, "ttft_ms": TTFT_MS},
-        "chunk_log": "dynamodb (moto server)",
+        "chunk_logs": {
+            PATHS[b]: {
+                "dynamodb": "DynamoDB (moto server)",
+                "redis": "Redis Streams (redis-server " + _redis_version() + ")",
+            }[b]
+            for b in backends
+        },
         "cpus": psutil.cpu_count(),
         "python": sys.version.split()[0],
         "when": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     return results
+
+
+def _redis_version() -> str:
+    import shutil
+    import subprocess
+
+    server = shutil.which("redis-server")
+    if server is None:
+        return "?"
+    out = subprocess.run([server, "--version"], capture_output=True, text=True).stdout
+    return next((w.split("=")[1] for w in out.split() if w.startswith("v=")), "?")
+
+
+def measure(
+    backend: str,
+    level: int,
+    n: int,
+    api: str,
+    fake: str,
+    redis_url: str | None,
+    proxy: CountingProxy,
+    pids: dict[str, int],
+    ddb: Any,
+    tables: dict[str, str],
+    memory: dict[str, int],
+    b: dict[str, Any],
+) -> dict[str, Any]:
+    """``n`` answers through the pipeline, ``level`` at a time, and what they used."""
+    redis_url = redis_url if backend == "redis" else None
+    (calls0, units0), cpu0, wall0 = proxy.snapshot(), cpu_seconds(pids), time.time()
+    r0 = redis_calls(redis_url)
+    with ThreadPoolExecutor(level) as pool:
+        pipe = list(pool.map(lambda i: pipeline(api, fake, i), range(n)))
+    wall = time.time() - wall0
+    calls1, units1 = proxy.snapshot()
+    calls, units = calls1 - calls0, units1 - units0
+    r1 = redis_calls(redis_url)
+    redis_used = {k: v - r0.get(k, 0) for k, v in r1.items() if v - r0.get(k, 0)}
+    cpu = {k: v - cpu0.get(k, 0) for k, v in cpu_seconds(pids).items()}
+    rows = task_rows(ddb, tables["requests"], pipe)
+    p = summarize(pipe)
+    stream_s = max(p["stream_seconds"], 1e-9)
+    reads_by = ("GetItem", "BatchGetItem", "Query")
+    if backend == "redis":
+        chunk_writes = sum(redis_used.get(c, 0) for c in _REDIS_WRITES)
+        chunk_reads = sum(redis_used.get(c, 0) for c in _REDIS_READS)
+        chunk_read_units = chunk_reads
+    else:
+        chunk_writes = calls[("PutItem", tables["chunks"])]
+        chunk_reads = sum(calls[(op, tables["chunks"])] for op in reads_by)
+        chunk_read_units = sum(units[(op, tables["chunks"])] for op in reads_by)
+    stores = cpu.get("aws", 0.0) + cpu.get("redis", 0.0)
+    functions_cpu = sum(cpu.get(k, 0.0) for k in ("api", "worker", "stream"))
+    per_answer = usage(pipe, rows, calls, units, tables, memory, redis_used)
+    p.update(
+        {
+            "chunk_log": backend,
+            "added_ttft_ms_p50": (p["ttft_ms_p50"] or 0) - (b["ttft_ms_p50"] or 0),
+            "added_ttft_breakdown_ms_p50": breakdown(pipe, rows, (b["ttft_ms_p50"] or 0) / 1000),
+            "chunk_log_writes_per_stream_second": chunk_writes / stream_s,
+            "chunk_log_reads_per_stream_second": chunk_reads / stream_s,
+            "chunk_log_read_units_per_stream_second": chunk_read_units / stream_s,
+            "cpu_seconds_per_answer_functions": functions_cpu / n,
+            # the stores: the AWS emulator, and redis-server on the Redis path
+            "cpu_seconds_per_answer_emulator": stores / n,
+            "cpu_seconds_per_answer_by_process": {k: round(v / n, 4) for k, v in cpu.items()},
+            "emulator_cpu_utilisation": stores / wall,
+            # every process of the run, the benchmark's own clients included
+            "machine_cpu_utilisation": sum(cpu.values()) / wall / (psutil.cpu_count() or 1),
+            "calls": {f"{op} {name}": c for (op, name), c in sorted(calls.items())},
+            "redis_calls": redis_used,
+            "emulator_latency_ms_p50": proxy.latency_ms(since=calls0),
+            "emulator_ms_on_first_token_path": _first_token_path(
+                proxy.latency_ms(since=calls0), tables, backend
+            ),
+            "cost": cost_per_1000(per_answer),
+        }
+    )
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -442,7 +532,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--answers", type=int, help="answers per level")
     parser.add_argument("--tokens", type=int, default=TOKENS, help="tokens per answer")
+    parser.add_argument(
+        "--backends",
+        type=lambda v: v.split(","),
+        default=list(PATHS),
+        help="chunk logs to measure, e.g. dynamodb or dynamodb,redis (the default)",
+    )
     args = parser.parse_args(argv)
+    unknown = set(args.backends) - set(PATHS)
+    if unknown:
+        parser.error(f"unknown backend(s) {', '.join(sorted(unknown))}: dynamodb, redis")
     name = "quick" if args.quick else "full" if args.full else "default"
     global FAKE  # the fake model's answers, which the clients check every answer against
     FAKE = Behaviour(tokens=args.tokens, tps=TPS, ttft_ms=TTFT_MS)
@@ -452,7 +551,7 @@ def main(argv: list[str] | None = None) -> int:
     def say(msg: str) -> None:
         print(f"[{time.monotonic() - started:5.0f}s] {msg}", flush=True)  # noqa: T201
 
-    results = run(name, say, args.levels, args.answers)
+    results = run(name, say, args.levels, args.answers, args.backends)
     results["setup"]["seconds"] = round(time.monotonic() - started, 1)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "latest.json").write_text(json.dumps(results, indent=2))
@@ -462,7 +561,10 @@ def main(argv: list[str] | None = None) -> int:
     written = [args.out / "latest.json", args.out / "latest.md", *images]
     say(f"written: {', '.join(str(p) for p in written)}")
     whole = all(
-        r["pipeline"]["whole"] == r["pipeline"]["answers"] for r in results["levels"].values()
+        r[key]["whole"] == r[key]["answers"]
+        for r in results["levels"].values()
+        for key in PATHS.values()
+        if key in r
     )
     return 0 if whole else 1
 

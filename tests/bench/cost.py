@@ -2,7 +2,8 @@
 
 Prices are AWS's public on-demand list prices for us-east-1 (the figures on the service
 pricing pages: Lambda, SQS, DynamoDB on-demand after its 2024-11-01 reduction, API Gateway
-HTTP APIs, data transfer out), as recorded in PRICES_AS_OF. Free tiers are left out (they
+HTTP APIs, data transfer out; for the Redis path ElastiCache Serverless for Valkey and the
+VPC's NAT gateway), as recorded in PRICES_AS_OF. Free tiers are left out (they
 make small volumes free and would hide the per-answer cost); the model's own price is left
 out too (it does not depend on this pipeline). Update the table when AWS changes a price.
 """
@@ -22,7 +23,14 @@ PRICES_USD = {
     "dynamodb_read_request_unit": 0.125 / 1e6,  # on-demand, strongly consistent, up to 4 KB
     "http_api_request": 1.00 / 1e6,  # API Gateway HTTP API, first 300 million a month
     "data_transfer_out_gb": 0.09,  # to the internet, first 10 TB a month
+    # The Redis Streams chunk log: ElastiCache Serverless for Valkey, and the NAT gateway the
+    # functions in its VPC reach SQS, DynamoDB, Secrets Manager and the model through.
+    "elasticache_valkey_ecpu": 0.0023 / 1e6,
+    "elasticache_valkey_gb_hour": 0.084,  # at least 100 MB is metered
+    "nat_gateway_hour": 0.045,
+    "nat_gateway_gb": 0.045,
 }
+HOURS_A_MONTH = 730
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,7 @@ class PerAnswer:
     dynamodb_read_units: float
     sqs_requests: float
     bytes_out: float  # POST answer plus the SSE stream, to the client
+    cache_ecpus: float = 0.0  # Redis commands (each moves under 1 KB: one ECPU)
 
 
 def cost_per_1000(use: PerAnswer) -> dict[str, Any]:
@@ -60,14 +69,26 @@ def cost_per_1000(use: PerAnswer) -> dict[str, Any]:
         "dynamodb_reads": use.dynamodb_read_units * p["dynamodb_read_request_unit"],
         "data_transfer_out": use.bytes_out / 1e9 * p["data_transfer_out_gb"],
     }
+    fixed: dict[str, float] = {}
+    if use.cache_ecpus:
+        items["elasticache_ecpus"] = use.cache_ecpus * p["elasticache_valkey_ecpu"]
+        # The answer's bytes pass the NAT gateway once more on their way in from the model.
+        items["nat_gateway_data"] = use.bytes_out / 1e9 * p["nat_gateway_gb"]
+        fixed = {
+            "elasticache_minimum_storage": 0.1 * p["elasticache_valkey_gb_hour"] * HOURS_A_MONTH,
+            "nat_gateway_one_zone": p["nat_gateway_hour"] * HOURS_A_MONTH,
+        }
     per_1000 = {k: round(v * 1000, 5) for k, v in items.items()}
     return {
         "usd_per_1000_answers": round(sum(per_1000.values()), 4),
         "items_usd_per_1000": per_1000,
+        # Paid whether answers come or not (the Redis path only): USD a month.
+        "fixed_usd_per_month": {k: round(v, 2) for k, v in fixed.items()},
         "per_answer": asdict(use),
         "prices_usd": PRICES_USD,
         "prices_as_of": PRICES_AS_OF,
         "region": "us-east-1",
         "excluded": "the model's own price; free tiers; idle SQS long polls of the event "
-        "source mapping (a fixed cost per queue, not per answer); storage (TTL expires it)",
+        "source mapping (a fixed cost per queue, not per answer); storage (TTL expires it); "
+        "on the Redis path, VPC endpoints in place of the NAT gateway's data charge",
     }

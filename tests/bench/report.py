@@ -13,6 +13,12 @@ TARGETS = [
     ("chunk-log writes per stream-second", "chunk_log_writes_per_stream_second", 10.0, ""),
     ("chunk-log reads per stream-second", "chunk_log_reads_per_stream_second", 10.0, ""),
 ]
+# The pipeline's results per chunk-log backend: key in a level's results -> label.
+PATHS = {
+    "pipeline": "pipeline (DynamoDB chunk log)",
+    "pipeline_redis": "pipeline (Redis Streams chunk log)",
+}
+SHORT = {"pipeline": "DynamoDB", "pipeline_redis": "Redis"}
 BREAKDOWN = {
     "post_to_row": "POST in -> request row written",
     "row_to_claim": "row -> worker claims (SendMessage, receive, invoke)",
@@ -25,44 +31,66 @@ def _f(v: float | None, d: int = 1) -> str:
     return "-" if v is None else f"{v:.{d}f}"
 
 
+def paths(results: dict[str, Any]) -> list[str]:
+    """The pipeline paths this run measured, in PATHS order."""
+    first = next(iter(results["levels"].values()))
+    return [k for k in PATHS if k in first]
+
+
+def _columns(results: dict[str, Any]) -> list[tuple[str, str]]:
+    """(level, path) pairs, one column each in the per-level tables."""
+    measured = paths(results)
+    return [(c, k) for c in results["levels"] for k in measured]
+
+
+def _head(results: dict[str, Any], what: str) -> list[str]:
+    cols = _columns(results)
+    several = len(paths(results)) > 1
+    names = [f"c={c} {SHORT[k]}" if several else f"c={c}" for c, k in cols]
+    return [f"| {what} | " + " | ".join(names) + " |", "|---|" + "---|" * len(cols)]
+
+
 def table(results: dict[str, Any]) -> str:
     rows = [
         "| concurrency | path | whole | POST p50 / p99 ms | TTFT p50 / p95 ms "
         "| added TTFT p50 ms | chunk delay p50 / p95 ms | log writes / reads per stream-s "
-        "| CPU s per answer: functions + emulator | emulator / machine busy |",
+        "| CPU s per answer: functions + stores | stores / machine busy |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for level, r in results["levels"].items():
-        b, p = r["baseline"], r["pipeline"]
+        b = r["baseline"]
         rows.append(
             f"| {level} | baseline (straight from the model) | {b['whole']}/{b['answers']} "
             f"| - | {_f(b['ttft_ms_p50'])} / {_f(b['ttft_ms_p95'])} | - "
             f"| {_f(b['chunk_delay_ms_p50'])} / {_f(b['chunk_delay_ms_p95'])} | - | - | - |"
         )
-        rows.append(
-            f"| {level} | pipeline (DynamoDB chunk log) | {p['whole']}/{p['answers']} "
-            f"| {_f(p['post_ms_p50'])} / {_f(p['post_ms_p99'])} "
-            f"| {_f(p['ttft_ms_p50'])} / {_f(p['ttft_ms_p95'])} "
-            f"| {_f(p['added_ttft_ms_p50'])} "
-            f"| {_f(p['chunk_delay_ms_p50'])} / {_f(p['chunk_delay_ms_p95'])} "
-            f"| {_f(p['chunk_log_writes_per_stream_second'])} / "
-            f"{_f(p['chunk_log_reads_per_stream_second'])} "
-            f"| {_f(p['cpu_seconds_per_answer_functions'], 2)} + "
-            f"{_f(p['cpu_seconds_per_answer_emulator'], 2)} "
-            f"| {p['emulator_cpu_utilisation']:.0%} of a core / "
-            f"{p['machine_cpu_utilisation']:.0%} |"
-        )
+        for key in paths(results):
+            rows.append(_pipeline_row(level, PATHS[key], r[key]))
     return "\n".join(rows)
 
 
+def _pipeline_row(level: str, label: str, p: dict[str, Any]) -> str:
+    return (
+        f"| {level} | {label} | {p['whole']}/{p['answers']} "
+        f"| {_f(p['post_ms_p50'])} / {_f(p['post_ms_p99'])} "
+        f"| {_f(p['ttft_ms_p50'])} / {_f(p['ttft_ms_p95'])} "
+        f"| {_f(p['added_ttft_ms_p50'])} "
+        f"| {_f(p['chunk_delay_ms_p50'])} / {_f(p['chunk_delay_ms_p95'])} "
+        f"| {_f(p['chunk_log_writes_per_stream_second'])} / "
+        f"{_f(p['chunk_log_reads_per_stream_second'])} "
+        f"| {_f(p['cpu_seconds_per_answer_functions'], 2)} + "
+        f"{_f(p['cpu_seconds_per_answer_emulator'], 2)} "
+        f"| {p['emulator_cpu_utilisation']:.0%} of a core / "
+        f"{p['machine_cpu_utilisation']:.0%} |"
+    )
+
+
 def targets(results: dict[str, Any]) -> str:
-    levels = list(results["levels"])
-    head = "| target | " + " | ".join(f"c={c}" for c in levels) + " |"
-    rows = [head, "|---|" + "---|" * len(levels)]
+    rows = _head(results, "target")
     for name, key, limit, unit in TARGETS:
         cells = []
-        for c in levels:
-            v = results["levels"][c]["pipeline"].get(key)
+        for c, path in _columns(results):
+            v = results["levels"][c][path].get(key)
             mark = "met" if v is not None and v <= limit else "**missed**"
             cells.append(f"{_f(v)} {unit} {mark}".replace("  ", " "))
         rows.append(f"| {name} <= {limit:g} {unit} | " + " | ".join(cells) + " |")
@@ -70,46 +98,58 @@ def targets(results: dict[str, Any]) -> str:
 
 
 def breakdown(results: dict[str, Any]) -> str:
-    levels = list(results["levels"])
-    rows = [
-        "| added TTFT, median ms | " + " | ".join(f"c={c}" for c in levels) + " |",
-        "|---|" + "---|" * len(levels),
-    ]
+    rows = _head(results, "added TTFT, median ms")
+    cols = _columns(results)
     for key, text in BREAKDOWN.items():
         cells = [
-            _f(results["levels"][c]["pipeline"]["added_ttft_breakdown_ms_p50"].get(key))
-            for c in levels
+            _f(results["levels"][c][path]["added_ttft_breakdown_ms_p50"].get(key))
+            for c, path in cols
         ]
         rows.append(f"| {text} | " + " | ".join(cells) + " |")
     cells = [
-        _f(results["levels"][c]["pipeline"].get("emulator_ms_on_first_token_path")) for c in levels
+        _f(results["levels"][c][path].get("emulator_ms_on_first_token_path")) for c, path in cols
     ]
     rows.append(
-        "| of which the emulator's answer times on the path (row put, send, claim, "
-        "chunk put, chunk get; medians) | " + " | ".join(cells) + " |"
+        "| of which the emulator's answer times on the path (row put, send, claim; on "
+        "DynamoDB also chunk put, chunk get; medians) | " + " | ".join(cells) + " |"
     )
     return "\n".join(rows)
 
 
 def costs(results: dict[str, Any]) -> str:
     levels = list(results["levels"])
-    first = results["levels"][levels[0]]["pipeline"]["cost"]
-    items = list(first["items_usd_per_1000"])
-    rows = [
-        "| USD per 1,000 answers | " + " | ".join(f"c={c}" for c in levels) + " |",
-        "|---|" + "---|" * len(levels),
-    ]
+    cols = _columns(results)
+    first = results["levels"][levels[0]][
+        "pipeline" if "pipeline" in paths(results) else paths(results)[0]
+    ]["cost"]
+    items: list[str] = []
+    for c, path in cols:
+        items += [
+            i for i in results["levels"][c][path]["cost"]["items_usd_per_1000"] if i not in items
+        ]
+    rows = _head(results, "USD per 1,000 answers")
     for item in items:
         cells = [
-            f"{results['levels'][c]['pipeline']['cost']['items_usd_per_1000'][item]:.4f}"
-            for c in levels
+            _f(results["levels"][c][path]["cost"]["items_usd_per_1000"].get(item), 4)
+            for c, path in cols
         ]
         rows.append(f"| {item.replace('_', ' ')} | " + " | ".join(cells) + " |")
     totals = [
-        f"**{results['levels'][c]['pipeline']['cost']['usd_per_1000_answers']:.4f}**"
-        for c in levels
+        f"**{results['levels'][c][path]['cost']['usd_per_1000_answers']:.4f}**" for c, path in cols
     ]
     rows.append("| **total** | " + " | ".join(totals) + " |")
+    fixed = {
+        k: v
+        for c, path in cols
+        for k, v in results["levels"][c][path]["cost"].get("fixed_usd_per_month", {}).items()
+    }
+    if fixed:
+        rows.append("")
+        rows.append(
+            "Fixed, whatever the traffic, on the Redis path only (USD a month): "
+            + ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in fixed.items())
+            + f"; {sum(fixed.values()):.2f} in all. The DynamoDB path has no fixed cost."
+        )
     use = first["per_answer"]
     rows.append("")
     rows.append(
@@ -125,6 +165,11 @@ def costs(results: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def _logs(setup: dict[str, Any]) -> str:
+    logs = setup.get("chunk_logs") or {"pipeline": setup.get("chunk_log", "DynamoDB")}
+    return "chunk logs: " + "; ".join(logs.values())
+
+
 def markdown(results: dict[str, Any], images: list[Path]) -> str:
     s = results["setup"]
     fake = s["fake_model"]
@@ -132,8 +177,9 @@ def markdown(results: dict[str, Any], images: list[Path]) -> str:
         f"# Benchmark: {s['size']} run, {s['when']}",
         "",
         f"Everything on one machine ({s['cpus']} CPUs, Python {s['python']}): the AWS "
-        f"emulator (moto server), the functions, the fake model ({fake['tokens']} tokens at "
-        f"{fake['tokens_per_second']:g} tokens/s after {fake['ttft_ms']:g} ms) and the "
+        f"emulator (moto server), {_logs(s)}, the functions, the fake model "
+        f"({fake['tokens']} tokens at {fake['tokens_per_second']:g} tokens/s after "
+        f"{fake['ttft_ms']:g} ms) and the "
         f"clients. Answers per level: {s['answers']}. Run time {s.get('seconds', '-')} s.",
         "",
         table(results),
@@ -168,13 +214,16 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     for i, c in enumerate(levels):
         color = f"C{i}"
-        for kind, style in (("baseline", ":"), ("pipeline", "-")):
+        styles = {"baseline": ":", "pipeline": "-", "pipeline_redis": "--"}
+        for kind in ["baseline", *paths(results)]:
+            style = styles[kind]
             r = results["levels"][c][kind]
             for ax, key in ((ax1, "ttft_ms"), (ax2, "chunk_delay_ms_sample")):
                 xs = [max(x, 0.1) for x in r[key]]  # log axis; clocks can differ by <1 ms
                 if xs:
                     ys = [(k + 1) / len(xs) for k in range(len(xs))]
-                    ax.step(xs, ys, style, color=color, where="post", label=f"{kind}, c={c}")
+                    label = f"{SHORT.get(kind, kind)}, c={c}"
+                    ax.step(xs, ys, style, color=color, where="post", label=label)
     ax1.set(title="Time to first token", xlabel="ms (log)", ylabel="fraction of answers")
     ax2.set(title="Per-chunk delay (model emitted -> client read)", xlabel="ms (log)")
     ax2.axvline(150, color="grey", lw=0.8, ls="--")
@@ -190,10 +239,20 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
     def series(kind: str, key: str) -> list[float]:
         return [results["levels"][c][kind][key] or 0.0 for c in levels]
 
-    ax.plot(xs, series("pipeline", "chunk_delay_ms_p95"), "o-", label="pipeline delay p95")
-    ax.plot(xs, series("pipeline", "chunk_delay_ms_p50"), "o--", label="pipeline delay p50")
-    ax.plot(xs, series("pipeline", "added_ttft_ms_p50"), "s-", label="added TTFT p50")
-    ax.plot(xs, series("baseline", "chunk_delay_ms_p95"), "^:", label="baseline delay p95")
+    for i, path in enumerate(paths(results)):
+        name, color = SHORT[path], f"C{i}"
+        ax.plot(
+            xs, series(path, "chunk_delay_ms_p95"), "o-", color=color, label=f"{name} delay p95"
+        )
+        ax.plot(
+            xs, series(path, "chunk_delay_ms_p50"), "o--", color=color, label=f"{name} delay p50"
+        )
+        ax.plot(
+            xs, series(path, "added_ttft_ms_p50"), "s:", color=color, label=f"{name} added TTFT p50"
+        )
+    ax.plot(
+        xs, series("baseline", "chunk_delay_ms_p95"), "^:", color="grey", label="baseline delay p95"
+    )
     ax.axhline(150, color="grey", lw=0.8, ls="--")
     ax.axhline(60, color="grey", lw=0.8, ls=":")
     ax.set(

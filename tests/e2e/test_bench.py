@@ -1,4 +1,5 @@
-"""`./run.sh bench` end to end, cut small: its own stack, both paths, the report files."""
+"""`./run.sh bench` end to end, cut small: its own stack, the baseline and the pipeline on
+both chunk-log backends, the report files."""
 
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ def test_bench_measures_both_paths_and_writes_its_report(tmp_path: Path) -> None
     # THEN it printed the table with the baseline and the pipeline side by side
     assert "| 1 | baseline (straight from the model) | 2/2 |" in run.stdout
     assert "| 1 | pipeline (DynamoDB chunk log) | 2/2 |" in run.stdout
+    assert "| 1 | pipeline (Redis Streams chunk log) | 2/2 |" in run.stdout
     # AND wrote the results, with figures taken from the run
     results = json.loads((tmp_path / "latest.json").read_text())
     pipe = results["levels"]["1"]["pipeline"]
@@ -47,6 +49,20 @@ def test_bench_measures_both_paths_and_writes_its_report(tmp_path: Path) -> None
     assert pipe["chunk_log_writes_per_stream_second"] > 0
     assert pipe["cost"]["usd_per_1000_answers"] > 0
     assert any(k.startswith("PutItem ") for k in pipe["calls"])
+    # the Redis path: its writes and reads counted by redis-server itself, none on DynamoDB's
+    # chunks table, and the cache's fixed monthly cost stated
+    on_redis = results["levels"]["1"]["pipeline_redis"]
+    assert on_redis["whole"] == 2 and on_redis["redis_calls"]["xadd"] > 0
+    assert on_redis["chunk_log_reads_per_stream_second"] > 0
+    assert not any(k.endswith(pipe_table(pipe)) for k in on_redis["calls"])
+    assert on_redis["cost"]["fixed_usd_per_month"]["nat_gateway_one_zone"] > 0
     assert "## Cost model" in (tmp_path / "latest.md").read_text()
     for png in ("latency_cdf.png", "delay_vs_concurrency.png"):
         assert (tmp_path / png).read_bytes().startswith(b"\x89PNG")
+
+
+def pipe_table(pipe: dict[str, object]) -> str:
+    """The chunks table's name, from the DynamoDB path's calls (PutItem <table>)."""
+    calls = pipe["calls"]
+    assert isinstance(calls, dict)
+    return next(k.split(" ", 1)[1] for k in calls if k.startswith("PutItem ") and "Chunks" in k)

@@ -116,3 +116,32 @@ def test_report_puts_baseline_and_pipeline_side_by_side_and_marks_missed_targets
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in images)
     md = markdown(r, images)
     assert "## Cost model" in md and "![latency_cdf](latency_cdf.png)" in md
+
+
+def test_a_second_backend_gets_its_own_rows_columns_and_fixed_costs(tmp_path: Path) -> None:
+    # GIVEN a run that measured the pipeline on DynamoDB and on Redis
+    r = results()
+    for lvl in r["levels"].values():
+        redis_use = use(cache_ecpus=40.0)
+        lvl["pipeline_redis"] = {
+            **lvl["pipeline"],
+            "chunk_log_reads_per_stream_second": 4.0,
+            "cost": cost_per_1000(redis_use),
+        }
+    # THEN the table has a Redis row under each DynamoDB row
+    rows = table(r).splitlines()
+    assert rows[3].startswith("| 1 | pipeline (DynamoDB") and rows[4].startswith(
+        "| 1 | pipeline (Redis"
+    )
+    # and the targets a column per level and backend: reads met on Redis only
+    marks = targets(r)
+    assert (
+        marks.splitlines()[0]
+        == "| target | c=1 DynamoDB | c=1 Redis | c=10 DynamoDB | c=10 Redis |"
+    )
+    reads = next(x for x in marks.splitlines() if "reads per stream-second" in x)
+    assert reads.count("**missed**") == 2 and reads.count("4.0  met") + reads.count("4.0 met") == 2
+    # and the costs the cache's ECPUs and the Redis path's fixed monthly costs
+    md = markdown(r, plots(r, tmp_path))
+    assert "| elasticache ecpus |" in md
+    assert "Fixed, whatever the traffic, on the Redis path only" in md
