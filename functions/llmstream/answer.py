@@ -24,10 +24,11 @@ from openai import (
 
 from llmstream.chunklog.base import ChunkLog
 from llmstream.deps import Deps
-from llmstream.exceptions import ClaimLost, TaskAlreadyFinal, TaskNotFound
+from llmstream.exceptions import ClaimLost, StoreUnavailable, TaskAlreadyFinal, TaskNotFound
 from llmstream.limits import estimate_tokens
 from llmstream.llm import Finished, build_messages, open_stream, pieces
 from llmstream.models import EventKind
+from llmstream.settings import Settings
 from llmstream.tasks import Task
 
 logger = logging.getLogger(__name__)
@@ -352,12 +353,18 @@ def _answer(
     except (APIError, OpenAIError) as e:
         reason = f"model error: {_describe(e)}"
         if _transient(e) and receive_count < settings.max_receive_count:
-            delay = min(
-                settings.retry_max_seconds, settings.retry_base_seconds * 2 ** (receive_count - 1)
-            )
+            delay = _backoff(settings, receive_count)
             deps.tasks.defer(task_id, task.attempt, time.time() + delay, reason)
             raise RetryLater(delay, reason) from e
         _fail(deps, writer, task_id, task.attempt, reason)
+    except StoreUnavailable as e:
+        # The chunk log or the request table did not answer (the SDK's and redis-py's own
+        # retries spent). Back to the queue with the backoff, not the queue's long
+        # visibility timeout: the next attempt continues the log after its last event.
+        reason = f"store unavailable: {e}"
+        if receive_count < settings.max_receive_count:
+            raise RetryLater(_backoff(settings, receive_count), reason) from e
+        _fail(deps, writer, task_id, task.attempt, reason)  # if it is still down: the DLQ
     except Exception as e:  # a bug must still end the stream, not leave it hanging
         logger.exception("task %s failed", task_id)
         _fail(deps, writer, task_id, task.attempt, f"internal error: {type(e).__name__}")
@@ -381,6 +388,12 @@ def _end(
         )
     else:
         deps.tasks.finish(task.task_id, task.attempt, "cancelled")
+
+
+def _backoff(settings: Settings, receive_count: int) -> float:
+    return float(
+        min(settings.retry_max_seconds, settings.retry_base_seconds * 2 ** (receive_count - 1))
+    )
 
 
 def _describe(error: Exception) -> str:

@@ -7,6 +7,7 @@ locally under plain uvicorn. Each event carries ``id: <seq>``; a reconnect with
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from functools import lru_cache
@@ -20,6 +21,7 @@ from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from llmstream import tokens, web
 from llmstream.deps import get_deps
+from llmstream.exceptions import StoreUnavailable
 from llmstream.follow import Pacer, follow
 from llmstream.llm import direct_pieces, make_async_client
 from llmstream.models import ID_PATTERN, ChatRequest, ErrorBody, Health
@@ -27,6 +29,7 @@ from llmstream.settings import get_settings
 from llmstream.tasks import Task
 
 settings = get_settings()
+logger = logging.getLogger(__name__)
 
 app = FastAPI(
     title="llmstream stream",
@@ -92,6 +95,12 @@ async def stream(
             ):
                 yield ServerSentEvent(data=event.sse_data(), id=str(event.seq))
             left_early = False  # the terminal event, or the end of this response's time
+        except StoreUnavailable as e:
+            # The chunk log does not answer: end this response cleanly; the client resumes
+            # with Last-Event-ID, as after any disconnect (a cut body would look like an
+            # error to it, and the viewer has not left: no cancel-on-disconnect).
+            left_early = False
+            logger.warning("chunk log unavailable, ending the stream of %s: %s", task_id, e)
         finally:
             if left_early and task.cancel_on_disconnect:
                 # The viewer went away and the request asked to stop then. The response is

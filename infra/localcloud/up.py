@@ -489,7 +489,9 @@ class Stack:
         """Start a component again with the command and environment it had."""
         argv, env = self._commands[name]
         self._spawn(name, argv, env)
-        if name in self.urls and name != "aws":
+        if name == "redis":
+            self._wait("redis", lambda: _redis_answers(self.urls["redis"]))
+        elif name in self.urls and name != "aws":
             self._wait_http(name, f"{self.urls[name]}/health")
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:

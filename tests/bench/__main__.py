@@ -109,6 +109,13 @@ def baseline(fake_url: str, n: int) -> Answer:
 
 
 def pipeline(api: str, fake_url: str, n: int) -> Answer:
+    try:
+        return _pipeline(api, fake_url, n)
+    except httpx.HTTPError as e:  # one answer's failure is a figure, not the run's end
+        return Answer(ok=False, ttft=0.0, problem=f"{type(e).__name__}: {e}"[:200])
+
+
+def _pipeline(api: str, fake_url: str, n: int) -> Answer:
     message = f"bench pipeline {n} {uuid.uuid4().hex[:8]}"
     with httpx.Client(timeout=180) as client:
         sent_at, started = time.time(), time.perf_counter()
@@ -116,23 +123,30 @@ def pipeline(api: str, fake_url: str, n: int) -> Answer:
         post_ms = (time.perf_counter() - started) * 1000
         body = resp.json()
         bytes_in = len(resp.content)
-        arrivals, text, ids, first, first_at, final = [], "", [], None, 0.0, None
+        arrivals, text, first, first_at, final = [], "", None, 0.0, None
+        ids: list[int] = []
         opened = time.perf_counter()
-        with connect_sse(client, "GET", body["stream_url"]) as source:
-            for sse in source.iter_sse():
-                if not sse.data:  # a keep-alive comment (httpx-sse hands it over as an event)
-                    bytes_in += 8
-                    continue
-                bytes_in += len(sse.id) + len(sse.data) + 12  # "id: ", "data: ", newlines
-                ids.append(int(sse.id))
-                data = json.loads(sse.data)
-                if "chunk" in data:
-                    if first is None:
-                        first, first_at = time.perf_counter(), time.time()
-                    text += data["chunk"]
-                    arrivals.append((time.time(), len(text)))
-                else:
-                    final = data.get("type")
+        # As EventSource does: a response that ends before the terminal event is resumed
+        # with Last-Event-ID (the stream ends one when its store does not answer).
+        for _ in range(_RECONNECTS + 1):
+            headers = {"Last-Event-ID": str(ids[-1])} if ids else {}
+            with connect_sse(client, "GET", body["stream_url"], headers=headers) as source:
+                for sse in source.iter_sse():
+                    if not sse.data:  # a keep-alive comment (httpx-sse hands it over)
+                        bytes_in += 8
+                        continue
+                    bytes_in += len(sse.id) + len(sse.data) + 12  # "id: ", "data: ", newlines
+                    ids.append(int(sse.id))
+                    data = json.loads(sse.data)
+                    if "chunk" in data:
+                        if first is None:
+                            first, first_at = time.perf_counter(), time.time()
+                        text += data["chunk"]
+                        arrivals.append((time.time(), len(text)))
+                    else:
+                        final = data.get("type")
+            if final is not None:
+                break
         sse_seconds = time.perf_counter() - opened
     whole = text == _expected(message) and ids == list(range(1, len(ids) + 1)) and final == "done"
     return Answer(
@@ -148,6 +162,9 @@ def pipeline(api: str, fake_url: str, n: int) -> Answer:
         sse_seconds=sse_seconds,
         bytes_in=bytes_in,
     )
+
+
+_RECONNECTS = 3
 
 
 def warm_up(api: str, fake: str, k: int) -> None:
@@ -225,8 +242,11 @@ def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
 
 def task_rows(ddb: Any, table: str, answers: list[Answer]) -> list[dict[str, float]]:
     """The request rows' timestamps (read straight from the emulator, not counted)."""
-    rows = []
+    rows: list[dict[str, float]] = []
     for a in answers:
+        if a.task_id is None:  # the request itself failed
+            rows.append({})
+            continue
         item = ddb.get_item(TableName=table, Key={"task_id": {"S": a.task_id}})["Item"]
         rows.append({k: float(v["N"]) for k, v in item.items() if "N" in v and k.endswith("_at")})
     return rows

@@ -67,3 +67,35 @@ def test_a_stream_ends_at_max_seconds_without_a_terminal_event(redis_url: str) -
     started = time.monotonic()
     assert anyio.run(read) == [1]
     assert time.monotonic() - started < 5  # the block is cut to the time left, not 10 s
+
+
+def test_more_waiting_streams_than_a_default_connection_pool(redis_url: str) -> None:
+    # GIVEN 150 streams of one process, each waiting in XREAD BLOCK (redis-py's pools stop
+    # at 100 connections unless told otherwise)
+    log = RedisChunkLog(redis_url, 3600)
+    tasks = [uuid.uuid4().hex for _ in range(150)]
+
+    async def follow_all() -> list[list[int]]:
+        pacer = Pacer(interval=0.025, max_interval=0.5, write_interval=0.1)
+
+        async def one(task_id: str) -> list[int]:
+            return [e.seq async for e in follow(log, task_id, 0, pacer=pacer, max_seconds=30)]
+
+        async def write_later() -> None:
+            await anyio.sleep(0.3)
+            for task_id in tasks:
+                await anyio.to_thread.run_sync(log.append, task_id, 1, "done", {"type": "done"})
+
+        results: list[list[int]] = [[] for _ in tasks]
+
+        async def keep(i: int, task_id: str) -> None:
+            results[i] = await one(task_id)
+
+        async with anyio.create_task_group() as group:
+            for i, task_id in enumerate(tasks):
+                group.start_soon(keep, i, task_id)
+            group.start_soon(write_later)
+        return results
+
+    # THEN every one of them gets its terminal event
+    assert anyio.run(follow_all) == [[1]] * 150

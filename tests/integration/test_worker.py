@@ -5,12 +5,15 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from typing import Any
 
 import pytest
 
 from llmstream.answer import RetryLater, run_task
+from llmstream.chunklog.base import ChunkLog
 from llmstream.deps import Deps
-from llmstream.models import Event
+from llmstream.exceptions import StoreUnavailable
+from llmstream.models import Event, EventKind
 from llmstream.tasks import Task
 from localcloud.fake_openai import Behaviour, expected_answer
 
@@ -250,3 +253,56 @@ def test_history_is_bounded_by_the_token_budget(deps: Deps) -> None:
     assert text_of(events) == expected_answer(
         [{"role": "user", "content": second.message}], behaviour=FAKE
     )
+
+
+class FlakyLog(ChunkLog):
+    """The real chunk log, except that appends fail (StoreUnavailable) from the nth on."""
+
+    def __init__(self, log: ChunkLog, fail_from: int) -> None:
+        self.log, self.fail_from, self.appends = log, fail_from, 0
+
+    def append(self, task_id: str, seq: int, kind: EventKind, data: dict[str, Any]) -> None:
+        self.appends += 1
+        if self.appends >= self.fail_from:
+            raise StoreUnavailable("connection refused")
+        self.log.append(task_id, seq, kind, data)
+
+    def read(self, task_id: str, after: int, limit: int) -> list[Event]:
+        return self.log.read(task_id, after, limit)
+
+    def last(self, task_id: str) -> Event | None:
+        return self.log.last(task_id)
+
+    def ping(self) -> str:
+        return self.log.ping()
+
+
+def test_a_chunk_log_outage_goes_back_to_the_queue_and_the_next_attempt_finishes(
+    deps: Deps,
+) -> None:
+    task = submit(deps, "outage [[fake tokens=40 tps=200]]")
+    real = deps.log
+    # GIVEN a chunk log that stops answering after two writes of the answer
+    deps.log = FlakyLog(real, fail_from=3)
+    # WHEN the worker runs: THEN the message goes back to the queue with the backoff
+    with pytest.raises(RetryLater) as retry:
+        run_task(deps, task.task_id, receive_count=1)
+    assert retry.value.delay == 2.0 and "store unavailable" in str(retry.value)
+    assert [e.seq for e in real.read_all(task.task_id)] == [1, 2]
+    # AND when the store is back, the redelivery resets and finishes the answer
+    deps.log = real
+    run_task(deps, task.task_id, receive_count=2)
+    events = real.read_all(task.task_id)
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert events[2].kind == "reset" and events[-1].kind == "done"
+    assert deps.tasks.get(task.task_id).status == "done"
+
+
+def test_a_chunk_log_outage_on_the_last_delivery_is_left_to_the_dead_letter_queue(
+    deps: Deps,
+) -> None:
+    task = submit(deps)
+    deps.log = FlakyLog(deps.log, fail_from=1)
+    # The error event cannot be written either: the message fails, and SQS moves it to the DLQ
+    with pytest.raises(StoreUnavailable):
+        run_task(deps, task.task_id, receive_count=3)

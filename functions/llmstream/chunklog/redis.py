@@ -27,6 +27,7 @@ from llmstream.models import Event, EventKind
 # A blocked XREAD answers within its BLOCK time; the socket waits a little longer than the
 # longest block before it calls the connection dead.
 _MAX_BLOCK_SECONDS = 10.0
+_MAX_CONNECTIONS = 4096
 
 
 class RedisChunkLog(ChunkLog):
@@ -38,6 +39,7 @@ class RedisChunkLog(ChunkLog):
         self._prefix = prefix
         self._client = redis.Redis.from_url(
             url,
+            max_connections=_MAX_CONNECTIONS,  # one per thread writing at once (local pollers)
             decode_responses=True,
             socket_connect_timeout=3,
             socket_timeout=10,
@@ -109,6 +111,10 @@ class RedisChunkLog(ChunkLog):
         if self._async is None or self._async[0] is not loop:
             client = redis.asyncio.Redis.from_url(
                 self._url,
+                # A waiting stream holds a connection for its XREAD BLOCK: in Lambda one
+                # stream per instance, but a process serving many (the local stack) needs
+                # one each; redis-py's default pool stops at 100.
+                max_connections=_MAX_CONNECTIONS,
                 decode_responses=True,
                 socket_connect_timeout=3,
                 socket_timeout=_MAX_BLOCK_SECONDS + 5,
