@@ -48,7 +48,12 @@ class CountingProxy:
                         self.send_header(key, value)
                 self.send_header("content-length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data)
+                try:
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    # The function gave up waiting (botocore's read timeout on a saturated
+                    # machine) and retries on a new connection: counted, nothing to send.
+                    self.close_connection = True
 
             def _upstream(
                 self, body: bytes, headers: dict[str, str]
