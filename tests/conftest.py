@@ -4,7 +4,6 @@ server, a redis-server, the fake OpenAI server (through the real openai SDK), uv
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -14,9 +13,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
 
-from localcloud.up import free_port
+from localcloud.up import StartError, free_port, redis_answers, redis_server_command
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -71,23 +69,18 @@ def aws_endpoint() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
     """A redis-server of this test session's own (the Redis Streams chunk log)."""
-    server = shutil.which("redis-server")
-    if server is None:
-        pytest.fail("redis-server not found: `./run.sh test` installs the Debian package")
     port = free_port()
-    argv = [server, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly"]
-    proc = spawn([*argv, "no"], "redis")
+    try:
+        argv = redis_server_command("127.0.0.1", port, ARTIFACTS)
+    except StartError as e:
+        pytest.fail(str(e))
+    proc = spawn(argv, "redis")
     url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url, socket_connect_timeout=1)
     deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server did not start: {ARTIFACTS}/redis.log") from None
-            time.sleep(0.05)
+    while not redis_answers(url):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"redis-server did not start: {ARTIFACTS}/redis.log")
+        time.sleep(0.05)
     yield url
     stop(proc)
 

@@ -2,10 +2,10 @@
 
 A backend that pushes (Redis Streams) is followed with blocking reads: XREAD BLOCK wakes
 the stream when the worker writes. DynamoDB cannot push, so a stream polls; the question is
-when. The worker writes at most
-once per flush interval (ChunkWriter) and stamps each event with its write time, so after
-an event the next one cannot exist before ``written_at + interval``: the reader sleeps until
-then, and one read usually finds one new event. Reads that find nothing (the model has not
+when. The worker writes at most once per flush interval (ChunkWriter) and stamps each event
+with its write time, so after an event the next one cannot exist before
+``written_at + interval``: the reader sleeps until then, and one read usually finds one new
+event. Reads that find nothing (the model has not
 started yet, or pauses) poll at a short interval at first, then back off.
 """
 

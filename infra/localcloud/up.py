@@ -153,10 +153,7 @@ class Stack:
     def scale(self, workers: int) -> None:
         """Run ``workers`` concurrent worker invocations per event source from now on. The
         pollers stop gracefully (answers in progress finish) and start again."""
-        for name in [n for n in self.procs if n.startswith("worker")]:
-            proc = self.procs.pop(name)
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=360)
+        self._stop_gracefully(lambda name: name.startswith("worker"))
         self.opts.workers = workers
         self._start_pollers()
         (self.opts.dir / "state.json").write_text(json.dumps(self.state(), indent=2))
@@ -166,21 +163,26 @@ class Stack:
         backends on one stack). Answers in progress finish first, as in ``scale``."""
         if backend == self.opts.chunk_log:
             return
-        for name in [n for n in self.procs if n in ("api", "stream") or n.startswith("worker")]:
-            proc = self.procs.pop(name)
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=360)
-        if backend == "redis":
-            if "redis" not in self.urls:
-                self._redis()
-            self.chunk_env = {"CHUNKLOG_BACKEND": "redis", "REDIS_URL": self.urls["redis"]}
-        elif backend == "dynamodb":
-            self.chunk_env = {}
-        else:
+        if backend not in ("dynamodb", "redis"):
             raise StartError(f"unknown chunk log {backend!r}: dynamodb or redis")
+        self._stop_gracefully(lambda name: name in ("api", "stream") or name.startswith("worker"))
+        if backend == "redis" and "redis" not in self.urls:
+            self._redis()
+        self.chunk_env = (
+            {"CHUNKLOG_BACKEND": "redis", "REDIS_URL": self.urls["redis"]}
+            if backend == "redis"
+            else {}
+        )
         self.opts.chunk_log = backend
         self._functions()
         (self.opts.dir / "state.json").write_text(json.dumps(self.state(), indent=2))
+
+    def _stop_gracefully(self, which: Callable[[str], bool]) -> None:
+        """SIGTERM the named components and wait: pollers finish the answers they run."""
+        for name in [n for n in self.procs if which(n)]:
+            proc = self.procs.pop(name)
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=360)
 
     def state(self) -> dict[str, Any]:
         return {
@@ -267,22 +269,13 @@ class Stack:
         o = self.opts
         url = os.environ.get("REDIS_URL")
         if url:
-            if not _redis_answers(url):
+            if not redis_answers(url):
                 raise StartError(f"REDIS_URL {url} does not answer PING")
             detail = f"using {url} (REDIS_URL)"
         else:
-            server = shutil.which("redis-server")
-            if server is None:
-                raise StartError(
-                    "redis-server not found: install the Debian package redis-server "
-                    "(`./run.sh start --chunk-log redis` does)"
-                )
             url = f"redis://{o.host}:{o.ports.redis}/0"
-            # In memory only, like a cache node: the chunk log's copy of an answer expires
-            # anyway, and the request row keeps the final text.
-            argv = [server, "--bind", o.host, "--port", str(o.ports.redis), "--save", ""]
-            self._spawn("redis", [*argv, "--appendonly", "no", "--dir", str(o.dir)])
-            self._wait("redis", lambda: _redis_answers(url))
+            self._spawn("redis", redis_server_command(o.host, o.ports.redis, o.dir))
+            self._wait("redis", lambda: redis_answers(url))
             detail = f"redis-server at {url}"
         self.urls["redis"] = url
         self.chunk_env = {"CHUNKLOG_BACKEND": "redis", "REDIS_URL": url}
@@ -490,7 +483,7 @@ class Stack:
         argv, env = self._commands[name]
         self._spawn(name, argv, env)
         if name == "redis":
-            self._wait("redis", lambda: _redis_answers(self.urls["redis"]))
+            self._wait("redis", lambda: redis_answers(self.urls["redis"]))
         elif name in self.urls and name != "aws":
             self._wait_http(name, f"{self.urls[name]}/health")
 
@@ -530,7 +523,20 @@ class Stack:
         self._wait(name, ready)
 
 
-def _redis_answers(url: str) -> bool:
+def redis_server_command(host: str, port: int, directory: Path) -> list[str]:
+    """redis-server in memory only, like a cache node: the chunk log's copy of an answer
+    expires anyway, and the request row keeps the final text."""
+    server = shutil.which("redis-server")
+    if server is None:
+        raise StartError(
+            "redis-server not found: install the Debian package redis-server "
+            "(`./run.sh start --chunk-log redis` and `./run.sh test` do)"
+        )
+    in_memory = ["--save", "", "--appendonly", "no"]
+    return [server, "--bind", host, "--port", str(port), *in_memory, "--dir", str(directory)]
+
+
+def redis_answers(url: str) -> bool:
     import redis
 
     try:
