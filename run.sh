@@ -9,11 +9,17 @@
 #   ./run.sh bench [--quick|--full] the pipeline against direct streaming, side by side
 #   ./run.sh deploy [--env prod]  sam build + sam deploy, then publish the chat page
 #   ./run.sh install              create .venv and install everything (the others do it too)
+#   ./run.sh lock                 pin pyproject.toml's dependencies, with hashes, into
+#                                 infra/lock/ and functions/requirements.txt (after editing it)
+#   ./run.sh upgrade [pytest args] lock at the newest versions allowed, reinstall, then test
 set -euo pipefail
 cd "$(dirname "$0")"
 
 VENV=.venv
+LOCK=infra/lock
+UV_VERSION=0.13.9  # pinned with its hashes in infra/lock/uv.txt by `./run.sh lock`
 export SAM_CLI_TELEMETRY=0  # sam must not phone home (and there is no network here)
+export UV_PYTHON_DOWNLOADS=never  # uv works with the venv's Python, never one of its own
 
 say() { printf '\033[1m==>\033[0m %s\n' "$*"; }
 
@@ -37,36 +43,149 @@ find_python() {
   exit 1
 }
 
-# ensure_venv [local|dev]: the virtualenv with the project and an extra of its tools.
-# `local` (the local cloud and the benchmarks) is a part of `dev` (tests, deploy), so a venv
-# with dev serves both; start and bench on a fresh clone install only what they need.
-ensure_venv() {
-  local extra=${1:-dev} hash
-  hash=$(sha1sum pyproject.toml | cut -c1-12)
-  if [ ! -x "$VENV/bin/python" ]; then
+# The first 12 hex digits of the files' sha1: a marker name that changes with them.
+files_hash() {
+  cat "$@" | sha1sum | cut -c1-12
+}
+
+# ensure_uv DIR: a virtualenv at DIR with uv in it, installed by pip from infra/lock/uv.txt
+# (hash-checked); uv then installs everything else.
+ensure_uv() {
+  local dir=$1 want
+  if [ ! -x "$dir/bin/python" ]; then
     local py
     py=$(find_python)
-    say "creating $VENV with $py"
-    "$py" -m venv "$VENV"
+    say "creating $dir with $py"
+    "$py" -m venv "$dir"
   fi
-  if [ ! -f "$VENV/.installed-dev-$hash" ] && [ ! -f "$VENV/.installed-$extra-$hash" ]; then
-    say "installing Python dependencies ($extra) into $VENV (first run only; a few minutes)"
-    "$VENV/bin/python" -m pip install --quiet --upgrade pip
-    "$VENV/bin/python" -m pip install --quiet -e ".[$extra]"
-    find "$VENV" -maxdepth 1 -name '.installed-*' ! -name "*-$hash" -delete
+  if [ ! -f "$LOCK/uv.txt" ]; then  # the very first `./run.sh lock` writes it
+    "$dir/bin/python" -m pip install --quiet --disable-pip-version-check "uv==$UV_VERSION"
+    return
+  fi
+  want=$(sed -n 's/^uv==\([^ ]*\).*/\1/p' "$LOCK/uv.txt")
+  if [ "$("$dir/bin/uv" --version 2>/dev/null | cut -d' ' -f2)" != "$want" ]; then
+    "$dir/bin/python" -m pip install --quiet --disable-pip-version-check --require-hashes \
+      -r "$LOCK/uv.txt"
+  fi
+}
+
+# install_locked DIR LOCKFILE: exactly the lock's packages (others removed), each checked
+# against the lock's hashes.
+install_locked() {
+  local dir=$1 lockfile=$2
+  VIRTUAL_ENV="$PWD/$dir" "$dir/bin/uv" pip sync --quiet --python "$dir/bin/python" \
+    --require-hashes "$lockfile" "$LOCK/uv.txt"
+}
+
+# ensure_venv [local|dev]: the virtualenv with the project and an extra of its tools, as
+# pinned in infra/lock/<extra>.txt. `local` (the local cloud and the benchmarks) is a part of
+# `dev` (tests, deploy), so a venv with dev serves both; start and bench on a fresh clone
+# install only what they need. A marker named after the lock's hash (with pyproject.toml's)
+# tells that the venv holds it; a changed lock reinstalls.
+ensure_venv() {
+  local extra=${1:-dev} hash dev_hash
+  hash=$(files_hash "$LOCK/$extra.txt" "$LOCK/uv.txt" pyproject.toml)
+  dev_hash=$(files_hash "$LOCK/dev.txt" "$LOCK/uv.txt" pyproject.toml)
+  if [ ! -f "$VENV/.installed-dev-$dev_hash" ] && [ ! -f "$VENV/.installed-$extra-$hash" ]; then
+    say "installing Python dependencies ($LOCK/$extra.txt) into $VENV"
+    ensure_uv "$VENV"
+    install_locked "$VENV" "$LOCK/$extra.txt"
+    # The project itself, editable; its build backend at the locked setuptools.
+    VIRTUAL_ENV="$PWD/$VENV" "$VENV/bin/uv" pip install --quiet --python "$VENV/bin/python" \
+      --no-deps --build-constraints "$LOCK/dev.txt" -e .
+    find "$VENV" -maxdepth 1 -name '.installed-*' -delete
     touch "$VENV/.installed-$extra-$hash"
   fi
   export PATH="$PWD/$VENV/bin:$PATH"
 }
 
-# checkov (the IaC scanner) pins an older boto3, so it lives in a venv of its own.
+# checkov (the IaC scanner) pins an older boto3, so it lives in a venv of its own, installed
+# from infra/lock/checkov.txt.
 ensure_checkov() {
-  if [ ! -x .venv-checkov/bin/checkov ]; then
-    say "installing checkov into .venv-checkov (first run only)"
-    "$(find_python)" -m venv .venv-checkov
-    .venv-checkov/bin/python -m pip install --quiet 'checkov>=3.2,<4'
+  local hash
+  hash=$(files_hash "$LOCK/checkov.txt" "$LOCK/uv.txt")
+  if [ ! -f ".venv-checkov/.installed-$hash" ]; then
+    say "installing checkov ($LOCK/checkov.txt) into .venv-checkov"
+    ensure_uv .venv-checkov
+    install_locked .venv-checkov "$LOCK/checkov.txt"
+    find .venv-checkov -maxdepth 1 -name '.installed-*' -delete
+    touch ".venv-checkov/.installed-$hash"
   fi
   export CHECKOV="$PWD/.venv-checkov/bin/checkov"
+}
+
+# The package==version pins of a requirements file, one "name version" a line, sorted.
+pins() {
+  [ -f "$1" ] || return 0
+  sed -n 's/^\([A-Za-z0-9][A-Za-z0-9._-]*\)==\([^ ;\\]*\).*/\1 \2/p' "$1" | LC_ALL=C sort
+}
+
+# What changed between two versions of a lock: added, removed and changed pins.
+pin_changes() {
+  local old=$1 new=$2
+  LC_ALL=C join -a1 -a2 -e - -o 0,1.2,2.2 <(pins "$old") <(pins "$new") |
+    awk -v f="$new" '$2 != $3 {
+      if ($2 == "-") print "  " f ": + " $1 "==" $3
+      else if ($3 == "-") print "  " f ": - " $1 "==" $2
+      else print "  " f ": " $1 " " $2 " -> " $3
+    }'
+}
+
+# lock [--upgrade]: pin pyproject.toml's dependencies with their hashes, with uv. Each lock
+# keeps its pins unless pyproject.toml asks otherwise; --upgrade takes the newest allowed.
+#   infra/lock/dev.txt      the dev extra (tests, deploy), for the tools' Python 3.11
+#   infra/lock/local.txt    the local extra (start, bench), within dev.txt's pins
+#   infra/lock/checkov.txt  the checkov group, for .venv-checkov
+#   functions/requirements.txt  the functions' dependencies for Lambda (Python 3.12, arm64;
+#                           checked to be the same set for x86_64), within dev.txt's pins
+#   infra/lock/uv.txt       uv itself, which pip installs hash-checked
+lock() {
+  ensure_uv "$VENV"
+  local uv="$PWD/$VENV/bin/uv" old tmp
+  old=$(mktemp -d)
+  tmp=$(mktemp -d)
+  mkdir -p "$LOCK"
+  local files=("$LOCK/dev.txt" "$LOCK/local.txt" "$LOCK/checkov.txt" functions/requirements.txt
+    "$LOCK/uv.txt")
+  local f
+  for f in "${files[@]}"; do
+    if [ -f "$f" ]; then cp "$f" "$old/$(echo "$f" | tr / _)"; fi
+  done
+  compile() {
+    VIRTUAL_ENV="$PWD/$VENV" "$uv" pip compile --quiet --python "$VENV/bin/python" \
+      --generate-hashes --custom-compile-command "./run.sh lock" "$@"
+  }
+  local tools=(--python-version 3.11 --python-platform x86_64-manylinux_2_28)
+  local lambda=(--python-version 3.12 -c "$LOCK/dev.txt")
+  say "locking pyproject.toml's dependencies${*:+ ($*)}"
+  compile "$@" pyproject.toml --extra dev "${tools[@]}" -o "$LOCK/dev.txt"
+  compile "$@" pyproject.toml --extra local "${tools[@]}" -c "$LOCK/dev.txt" -o "$LOCK/local.txt"
+  compile "$@" --group pyproject.toml:checkov "${tools[@]}" -o "$LOCK/checkov.txt"
+  compile "$@" pyproject.toml "${lambda[@]}" --python-platform aarch64-manylinux_2_28 \
+    -o functions/requirements.txt
+  # One file serves both Lambda architectures only while x86_64 resolves to the same pins.
+  cp functions/requirements.txt "$tmp/x86_64.txt"
+  compile "$@" pyproject.toml "${lambda[@]}" --python-platform x86_64-manylinux_2_28 \
+    -o "$tmp/x86_64.txt"
+  if ! diff <(pins functions/requirements.txt) <(pins "$tmp/x86_64.txt") >"$tmp/arch.diff"; then
+    echo "error: the functions' dependencies differ between aarch64 (<) and x86_64 (>):" >&2
+    cat "$tmp/arch.diff" >&2
+    rm -rf "$old" "$tmp"
+    return 1
+  fi
+  echo "uv==$UV_VERSION" | compile - -o "$LOCK/uv.txt"
+  if git rev-parse --git-dir >/dev/null 2>&1; then
+    git diff --stat -- "${files[@]}"  # against the index: what a commit would change
+  fi
+  local changes
+  changes=$(for f in "${files[@]}"; do pin_changes "$old/$(echo "$f" | tr / _)" "$f"; done)
+  if [ -n "$changes" ]; then
+    say "pins changed (old -> new)"
+    echo "$changes"
+  else
+    say "no pin changed"
+  fi
+  rm -rf "$old" "$tmp"
 }
 
 # `sam build` needs the template's runtime (python3.12) on PATH; pyenv has it.
@@ -133,6 +252,15 @@ shift || true
 case "$cmd" in
   install)
     ensure_venv
+    ;;
+  lock)
+    lock "$@"
+    ;;
+  upgrade)
+    lock --upgrade
+    ensure_venv
+    ensure_checkov
+    exec ./run.sh test "$@"
     ;;
   start)
     ensure_venv local
@@ -215,11 +343,11 @@ PY
     python -m llmstream_deploy publish --stack "$stack"
     ;;
   help | -h | --help)
-    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
     ;;
   *)
     echo "unknown command: $cmd" >&2
-    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
     ;;
 esac

@@ -24,7 +24,13 @@ from openai import (
 
 from llmstream.chunklog.base import ChunkLog
 from llmstream.deps import Deps
-from llmstream.exceptions import ClaimLost, StoreUnavailable, TaskAlreadyFinal, TaskNotFound
+from llmstream.exceptions import (
+    ClaimLost,
+    LogDiverged,
+    StoreUnavailable,
+    TaskAlreadyFinal,
+    TaskNotFound,
+)
 from llmstream.limits import estimate_tokens
 from llmstream.llm import Finished, build_messages, open_stream, pieces
 from llmstream.models import EventKind
@@ -132,6 +138,12 @@ class ChunkWriter:
         with self._lock:
             self.flush()
             self._write(kind, data)
+
+    def resync(self) -> None:
+        """Continue after whatever the log holds now (after LogDiverged: it lost events)."""
+        with self._lock:
+            last = self._log.last(self._task_id)
+            self._seq = last.seq if last else 0
 
     def _write(self, kind: EventKind, data: dict[str, Any]) -> None:
         self._log.append(self._task_id, self._seq + 1, kind, data)  # SeqConflict: lost
@@ -408,6 +420,11 @@ def _fail(deps: Deps, writer: ChunkWriter, task_id: str, attempt: int, message: 
         writer.event("error", {"type": "error", "message": message})
     except ClaimLost:
         return
+    except LogDiverged:
+        # The log lost events under this attempt and there is no retry left: the error
+        # still has to reach viewers, after whatever the log holds now.
+        writer.resync()
+        writer.event("error", {"type": "error", "message": message})
     deps.tasks.finish(task_id, attempt, "error", error=message)
 
 

@@ -30,12 +30,19 @@ class SeqConflict(ClaimLost):
     """A chunk already exists at the seq we tried to write: another writer is ahead of us."""
 
 
-class QueueUnavailable(LlmStreamError):
-    """The task could not be enqueued."""
-
-
 class StoreUnavailable(LlmStreamError):
     """The backing store could not be reached."""
+
+
+class LogDiverged(StoreUnavailable):
+    """The log does not end where this writer left it: seq n-1 is missing, as after a
+    Redis restart that kept nothing. Continuing would leave the answer's beginning missing
+    for a viewer reading from 0, so the attempt goes back to the queue and the next one
+    writes the whole answer again after whatever the log now holds."""
+
+
+class QueueUnavailable(LlmStreamError):
+    """The task could not be enqueued."""
 
 
 class TokenMissing(LlmStreamError):

@@ -13,7 +13,7 @@ import redis
 from llmstream.chunklog.base import ChunkLog
 from llmstream.chunklog.dynamodb import DynamoDBChunkLog
 from llmstream.chunklog.redis import RedisChunkLog
-from llmstream.exceptions import SeqConflict
+from llmstream.exceptions import LogDiverged, SeqConflict
 from llmstream.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -26,6 +26,39 @@ def log(request: pytest.FixtureRequest, settings: Settings, clients: dict[str, A
         "redis": lambda: RedisChunkLog(request.getfixturevalue("redis_url"), 3600),
     }
     return factories[request.param]()
+
+
+def write_behind_the_log(
+    log: ChunkLog, settings: Settings, clients: dict[str, Any], task_id: str, seq: int
+) -> None:
+    """Put an event straight into the store, past the append's checks (a gap, as a store
+    that lost events or a reader racing a writer would see)."""
+    if isinstance(log, RedisChunkLog):
+        redis.Redis.from_url(log._url).xadd(
+            log.key(task_id), {"kind": "chunk", "data": '{"chunk":"x"}'}, id=f"0-{seq}"
+        )
+    else:
+        clients["dynamodb"].put_item(
+            TableName=settings.chunks_table,
+            Item={
+                "task_id": {"S": task_id},
+                "seq": {"N": str(seq)},
+                "kind": {"S": "chunk"},
+                "data": {"S": '{"chunk":"x"}'},
+            },
+        )
+
+
+def empty_the_log(log: ChunkLog, settings: Settings, clients: dict[str, Any], t: str) -> None:
+    """What a store restart without persistence does to a log (DynamoDB: a deletion)."""
+    if isinstance(log, RedisChunkLog):
+        redis.Redis.from_url(log._url).delete(log.key(t))
+        return
+    for event in log.read_all(t):
+        clients["dynamodb"].delete_item(
+            TableName=settings.chunks_table,
+            Key={"task_id": {"S": t}, "seq": {"N": str(event.seq)}},
+        )
 
 
 def task() -> str:
@@ -57,10 +90,42 @@ def test_read_of_an_unknown_task_is_empty(log: ChunkLog) -> None:
     assert log.last(task()) is None
 
 
-def test_read_stops_at_a_gap(log: ChunkLog) -> None:
+def test_read_stops_at_a_gap(log: ChunkLog, settings: Settings, clients: dict[str, Any]) -> None:
     t = task()
     log.append(t, 1, "chunk", {"chunk": "a"})
-    log.append(t, 3, "chunk", {"chunk": "c"})  # 2 not visible yet
+    write_behind_the_log(log, settings, clients, t, 3)  # 2 not visible yet
+    assert [e.seq for e in log.read(t, 0, 10)] == [1]
+
+
+def test_append_past_the_end_of_the_log_is_refused(log: ChunkLog) -> None:
+    # GIVEN a log that ends at 2
+    t = task()
+    log.append(t, 1, "chunk", {"chunk": "a"})
+    log.append(t, 2, "chunk", {"chunk": "b"})
+    # WHEN a writer appends 4, THEN the log refuses: 3 is missing
+    with pytest.raises(LogDiverged):
+        log.append(t, 4, "chunk", {"chunk": "d"})
+    # AND an append at the end still works
+    log.append(t, 3, "chunk", {"chunk": "c"})
+    assert [e.seq for e in log.read(t, 0, 10)] == [1, 2, 3]
+
+
+def test_a_writer_never_continues_a_log_that_was_emptied_under_it(
+    log: ChunkLog, settings: Settings, clients: dict[str, Any]
+) -> None:
+    # Regression: a Redis restart that kept nothing, while the worker's client retried
+    # through the outage; the worker went on at seq 4 of a log that now began there.
+    # GIVEN a writer that has written 1..3
+    t = task()
+    for seq in (1, 2, 3):
+        log.append(t, seq, "chunk", {"chunk": str(seq)})
+    # WHEN the store loses the log and the writer appends its next seq
+    empty_the_log(log, settings, clients, t)
+    with pytest.raises(LogDiverged):
+        log.append(t, 4, "chunk", {"chunk": "4"})
+    # THEN nothing was written: a new attempt starts the log over at 1
+    assert log.read(t, 0, 10) == [] and log.last(t) is None
+    log.append(t, 1, "reset", {"type": "reset", "attempt": 2})
     assert [e.seq for e in log.read(t, 0, 10)] == [1]
 
 
@@ -120,11 +185,13 @@ def test_a_redis_reader_wakes_when_an_event_is_written(redis_url: str) -> None:
     assert (got, woke) == ([2], True)
 
 
-def test_a_redis_reader_past_a_gap_gets_nothing_but_knows_more_exists(redis_url: str) -> None:
+def test_a_redis_reader_past_a_gap_gets_nothing_but_knows_more_exists(
+    redis_url: str, settings: Settings, clients: dict[str, Any]
+) -> None:
     log = RedisChunkLog(redis_url, 3600)
     t = task()
     log.append(t, 1, "chunk", {"chunk": "a"})
-    log.append(t, 3, "chunk", {"chunk": "c"})
+    write_behind_the_log(log, settings, clients, t, 3)
     events, woke = asyncio.run(log.read_wait(t, 1, 10, 1.0))
     assert (events, woke) == ([], True)
     with pytest.raises(SeqConflict):  # IDs only grow: 2 can never be written now

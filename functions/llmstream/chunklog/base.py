@@ -2,7 +2,9 @@
 
 Seqs are dense: a task's events are numbered 1, 2, 3, ... with no gap, written by one
 owner at a time. ``append`` at a seq that exists fails with SeqConflict, which is how a
-second writer (a redelivered message while the first attempt still runs) finds out it lost.
+second writer (a redelivered message while the first attempt still runs) finds out it lost;
+``append`` of seq n where n-1 is not the log's last event fails with LogDiverged, so a
+writer never continues a log it did not write (one a store restart emptied, say).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ class ChunkLog(abc.ABC):
 
     @abc.abstractmethod
     def append(self, task_id: str, seq: int, kind: EventKind, data: dict[str, Any]) -> None:
-        """Write event ``seq``; raise SeqConflict if it exists already."""
+        """Write event ``seq``; SeqConflict if it exists already, LogDiverged unless ``seq``
+        is 1 on an empty log or follows the log's last event."""
 
     @abc.abstractmethod
     def read(self, task_id: str, after: int, limit: int) -> list[Event]:

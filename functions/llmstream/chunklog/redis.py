@@ -1,9 +1,15 @@
 """Chunk log on Redis Streams (ElastiCache for Redis OSS or Valkey): one stream per task.
 
 Stream ``<prefix>:{<task_id>}:chunks``; event ``seq`` is entry ID ``0-<seq>``, so a range
-read by seq is an XRANGE, and Redis itself refuses an ID at or below the stream's top: a
-second writer at an existing seq gets SeqConflict from the XADD, with no script. The key
-expires ``retention_seconds`` after the last append (EXPIRE in the same MULTI).
+read by seq is an XRANGE. An append is one small script, so the check and the write are
+one atomic step on the server: seq n is written only if the stream's newest entry is
+n-1 (a stream that does not exist counts as 0). A second writer at an existing seq gets
+SeqConflict; a writer whose predecessor is missing gets LogDiverged. The second case is
+what a Redis restart without persistence looks like to a writer whose client retried
+through the outage: before this check it appended seq k+1 to a stream that had started
+over empty, and a viewer reading from 0 found the answer's beginning missing (the store
+outage e2e test, 5 failures in 5 fresh-clone runs). The key expires
+``retention_seconds`` after the last append (EXPIRE in the same script).
 
 Unlike DynamoDB, Redis can push: ``read_wait`` blocks in XREAD BLOCK on the event loop
 (redis.asyncio), so a stream wakes up when the worker writes instead of polling.
@@ -18,16 +24,29 @@ from typing import Any, ClassVar, cast
 
 import redis
 import redis.asyncio
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from llmstream.chunklog.base import ChunkLog
-from llmstream.exceptions import SeqConflict, StoreUnavailable
+from llmstream.exceptions import LogDiverged, SeqConflict, StoreUnavailable
 from llmstream.models import Event, EventKind
 
 # A blocked XREAD answers within its BLOCK time; the socket waits a little longer than the
 # longest block before it calls the connection dead.
 _MAX_BLOCK_SECONDS = 10.0
 _MAX_CONNECTIONS = 4096
+
+# KEYS[1] the stream; ARGV seq, kind, data, at, ttl. Returns "ok", "exists" or "gap:<top>".
+_APPEND = """
+local seq = tonumber(ARGV[1])
+local top = 0
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+if #newest > 0 then top = tonumber(string.match(newest[1][1], '%-(%d+)$')) end
+if top >= seq then return 'exists' end
+if top ~= seq - 1 then return 'gap:' .. top end
+redis.call('XADD', KEYS[1], '0-' .. seq, 'kind', ARGV[2], 'data', ARGV[3], 'at', ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return 'ok'
+"""
 
 
 class RedisChunkLog(ChunkLog):
@@ -46,6 +65,8 @@ class RedisChunkLog(ChunkLog):
             health_check_interval=30,
         )
         self._async: tuple[asyncio.AbstractEventLoop, redis.asyncio.Redis] | None = None
+        # EVALSHA, loading the script again after a server restart (NOSCRIPT).
+        self._append = self._client.register_script(_APPEND)
 
     def key(self, task_id: str) -> str:
         # The braces are a hash tag: in cluster mode (ElastiCache Serverless) everything of
@@ -55,23 +76,22 @@ class RedisChunkLog(ChunkLog):
     def append(self, task_id: str, seq: int, kind: EventKind, data: dict[str, Any]) -> None:
         if seq < 1:
             raise ValueError(f"seq starts at 1, got {seq}")
-        key = self.key(task_id)
-        fields = {
-            "kind": kind,
-            "data": json.dumps(data, separators=(",", ":"), ensure_ascii=False),
-            "at": f"{time.time():.3f}",  # when it was written (DynamoDB backend: the same)
-        }
-        pipe = self._client.pipeline(transaction=True)
-        pipe.xadd(key, fields, id=f"0-{seq}")  # type: ignore[arg-type]
-        pipe.expire(key, self._retention)
+        data_json = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+        at = f"{time.time():.3f}"  # when it was written (DynamoDB backend: the same)
         try:
-            pipe.execute()
-        except ResponseError as e:
-            if "equal or smaller" in str(e):  # Redis: the ID is at or below the stream's top
-                raise SeqConflict(f"task {task_id}: seq {seq} already written") from e
-            raise StoreUnavailable(str(e)) from e
+            answer = str(
+                self._append(
+                    keys=[self.key(task_id)], args=[seq, kind, data_json, at, self._retention]
+                )
+            )
         except RedisError as e:
             raise StoreUnavailable(str(e)) from e
+        if answer == "exists":
+            raise SeqConflict(f"task {task_id}: seq {seq} already written")
+        if answer.startswith("gap:"):
+            raise LogDiverged(
+                f"task {task_id}: cannot write seq {seq}, the log ends at {answer[4:]}"
+            )
 
     def read(self, task_id: str, after: int, limit: int) -> list[Event]:
         try:
