@@ -5,6 +5,9 @@
 #   ./run.sh stop | restart | status
 #   ./run.sh logs [component]     follow the logs (aws, openai, api, stream, worker, frontend)
 #   ./run.sh scale N              N concurrent local worker invocations per queue
+#   ./run.sh token NAME [--admin] sign local user NAME in (created if missing; --admin: an
+#                                 operator); the access token is the last line
+#   ./run.sh dlq [redrive]        list the dead-letter queue, or send its messages back
 #   ./run.sh test [pytest args]   lint, type-check, and every test tier
 #   ./run.sh bench [--quick|--full] the pipeline against direct streaming, side by side
 #   ./run.sh deploy [--env prod]  sam build + sam deploy, then publish the chat page
@@ -286,6 +289,14 @@ case "$cmd" in
     ensure_venv local
     exec "$VENV/bin/python" -m localcloud status
     ;;
+  dlq)
+    ensure_venv local
+    exec "$VENV/bin/python" -m localcloud dlq "$@"
+    ;;
+  token)
+    ensure_venv local
+    exec "$VENV/bin/python" -m localcloud token "$@"
+    ;;
   scale)
     ensure_venv local
     exec "$VENV/bin/python" -m localcloud scale "$@"
@@ -343,11 +354,11 @@ PY
     python -m llmstream_deploy publish --stack "$stack"
     ;;
   help | -h | --help)
-    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
     ;;
   *)
     echo "unknown command: $cmd" >&2
-    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
     ;;
 esac

@@ -1,10 +1,13 @@
-// Dashboard: polls GET /stats and draws queue depths, answer speed and recent tasks.
+// Dashboard: polls GET /stats and draws queue depths, answer speed and recent tasks. For
+// operators only: the API answers 403 to users outside the admins group, and the page says so.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
 const SVG = "http://www.w3.org/2000/svg";
 const samples = []; // {t, ttft50, ttft95, tps50, depth}
 let apiUrl = "";
+let timer = null;
+let epoch = 0; // bumped on sign-in and sign-out: answers that arrive later are dropped
 
 function fmt(v, digits = 2) { return v === null || v === undefined ? "–" : Number(v).toFixed(digits); }
 
@@ -31,9 +34,25 @@ function chart(id, series) {
   svg.appendChild(label);
 }
 
+function operatorsOnly(on) {
+  $("not-admin").hidden = !on;
+  $("stats").hidden = on;
+}
+
 async function refresh() {
-  const res = await fetch(`${apiUrl}/stats`, { cache: "no-store" });
+  const e = epoch;
+  const res = await authFetch(`${apiUrl}/stats`, { cache: "no-store" });
+  if (e !== epoch) return;
+  if (res.status === 403) { // not an operator: no data, and no more asking
+    stop();
+    operatorsOnly(true);
+    $("updated").textContent = "";
+    return;
+  }
+  if (!res.ok) throw new Error(`HTTP ${res.status}`);
   const s = await res.json();
+  if (e !== epoch) return;
+  operatorsOnly(false);
   let depth = 0;
   for (const [name, q] of Object.entries(s.queues)) {
     $(`q-${name}`).textContent = q.visible;
@@ -55,13 +74,13 @@ async function refresh() {
   chart("chart-depth", [{ values: samples.map((x) => x.depth), color: "#8a5a00" }]);
   const rows = s.recent.map((t) => {
     const tr = document.createElement("tr");
-    const cells = [t.task_id.slice(0, 12), t.status, t.priority,
-                   new Date(t.created_at * 1000).toLocaleTimeString(),
-                   t.first_token_at ? `${fmt(t.first_token_at - t.created_at)} s` : "–"];
-    cells.forEach((v, i) => {
+    // No task ids: a task is its owner's alone, even on the operators' dashboard.
+    const cells = [new Date(t.created_at * 1000).toLocaleTimeString(), t.status, t.priority,
+                   t.first_token_at ? `${fmt(t.first_token_at - t.created_at)} s` : "–",
+                   t.finished_at ? `${fmt(t.finished_at - t.created_at, 1)} s` : "–"];
+    cells.forEach((v) => {
       const td = document.createElement("td");
       td.textContent = String(v);
-      if (i === 0) td.className = "mono";
       tr.appendChild(td);
     });
     tr.dataset.status = t.status;
@@ -71,9 +90,38 @@ async function refresh() {
   $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
 }
 
+function tick() {
+  const e = epoch;
+  refresh().catch((err) => {
+    if (e === epoch && !(err instanceof Auth.SignedOut)) $("updated").textContent = `stats unavailable: ${err.message || err}`;
+  });
+}
+
+function start() {
+  stop();
+  epoch += 1;
+  operatorsOnly(false);
+  tick();
+  timer = setInterval(tick, 2000);
+}
+
+function stop() {
+  clearInterval(timer);
+  timer = null;
+}
+
+function signedOut() {
+  stop();
+  epoch += 1;
+  samples.length = 0;
+  $("updated").textContent = "";
+  $("recent").replaceChildren();
+}
+
 fetch("config.json", { cache: "no-store" }).then((r) => r.json()).then((c) => {
   apiUrl = c.apiUrl.replace(/\/$/, "");
-  const tick = () => refresh().catch((e) => { $("updated").textContent = `stats unavailable: ${e}`; });
-  tick();
-  setInterval(tick, 2000);
+  return Auth.start(c.auth, { onSignIn: start, onSignOut: signedOut });
+}).catch((err) => {
+  $("signin").hidden = false;
+  $("signin-error").textContent = `could not load config.json: ${err}`;
 });

@@ -27,6 +27,7 @@ from llmstream.deps import Deps
 from llmstream.exceptions import (
     ClaimLost,
     LogDiverged,
+    SeqConflict,
     StoreUnavailable,
     TaskAlreadyFinal,
     TaskNotFound,
@@ -53,6 +54,12 @@ class ChunkWriter:
 
     Writes are serialised by one lock, so seqs stay dense whichever thread writes. An error
     in the flusher thread (store down, SeqConflict) is raised in the caller's next call.
+
+    A seq taken by another writer means this attempt lost the task, unless ``still_mine``
+    says the claim is still ours: then the other writer is a zombie (an attempt whose
+    heartbeat lapsed, writing until its watchdog sees the newer claim, within a second).
+    The log is taken back: after the zombie's last event a reset, then this attempt's text
+    so far, so the text after the last reset is this attempt's alone.
     """
 
     def __init__(
@@ -64,8 +71,13 @@ class ChunkWriter:
         interval: float,
         max_chars: int,
         clock: Clock = time.monotonic,
+        attempt: int = 1,
+        still_mine: Callable[[], bool] | None = None,
     ) -> None:
         self._log = log
+        self._attempt = attempt
+        self._still_mine = still_mine
+        self._written: list[str] = []  # text this attempt has in the log
         self._task_id = task_id
         self._seq = next_seq - 1
         self._interval = interval
@@ -125,7 +137,9 @@ class ChunkWriter:
             self._buffered = 0
             began = self._clock()
             for start in range(0, len(text), self._max_chars):
-                self._write("chunk", {"chunk": text[start : start + self._max_chars]})
+                piece = text[start : start + self._max_chars]
+                self._write("chunk", {"chunk": piece})
+                self._written.append(piece)
                 self.chunks_written += 1
             # Writes start one interval apart (the cadence a reader expects from the write
             # stamps) while the store is fast; when it slows down, at least half an interval
@@ -146,8 +160,31 @@ class ChunkWriter:
             self._seq = last.seq if last else 0
 
     def _write(self, kind: EventKind, data: dict[str, Any]) -> None:
-        self._log.append(self._task_id, self._seq + 1, kind, data)  # SeqConflict: lost
+        try:
+            self._log.append(self._task_id, self._seq + 1, kind, data)
+        except SeqConflict:
+            if self._still_mine is None or not self._still_mine():
+                raise  # a newer attempt owns the task (SeqConflict is a ClaimLost)
+            logger.warning("task %s: a superseded attempt wrote at our seq", self._task_id)
+            self._take_back()
+            self._log.append(self._task_id, self._seq + 1, kind, data)
         self._seq += 1
+
+    def _take_back(self) -> None:
+        self.resync()
+        self._log.append(
+            self._task_id, self._seq + 1, "reset", {"type": "reset", "attempt": self._attempt}
+        )
+        self._seq += 1
+        text = "".join(self._written)
+        for start in range(0, len(text), self._max_chars):
+            self._log.append(
+                self._task_id,
+                self._seq + 1,
+                "chunk",
+                {"chunk": text[start : start + self._max_chars]},
+            )
+            self._seq += 1
 
     def _raise_flusher_error(self) -> None:
         if self._error is not None:
@@ -171,25 +208,34 @@ class ChunkWriter:
 
 
 class Watchdog:
-    """Stops an answer from outside the token loop: on a cancel request or at the deadline.
+    """Stops an answer from outside the token loop, and keeps it alive while it runs.
 
     A stalled model sends no tokens, so a check inside the loop could wait forever; this
-    thread closes the model stream instead, which ends the loop at once.
+    thread closes the model stream instead, which ends the loop at once: on a cancel
+    request, at the deadline, or when the task's claim has passed to a newer attempt (this
+    one is then a zombie and must stop writing). Every ``beat_every`` seconds it also
+    calls ``beat``: the worker's heartbeat, which keeps the SQS message invisible for a
+    short window and stamps the request row, so a dead worker's message is back within
+    that window instead of the queue's visibility timeout (ClaimLost from it: a zombie).
     """
 
     def __init__(
         self,
         *,
-        cancelled: Callable[[], bool],
+        check: Callable[[], str | None],
         deadline: float,
         interval: float,
         stop: Callable[[], None],
+        beat: Callable[[], None] | None = None,
+        beat_every: float = 5.0,
     ) -> None:
         self.reason: str | None = None
-        self._cancelled = cancelled
+        self._check = check
         self._deadline = deadline
         self._interval = interval
         self._stop = stop
+        self._beat = beat
+        self._beat_every = beat_every
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="answer-watchdog", daemon=True)
 
@@ -202,18 +248,31 @@ class Watchdog:
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
+        last_beat = time.monotonic()
         while not self._done.wait(min(self._interval, max(0.0, self._deadline - time.monotonic()))):
-            if time.monotonic() >= self._deadline:
+            now = time.monotonic()
+            if now >= self._deadline:
                 self.reason = "timeout"
             else:
                 try:
-                    if self._cancelled():
-                        self.reason = "cancelled"
+                    self.reason = self._check()
                 except Exception:  # a failed check is not a cancel; try again next time
                     logger.warning("cancel check failed", exc_info=True)
+                if self.reason is None and self._beat and now - last_beat >= self._beat_every:
+                    last_beat = now
+                    try:
+                        self._beat()
+                    except ClaimLost:
+                        self.reason = "claim lost"
+                    except Exception:  # SQS or the table hiccuped: the next beat retries
+                        logger.warning("heartbeat failed", exc_info=True)
             if self.reason:
                 self._stop()
                 return
+
+
+class Poison(Exception):
+    """The message can never be processed (it names no task): straight to the DLQ."""
 
 
 class Throttled(Exception):
@@ -245,18 +304,21 @@ def run_task(
     *,
     receive_count: int = 1,
     remaining_seconds: Callable[[], float] | None = None,
+    keep_alive: Callable[[], None] | None = None,
 ) -> None:
     """Claim ``task_id`` and stream its answer into the chunk log.
 
-    Raises RetryLater when a transient model failure should be retried through the queue;
-    raises other exceptions only when the outcome could not be recorded (store unreachable),
-    so that SQS redelivers the message. Every other ending is a terminal event.
+    ``keep_alive`` extends the message's visibility by the heartbeat window; it is called
+    every quarter window while the answer runs. Raises RetryLater when a transient failure
+    should be retried through the queue, Poison for a message naming no task, ClaimLost
+    when a newer attempt took the task over (leave the message alone: it is that attempt's
+    now), and other exceptions only when the outcome could not be recorded (store
+    unreachable), so that SQS redelivers the message. Every other ending is a terminal event.
     """
     try:
         task = deps.tasks.claim(task_id)
-    except TaskNotFound:
-        logger.warning("task %s has no request row (expired?); dropping message", task_id)
-        return
+    except TaskNotFound as e:
+        raise Poison(f"task {task_id} has no request row (expired, or never existed)") from e
     except TaskAlreadyFinal as e:
         logger.info("skipping redelivered message: %s", e)
         return
@@ -278,11 +340,21 @@ def run_task(
         next_seq=next_seq,
         interval=settings.chunk_flush_interval_ms / 1000,
         max_chars=settings.chunk_max_chars,
+        attempt=task.attempt,
+        still_mine=lambda: deps.tasks.get(task_id).attempt == task.attempt,
     )
     try:
-        _answer(deps, task, writer, next_seq, remaining_seconds, receive_count)
+        _answer(deps, task, writer, next_seq, remaining_seconds, receive_count, keep_alive)
     finally:
         writer.close()
+
+
+def _control(deps: Deps, task: Task) -> str | None:
+    """Why the running answer must stop now, if it must: a cancel, or a newer claim."""
+    cancel_requested, attempt = deps.tasks.control(task.task_id)
+    if attempt != task.attempt:
+        return "claim lost"
+    return "cancelled" if cancel_requested else None
 
 
 def _answer(
@@ -292,6 +364,7 @@ def _answer(
     next_seq: int,
     remaining_seconds: Callable[[], float] | None,
     receive_count: int,
+    keep_alive: Callable[[], None] | None = None,
 ) -> None:
     settings = deps.settings
     task_id = task.task_id
@@ -299,7 +372,7 @@ def _answer(
         _end(deps, writer, task, "cancelled", {"type": "cancelled"})
         return
     history = (
-        deps.tasks.session(task.session_id)
+        deps.tasks.session(task.owner, task.session_id)
         if settings.history_token_budget and not task.new_session
         else []
     )
@@ -324,11 +397,19 @@ def _answer(
             writer.event("reset", {"type": "reset", "attempt": task.attempt})
         stream = open_stream(deps.openai, task, messages)
         writer.start()
+
+        def beat() -> None:
+            if keep_alive is not None:
+                keep_alive()
+            deps.tasks.beat(task_id, task.attempt)
+
         watchdog = Watchdog(
-            cancelled=lambda: deps.tasks.is_cancel_requested(task_id),
+            check=lambda: _control(deps, task),
             deadline=time.monotonic() + budget,
             interval=settings.cancel_check_interval_ms / 1000,
             stop=stream.close,
+            beat=beat,
+            beat_every=settings.worker_heartbeat_seconds / 4,
         )
         finished: Finished | None = None
         first = True
@@ -347,6 +428,8 @@ def _answer(
             except Exception:
                 if not watchdog.reason:  # closing the stream makes the loop raise: expected
                     raise
+        if watchdog.reason == "claim lost":
+            raise ClaimLost(f"task {task_id}: attempt {task.attempt} was superseded")
         if watchdog.reason == "cancelled":
             _end(deps, writer, task, "cancelled", {"type": "cancelled"})
         elif watchdog.reason == "timeout":
@@ -360,8 +443,10 @@ def _answer(
             _end(deps, writer, task, "done", data)
             logger.info("task %s done: %d chunks", task_id, writer.chunks_written)
     except ClaimLost as e:
-        # Another attempt owns the task now; it will write the terminal event.
+        # Another attempt owns the task now; it will write the terminal event. The message
+        # is its message too: leave it to that attempt (no delete, no visibility change).
         logger.warning("task %s: %s", task_id, e)
+        raise
     except (APIError, OpenAIError) as e:
         reason = f"model error: {_describe(e)}"
         if _transient(e) and receive_count < settings.max_receive_count:
@@ -387,6 +472,12 @@ def _answer(
             or estimate - min(task.max_tokens or 1024, 1024) + len("".join(writer.text)) // 4
         )
         deps.limits.settle(estimate, actual)
+        # Every attempt that called the model spent its tokens, retried or not. A failed
+        # charge must not hide how the answer ended.
+        try:
+            deps.quotas.charge(task.owner, actual)
+        except StoreUnavailable:
+            logger.warning("task %s: could not charge %d tokens to its owner", task_id, actual)
 
 
 def _end(

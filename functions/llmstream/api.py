@@ -21,10 +21,12 @@ from llmstream.models import (
     HealthFull,
     ModelTest,
     SessionHistory,
+    SessionList,
     Stats,
     TaskStatus,
 )
 from llmstream.settings import ApiSettings, get_api_settings
+from llmstream.web import AdminUser, CurrentUser
 
 settings = get_api_settings()  # fails at cold start when misconfigured, not on a request
 
@@ -40,17 +42,25 @@ SettingsDep = Annotated[ApiSettings, Depends(get_api_settings)]
 SessionId = Annotated[str, Path(pattern=ID_PATTERN, description="session_id from POST /chat")]
 TaskId = Annotated[str, Path(pattern=ID_PATTERN, description="Task id from POST /chat")]
 ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody},
     409: {"model": ErrorBody},
     502: {"model": ErrorBody},
     404: {"model": ErrorBody},
     422: {"model": ErrorBody},
     503: {"model": ErrorBody},
 }
+ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {**ERRORS, 403: {"model": ErrorBody}}
 
 
-@app.post("/chat", status_code=202, response_model=ChatAccepted, responses=ERRORS)
+@app.post(
+    "/chat",
+    status_code=202,
+    response_model=ChatAccepted,
+    responses={**ERRORS, 429: {"model": ErrorBody}},
+)
 def post_chat(
     body: ChatRequest,
+    user: CurrentUser,
     deps: DepsDep,
     cfg: SettingsDep,
     idempotency_key: Annotated[
@@ -64,25 +74,38 @@ def post_chat(
     ] = None,
 ) -> ChatAccepted:
     """Record and enqueue a chat request; answer at once with where to stream it from."""
-    return chat.submit(deps, cfg, body, idempotency_key)
+    return chat.submit(deps, cfg, user, body, idempotency_key)
 
 
 @app.get("/chat/{task_id}", response_model=TaskStatus, responses=ERRORS)
-def get_chat(task_id: TaskId, deps: DepsDep) -> TaskStatus:
-    """Status, text so far, usage and timings of one task."""
-    return chat.status(deps, task_id)
+def get_chat(task_id: TaskId, user: CurrentUser, deps: DepsDep, cfg: SettingsDep) -> TaskStatus:
+    """Status, text so far, usage and timings of one of your tasks, and a fresh stream URL."""
+    return chat.status(deps, cfg, user, task_id)
 
 
 @app.post("/chat/{task_id}/cancel", response_model=CancelResult, responses=ERRORS)
-def cancel_chat(task_id: TaskId, deps: DepsDep) -> CancelResult:
+def cancel_chat(task_id: TaskId, user: CurrentUser, deps: DepsDep) -> CancelResult:
     """Stop a task: queued ones at once, running ones within about a second. Idempotent."""
-    return chat.cancel(deps, task_id)
+    return chat.cancel(deps, user, task_id)
+
+
+@app.get("/sessions", response_model=SessionList, responses=ERRORS)
+def list_sessions(user: CurrentUser, deps: DepsDep) -> SessionList:
+    """Your conversations, most recently active first."""
+    return chat.sessions(deps, user)
 
 
 @app.get("/sessions/{session_id}", response_model=SessionHistory, responses=ERRORS)
-def get_session(session_id: SessionId, deps: DepsDep) -> SessionHistory:
+def get_session(session_id: SessionId, user: CurrentUser, deps: DepsDep) -> SessionHistory:
     """A conversation: its turns (message, answer, status, usage), oldest first."""
-    return chat.session(deps, session_id)
+    return chat.session(deps, user, session_id)
+
+
+@app.delete("/sessions/{session_id}", status_code=204, responses=ERRORS)
+def delete_session(session_id: SessionId, user: CurrentUser, deps: DepsDep) -> Response:
+    """Delete a conversation with its turns and answers (running ones are cancelled)."""
+    chat.delete_session(deps, user, session_id)
+    return Response(status_code=204)
 
 
 @app.get("/health", response_model=Health)
@@ -91,8 +114,12 @@ def health() -> Health:
     return Health(service="api")
 
 
-@app.get("/health/full", response_model=HealthFull, responses={503: {"model": HealthFull}})
-def health_full(deps: DepsDep, response: Response) -> HealthFull:
+@app.get(
+    "/health/full",
+    response_model=HealthFull,
+    responses={**ADMIN_ERRORS, 503: {"model": HealthFull}},
+)
+def health_full(_: AdminUser, deps: DepsDep, response: Response) -> HealthFull:
     """Tables, queues (with depths) and the model, each with its latency; 503 if any fails."""
     result = ops.health_full(deps)
     if result.status != "ok":
@@ -100,14 +127,14 @@ def health_full(deps: DepsDep, response: Response) -> HealthFull:
     return result
 
 
-@app.get("/stats", response_model=Stats, responses=ERRORS)
-def get_stats(deps: DepsDep) -> Stats:
+@app.get("/stats", response_model=Stats, responses=ADMIN_ERRORS)
+def get_stats(_: AdminUser, deps: DepsDep) -> Stats:
     """Queue depth per priority and DLQ, requests by status, TTFT and tokens/s percentiles."""
     return ops.stats(deps)
 
 
-@app.get("/test", response_model=ModelTest, responses={502: {"model": ModelTest}})
-def model_test(deps: DepsDep, response: Response) -> ModelTest:
+@app.get("/test", response_model=ModelTest, responses={**ADMIN_ERRORS, 502: {"model": ModelTest}})
+def model_test(_: AdminUser, deps: DepsDep, response: Response) -> ModelTest:
     """One tiny model call: is the model reachable with this key?"""
     result = ops.test_model(deps)
     if not result.ok:
@@ -115,10 +142,16 @@ def model_test(deps: DepsDep, response: Response) -> ModelTest:
     return result
 
 
-@app.post("/embeddings", response_model=EmbeddingsResponse, responses=ERRORS)
-def post_embeddings(body: EmbeddingsRequest, deps: DepsDep) -> EmbeddingsResponse:
+@app.post(
+    "/embeddings",
+    response_model=EmbeddingsResponse,
+    responses={**ERRORS, 429: {"model": ErrorBody}},
+)
+def post_embeddings(
+    body: EmbeddingsRequest, user: CurrentUser, deps: DepsDep
+) -> EmbeddingsResponse:
     """Vectors for a batch of texts, in input order (split to the model's batch limit)."""
-    return ops.embeddings(deps, body)
+    return ops.embeddings(deps, user, body)
 
 
 handler = Mangum(app, lifespan="off")

@@ -1,4 +1,9 @@
-"""The api function's core: accept a chat request, and report on one."""
+"""The api function's core: accept a chat request, and report on one.
+
+Every function here takes the signed-in Principal and reaches tasks only through the
+owner's view of the table (``TaskStore.owned_by``) and sessions only by their owner's key:
+another user's task or session id is answered exactly like one that does not exist.
+"""
 
 from __future__ import annotations
 
@@ -19,44 +24,52 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
 from botocore.exceptions import BotoCoreError, ClientError
 
 from llmstream import tokens
+from llmstream.auth import Principal
 from llmstream.deps import Deps
-from llmstream.exceptions import IdempotencyConflict, QueueUnavailable, SessionNotFound
+from llmstream.exceptions import IdempotencyConflict, QueueUnavailable
 from llmstream.models import (
     CancelResult,
     ChatAccepted,
     ChatRequest,
     SessionHistory,
+    SessionList,
+    SessionSummary,
     SessionTurn,
     TaskMessage,
     TaskStatus,
     Usage,
 )
 from llmstream.settings import ApiSettings
-from llmstream.tasks import Task
+from llmstream.tasks import Task, worker_lost
 
 
 def submit(
-    deps: Deps, settings: ApiSettings, request: ChatRequest, idempotency_key: str | None = None
+    deps: Deps,
+    settings: ApiSettings,
+    user: Principal,
+    request: ChatRequest,
+    idempotency_key: str | None = None,
 ) -> ChatAccepted:
     """Record the request (status queued), enqueue its id, and hand back a stream URL.
 
     With an Idempotency-Key, a repeat of the same request returns the first one's task (a
     fresh stream URL for it) and never queues a second model call; the same key with a
     different body is refused (422), and one whose first request is still in flight (409).
+    Keys are the caller's own: another user's identical key is another request.
     """
     if idempotency_key is None:
-        ids = _enqueue(deps, settings, request)
+        ids = _enqueue(deps, settings, user, request)
     else:
-        ids = _idempotent_enqueue(deps, settings, request, idempotency_key)
+        ids = _idempotent_enqueue(deps, settings, user, request, idempotency_key)
     return ChatAccepted(
         task_id=ids["task_id"],
         session_id=ids["session_id"],
-        stream_url=stream_url(deps, settings, ids["task_id"]),
+        stream_url=stream_url(deps, settings, ids["task_id"], user.sub),
     )
 
 
 def _idempotent_enqueue(
-    deps: Deps, settings: ApiSettings, request: ChatRequest, key: str
+    deps: Deps, settings: ApiSettings, user: Principal, request: ChatRequest, key: str
 ) -> dict[str, str]:
     persistence = DynamoDBPersistenceLayer(
         table_name=settings.idempotency_table, boto3_client=deps.dynamodb
@@ -75,11 +88,11 @@ def _idempotent_enqueue(
         key_prefix="llmstream.chat",
     )
     def enqueue_once(data: dict[str, Any]) -> dict[str, str]:
-        return _enqueue(deps, settings, request)
+        return _enqueue(deps, settings, user, request)
 
     try:
         result: dict[str, str] = enqueue_once(
-            data={"key": key, "request": request.model_dump(mode="json")}
+            data={"key": f"{user.sub}:{key}", "request": request.model_dump(mode="json")}
         )
     except IdempotencyValidationError as e:
         raise IdempotencyConflict(
@@ -92,21 +105,32 @@ def _idempotent_enqueue(
     return result
 
 
-def _enqueue(deps: Deps, settings: ApiSettings, request: ChatRequest) -> dict[str, str]:
+def _enqueue(
+    deps: Deps, settings: ApiSettings, user: Principal, request: ChatRequest
+) -> dict[str, str]:
+    now = time.time()
+    deps.quotas.admit(user.sub, now)  # QuotaExceeded: 429 with Retry-After
     task_id = uuid.uuid4().hex
-    session_id = request.session_id or uuid.uuid4().hex
+    if request.session_id:
+        # Continuing a conversation: only its owner may (another user's id is not found).
+        session_id = request.session_id
+        deps.sessions.touch(user.sub, session_id, now)
+    else:
+        session_id = uuid.uuid4().hex
+        deps.sessions.start(user.sub, session_id, request.message, now)
     task = Task(
         task_id=task_id,
         session_id=session_id,
         status="queued",
         model=request.model or settings.model_id,
         message=request.message,
+        owner=user.sub,
         priority=request.priority,
         system=request.system,
         max_tokens=min(request.max_tokens or settings.max_tokens_limit, settings.max_tokens_limit),
         temperature=request.temperature,
         cancel_on_disconnect=request.cancel_on_disconnect,
-        created_at=time.time(),
+        created_at=now,
         new_session=request.session_id is None,
     )
     # The row first, then the message: a worker that receives the id always finds the row.
@@ -121,31 +145,60 @@ def _enqueue(deps: Deps, settings: ApiSettings, request: ChatRequest) -> dict[st
     return {"task_id": task_id, "session_id": session_id}
 
 
-def stream_url(deps: Deps, settings: ApiSettings, task_id: str) -> str:
-    token = tokens.sign(deps.token_key, task_id, settings.stream_token_ttl_seconds)
+def stream_url(deps: Deps, settings: ApiSettings, task_id: str, owner: str) -> str:
+    token = tokens.sign(deps.token_key, task_id, owner, settings.stream_token_ttl_seconds)
     base = settings.stream_base_url.rstrip("/")
     return f"{base}/stream/{task_id}?token={quote(token)}"
 
 
-def cancel(deps: Deps, task_id: str) -> CancelResult:
+def cancel(deps: Deps, user: Principal, task_id: str) -> CancelResult:
     """Cancel a task; calling it again, or on a finished task, changes nothing.
 
     A task no worker holds yet is ended here (its stream gets the cancelled event); a
     running one is flagged, and its worker stops the model call within a second.
     """
-    task = deps.tasks.request_cancel(task_id)
-    if task.status in ("queued", "waiting") and deps.tasks.cancel_unstarted(task_id):
+    tasks = deps.tasks.owned_by(user.sub)
+    task = tasks.request_cancel(task_id)
+    if task.status in ("queued", "waiting") and tasks.cancel_unstarted(task_id):
         last = deps.log.last(task_id)  # a deferred task may have written part of an answer
         # No worker holds the task (its status moved from queued), so this seq is free.
         deps.log.append(task_id, (last.seq if last else 0) + 1, "cancelled", {"type": "cancelled"})
-        task = deps.tasks.get(task_id)
+        task = tasks.get(task_id)
     return CancelResult(task_id=task_id, status=task.status, cancel_requested=task.cancel_requested)
 
 
-def session(deps: Deps, session_id: str) -> SessionHistory:
-    tasks = deps.tasks.session(session_id)
-    if not tasks:
-        raise SessionNotFound(session_id)
+def sessions(deps: Deps, user: Principal) -> SessionList:
+    return SessionList(
+        sessions=[
+            SessionSummary(
+                session_id=s.session_id,
+                title=s.title,
+                created_at=s.created_at,
+                updated_at=s.updated_at,
+                turns=s.turns,
+            )
+            for s in deps.sessions.list(user.sub)
+        ]
+    )
+
+
+def delete_session(deps: Deps, user: Principal, session_id: str) -> None:
+    """Delete a conversation with its turns and their answers.
+
+    The session row goes first, so the conversation disappears from the list and cannot
+    be continued; then each turn's row becomes a tombstone (no text; a running answer's
+    worker sees its claim gone within a second and stops, and the chunk log refuses to
+    continue a deleted log), and its chunk log is deleted.
+    """
+    deps.sessions.delete(user.sub, session_id)  # SessionNotFound if not the caller's
+    for task in deps.tasks.owned_by(user.sub).session(session_id, limit=1000):
+        deps.tasks.tombstone(task.task_id, user.sub)
+        deps.log.delete(task.task_id)
+
+
+def session(deps: Deps, user: Principal, session_id: str) -> SessionHistory:
+    deps.sessions.get(user.sub, session_id)  # SessionNotFound if not the caller's
+    tasks = deps.tasks.owned_by(user.sub).session(session_id)
     return SessionHistory(
         session_id=session_id,
         turns=[
@@ -163,8 +216,8 @@ def session(deps: Deps, session_id: str) -> SessionHistory:
     )
 
 
-def status(deps: Deps, task_id: str) -> TaskStatus:
-    task = deps.tasks.get(task_id)
+def status(deps: Deps, settings: ApiSettings, user: Principal, task_id: str) -> TaskStatus:
+    task = deps.tasks.owned_by(user.sub).get(task_id)
     text: list[str] = []
     last_seq = 0
     for event in deps.log.read_all(task_id):
@@ -189,4 +242,7 @@ def status(deps: Deps, task_id: str) -> TaskStatus:
         first_token_at=task.first_token_at,
         finished_at=task.finished_at,
         last_seq=last_seq,
+        heartbeat_at=task.heartbeat_at,
+        worker_lost=worker_lost(task, deps.settings.worker_heartbeat_seconds, time.time()),
+        stream_url=stream_url(deps, settings, task.task_id, user.sub),
     )

@@ -16,7 +16,8 @@ from botocore.config import Config
 from llmstream import vault
 from llmstream.chunklog.base import ChunkLog
 from llmstream.chunklog.dynamodb import DynamoDBChunkLog
-from llmstream.limits import ModelLimits, TokenBuckets
+from llmstream.limits import ModelLimits, TokenBuckets, UserQuotas
+from llmstream.sessions import SessionStore
 from llmstream.settings import Settings, get_settings
 from llmstream.tasks import TaskStore
 
@@ -41,8 +42,10 @@ class Deps:
     dynamodb: DynamoDBClient
     sqs: SQSClient
     tasks: TaskStore
+    sessions: SessionStore
     log: ChunkLog
     limits: ModelLimits
+    quotas: UserQuotas
     _openai: OpenAI | None = field(default=None, repr=False)
 
     @property
@@ -69,14 +72,21 @@ def build_deps(
     openai: OpenAI | None = None,
 ) -> Deps:
     ddb = dynamodb or boto3.client("dynamodb", config=_BOTO_CONFIG)
+    buckets = TokenBuckets(settings.rate_limit_table, ddb)
     return Deps(
         settings=settings,
         dynamodb=ddb,
         sqs=sqs or boto3.client("sqs", config=_BOTO_CONFIG),
         tasks=TaskStore(settings.requests_table, ddb, settings.retention_seconds),
+        sessions=SessionStore(settings.sessions_table, ddb, settings.retention_seconds),
         log=make_chunklog(settings, ddb),
-        limits=ModelLimits(
-            TokenBuckets(settings.rate_limit_table, ddb), settings.llm_rpm, settings.llm_tpm
+        limits=ModelLimits(buckets, settings.llm_rpm, settings.llm_tpm),
+        quotas=UserQuotas(
+            buckets,
+            ddb,
+            settings.rate_limit_table,
+            requests_per_minute=settings.user_rpm,
+            tokens_per_day=settings.user_tokens_per_day,
         ),
         _openai=openai,
     )

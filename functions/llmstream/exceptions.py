@@ -46,11 +46,31 @@ class QueueUnavailable(LlmStreamError):
 
 
 class TokenMissing(LlmStreamError):
-    pass
+    """No stream token and no bearer: 401."""
 
 
-class TokenInvalid(LlmStreamError):
-    pass
+class TokenExpired(LlmStreamError):
+    """A stream token that was valid has expired: 401, and the page asks for a fresh one."""
+
+
+class Unauthenticated(LlmStreamError):
+    """No credentials, or credentials that do not check out: 401."""
+
+
+class Forbidden(LlmStreamError):
+    """Signed in, but not allowed (operator routes for non-admins): 403."""
+
+
+class AuthUnavailable(LlmStreamError):
+    """The issuer's keys could not be fetched to check a token: 503."""
+
+
+class QuotaExceeded(LlmStreamError):
+    """The caller's own quota is spent: 429 with Retry-After."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class ModelUnavailable(LlmStreamError):

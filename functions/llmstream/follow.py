@@ -11,9 +11,12 @@ started yet, or pauses) poll at a short interval at first, then back off.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import anyio
 
@@ -25,6 +28,8 @@ from llmstream.models import Event
 # on a long backlog, so a catch-up costs a few calls, not one per event.
 _LIVE_WINDOW = 1
 _MAX_WINDOW = 100
+T = TypeVar("T")
+U = TypeVar("U")
 
 
 @dataclass
@@ -137,3 +142,29 @@ async def _follow_pushed(
             # Something past a gap: the writer's next event fills it (it never does on
             # Redis, where IDs only grow; this keeps a broken log from spinning a core).
             await anyio.sleep(pacer.interval)
+
+
+async def watched(
+    source: AsyncIterator[T], quiet: float, on_quiet: Callable[[], Awaitable[U | None]]
+) -> AsyncIterator[T | U]:
+    """``source``'s items; after each ``quiet`` seconds without one, ``on_quiet()``'s
+    answer too, if it has one (the stream's "worker lost" notice during a silence)."""
+    pending = asyncio.ensure_future(anext(source))
+    try:
+        while True:
+            done, _ = await asyncio.wait({pending}, timeout=quiet)
+            if not done:
+                extra = await on_quiet()
+                if extra is not None:
+                    yield extra
+                continue
+            try:
+                item = pending.result()
+            except StopAsyncIteration:
+                return
+            yield item
+            pending = asyncio.ensure_future(anext(source))
+    finally:
+        pending.cancel()
+        with contextlib.suppress(BaseException):
+            await pending

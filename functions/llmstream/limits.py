@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from botocore.exceptions import ClientError
 
-from llmstream.exceptions import StoreUnavailable
+from llmstream.exceptions import QuotaExceeded, StoreUnavailable
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -125,6 +125,86 @@ class ModelLimits:
     def settle(self, estimated_tokens: int, actual_tokens: int) -> None:
         """Correct the token bucket once the real usage is known."""
         self.buckets.give_back(self.tpm, estimated_tokens - actual_tokens)
+
+
+class UserQuotas:
+    """Each user's own limits, on top of the shared model limits: requests per minute (a
+    token bucket per user, taken with the same conditional write as the shared ones, so
+    concurrent requests never overspend it) and model tokens per UTC day (a counter per
+    user and day: a request is admitted while the day's count is under the quota, and the
+    tokens an answer used are added when it ends; answers in flight may run it over by
+    what they use, as the model providers' own usage limits do)."""
+
+    def __init__(
+        self,
+        buckets: TokenBuckets,
+        client: DynamoDBClient,
+        table: str,
+        *,
+        requests_per_minute: int,
+        tokens_per_day: int,
+    ) -> None:
+        self._buckets = buckets
+        self._client = client
+        self._table = table
+        self.requests_per_minute = requests_per_minute
+        self.tokens_per_day = tokens_per_day
+
+    def admit(self, owner: str, now: float | None = None) -> None:
+        """Take one request of ``owner``'s minute; QuotaExceeded with the wait if none is
+        left, or if today's tokens are spent."""
+        at = time.time() if now is None else now
+        if self.tokens_per_day > 0:
+            used = self.used_today(owner, at)
+            if used >= self.tokens_per_day:
+                raise QuotaExceeded(
+                    f"daily token quota spent ({used} of {self.tokens_per_day} tokens); "
+                    "it starts again at 00:00 UTC",
+                    retry_after=86400 - at % 86400,
+                )
+        if self.requests_per_minute > 0:
+            bucket = Bucket(f"user-rpm#{owner}", self.requests_per_minute)
+            wait = self._buckets.take(bucket, 1, now=at)
+            if wait > 0:
+                raise QuotaExceeded(
+                    f"request quota spent ({self.requests_per_minute} a minute); "
+                    f"retry in {wait:.0f} s",
+                    retry_after=wait,
+                )
+
+    def charge(self, owner: str, tokens: int, now: float | None = None) -> None:
+        """Add the tokens an answer (or an embeddings call) used to ``owner``'s day."""
+        if self.tokens_per_day <= 0 or tokens <= 0 or not owner:
+            return
+        at = time.time() if now is None else now
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key={"bucket": {"S": _day_key(owner, at)}},
+                UpdateExpression="ADD used :n SET expires_at = :exp",
+                ExpressionAttributeValues={
+                    ":n": {"N": str(int(tokens))},
+                    ":exp": {"N": str(int(at - at % 86400) + 2 * 86400)},
+                },
+            )
+        except ClientError as e:
+            raise StoreUnavailable(str(e)) from e
+
+    def used_today(self, owner: str, now: float | None = None) -> int:
+        at = time.time() if now is None else now
+        try:
+            got = self._client.get_item(
+                TableName=self._table,
+                Key={"bucket": {"S": _day_key(owner, at)}},
+                ConsistentRead=True,
+            )
+        except ClientError as e:
+            raise StoreUnavailable(str(e)) from e
+        return int(got.get("Item", {}).get("used", {}).get("N", "0"))
+
+
+def _day_key(owner: str, at: float) -> str:
+    return f"user-tokens#{owner}#{time.strftime('%Y%m%d', time.gmtime(at))}"
 
 
 def estimate_tokens(messages: list[dict[str, str]], max_tokens: int | None) -> int:

@@ -83,6 +83,11 @@ class TaskStatus(BaseModel):
     first_token_at: float | None = None
     finished_at: float | None = None
     last_seq: int = Field(0, description="Seq of the newest chunk-log event")
+    heartbeat_at: float | None = Field(None, description="The running worker's last beat")
+    worker_lost: bool = Field(
+        False, description="Running, but its worker went silent: a new attempt is coming"
+    )
+    stream_url: str = Field(description="A fresh signed URL of the task's stream")
 
 
 class SessionTurn(BaseModel):
@@ -100,6 +105,20 @@ class SessionHistory(BaseModel):
 
     session_id: str
     turns: list[SessionTurn]
+
+
+class SessionSummary(BaseModel):
+    session_id: str
+    title: str = Field(description="The start of the conversation's first message")
+    created_at: float
+    updated_at: float = Field(description="When its latest turn was asked")
+    turns: int
+
+
+class SessionList(BaseModel):
+    """GET /sessions: the caller's own conversations, most recently active first."""
+
+    sessions: list[SessionSummary]
 
 
 class CancelResult(BaseModel):
@@ -186,7 +205,10 @@ class Stats(BaseModel):
     by_priority: dict[str, int] = Field(description="Requests of the window by queue")
     ttft_seconds: LatencyStats = Field(description="Accepted to first token")
     tokens_per_second: LatencyStats = Field(description="Completion tokens / streaming time")
-    recent: list[dict[str, Any]] = Field(description="The newest tasks: id, status, times")
+    recent: list[dict[str, Any]] = Field(
+        description="The newest tasks: status, priority, times (no ids: they are their "
+        "owners' alone)"
+    )
 
 
 class ModelTest(BaseModel):

@@ -10,6 +10,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 from openai import OpenAIError
 
+from llmstream.auth import Principal
 from llmstream.deps import Deps
 from llmstream.exceptions import StoreUnavailable
 from llmstream.models import (
@@ -117,7 +118,6 @@ def stats(deps: Deps, now: float | None = None) -> Stats:
         tokens_per_second=_percentiles(rates),
         recent=[
             {
-                "task_id": t.task_id,
                 "status": t.status,
                 "priority": t.priority,
                 "created_at": t.created_at,
@@ -140,8 +140,10 @@ def test_model(deps: Deps) -> ModelTest:
     return ModelTest(ok=error is None, model=model, latency_ms=ms, reply=text, error=error)
 
 
-def embeddings(deps: Deps, request: EmbeddingsRequest) -> EmbeddingsResponse:
-    """Embed a batch of texts, split to the model's batch limit; order is kept."""
+def embeddings(deps: Deps, user: Principal, request: EmbeddingsRequest) -> EmbeddingsResponse:
+    """Embed a batch of texts, split to the model's batch limit; order is kept. Counts
+    toward the caller's quotas like a chat request."""
+    deps.quotas.admit(user.sub)
     model = request.model or deps.settings.embedding_model
     size = deps.settings.embeddings_batch_size
     data: list[Embedding] = []
@@ -155,4 +157,5 @@ def embeddings(deps: Deps, request: EmbeddingsRequest) -> EmbeddingsResponse:
         for item in sorted(answer.data, key=lambda d: d.index):
             data.append(Embedding(index=start + item.index, embedding=item.embedding))
         usage.update({k: int(v) for k, v in answer.usage.model_dump().items() if v is not None})
+    deps.quotas.charge(user.sub, usage.get("total_tokens", 0))
     return EmbeddingsResponse(model=model, data=data, usage=dict(usage), batches=batches)

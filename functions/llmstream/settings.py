@@ -19,6 +19,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
     requests_table: str
+    sessions_table: str
     chunks_table: str
     queue_url_high: str
     queue_url_default: str
@@ -31,6 +32,19 @@ class Settings(BaseSettings):
     llm_tpm: int = Field(default=0, ge=0, description="Model tokens per minute")
     idempotency_ttl_seconds: int = Field(default=86400, gt=0)
     model_id: str
+    # Sign-in: JWTs of one issuer (the template's Cognito user pool, or another OIDC issuer).
+    # The JWKS URL defaults to the issuer's own; locally it differs (the emulator's address).
+    auth_issuer: str = Field(min_length=1, description="iss of accepted tokens")
+    auth_audience: str = Field(
+        min_length=1, description="Comma-separated app client ids (aud, or client_id)"
+    )
+    auth_jwks_url: str | None = None
+    auth_token_use: str = Field(default="access", description="Accepted token_use values")
+    auth_groups_claim: str = "cognito:groups"
+    auth_admin_group: str = Field(default="admins", min_length=1)
+    # Per-user quotas on top of the shared model limits; 0 means no limit.
+    user_rpm: int = Field(default=0, ge=0, description="Requests per minute per user")
+    user_tokens_per_day: int = Field(default=0, ge=0, description="Model tokens per user a day")
     cors_allow_origins: str = Field(description="Comma-separated origins, or *")
     # The HMAC key of stream tokens: in the cloud a Secrets Manager secret (read once per
     # cold start); a plain value only where there is no Secrets Manager (unit tests).
@@ -74,6 +88,11 @@ class Settings(BaseSettings):
     lambda_margin_seconds: float = Field(default=5.0, ge=0)
     # How often a running answer looks for a cancel request (cancel lands within ~this).
     cancel_check_interval_ms: int = Field(default=500, gt=0)
+    # Heartbeat: while an answer runs, its SQS message stays invisible for this long at a
+    # time (extended every quarter of it), so a worker that dies is replaced within about
+    # this long instead of the queue's visibility timeout (30 minutes); viewers see "worker
+    # lost" when the request row's heartbeat is older than this.
+    worker_heartbeat_seconds: int = Field(default=20, ge=2, le=900)
     # Transient model failures (429, 5xx, timeouts) the SDK's retries did not cure go back to
     # the queue with exponential backoff, until the queue's maxReceiveCount (keep equal).
     max_receive_count: int = Field(default=3, ge=1)
@@ -89,7 +108,10 @@ class Settings(BaseSettings):
     # A function URL response lasts at most 15 minutes; end before that so the client's
     # EventSource reconnects with Last-Event-ID instead of seeing a cut connection.
     stream_max_seconds: int = Field(default=840, gt=0)
-    stream_token_ttl_seconds: int = Field(default=3600, gt=0)
+    # Short-lived: a stream token opens one task for its owner; the page asks GET
+    # /chat/{task_id} for a fresh one when a resume is refused for expiry. Only the connect
+    # is checked: an open stream is not cut when its token expires.
+    stream_token_ttl_seconds: int = Field(default=300, gt=0)
 
     @model_validator(mode="after")
     def _one_token_secret(self) -> Settings:
@@ -110,6 +132,18 @@ class Settings(BaseSettings):
         if priority <= -5:
             return self.queue_url_low
         return self.queue_url_default
+
+    @property
+    def jwks_url(self) -> str:
+        return self.auth_jwks_url or f"{self.auth_issuer.rstrip('/')}/.well-known/jwks.json"
+
+    @property
+    def auth_audiences(self) -> list[str]:
+        return [a.strip() for a in self.auth_audience.split(",") if a.strip()]
+
+    @property
+    def auth_token_uses(self) -> list[str]:
+        return [u.strip() for u in self.auth_token_use.split(",") if u.strip()]
 
     @property
     def cors_origins(self) -> list[str]:

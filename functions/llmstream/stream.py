@@ -7,7 +7,9 @@ locally under plain uvicorn. Each event carries ``id: <seq>``; a reconnect with
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from functools import lru_cache
@@ -20,13 +22,15 @@ from openai import AsyncOpenAI, OpenAIError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from llmstream import tokens, web
+from llmstream.auth import get_authenticator
 from llmstream.deps import get_deps
-from llmstream.exceptions import StoreUnavailable
-from llmstream.follow import Pacer, follow
+from llmstream.exceptions import StoreUnavailable, TaskNotFound, TokenMissing
+from llmstream.follow import Pacer, follow, watched
 from llmstream.llm import direct_pieces, make_async_client
 from llmstream.models import ID_PATTERN, ChatRequest, ErrorBody, Health
 from llmstream.settings import get_settings
-from llmstream.tasks import Task
+from llmstream.tasks import Task, worker_lost
+from llmstream.web import CurrentUser
 
 settings = get_settings()
 logger = logging.getLogger(__name__)
@@ -58,7 +62,6 @@ def _resume_point(last_event_id: str | None, after: int | None) -> int:
         200: {"content": {"text/event-stream": {}}, "description": "SSE of the answer"},
         400: {"model": ErrorBody},
         401: {"model": ErrorBody},
-        403: {"model": ErrorBody},
         404: {"model": ErrorBody},
     },
 )
@@ -69,30 +72,63 @@ async def stream(
     last_event_id: Annotated[str | None, Header()] = None,
     authorization: Annotated[str | None, Header()] = None,
 ) -> EventSourceResponse:
-    """Follow a task's answer: chunk events, then one terminal event (done/error/cancelled)."""
-    if token is None and authorization and authorization.lower().startswith("bearer "):
-        token = authorization[7:].strip()
-    deps = get_deps()
-    # The key comes from Secrets Manager on first use (a blocking call): off the event loop.
-    key = await anyio.to_thread.run_sync(lambda: deps.token_key)
-    tokens.verify(key, task_id, token)
+    """Follow one of your tasks' answer: chunk events, then one terminal event
+    (done/error/cancelled). Opened with the stream_url's token (EventSource cannot send
+    headers), or with your Bearer token."""
+    if not token and not authorization:
+        raise TokenMissing("sign in: pass ?token= from the stream_url, or a Bearer token")
     start = _resume_point(last_event_id, after)
+    deps = get_deps()
+    user = None
+    if not token:  # a Bearer token: who is asking comes first (401), then what (404)
+        user = await anyio.to_thread.run_sync(get_authenticator().authenticate, authorization)
     task = await anyio.to_thread.run_sync(deps.tasks.get, task_id)  # 404 before the 200
+    if task.deleted:
+        raise TaskNotFound(task_id)
+    if user is not None:
+        if user.sub != task.owner:
+            raise TaskNotFound(task_id)
+    else:
+        # The key comes from Secrets Manager on first use (a blocking call): off the loop.
+        key = await anyio.to_thread.run_sync(lambda: deps.token_key)
+        tokens.verify(key, task_id, task.owner, token)  # another owner's: 404
+
+    window = settings.worker_heartbeat_seconds
+    told = False
+
+    async def on_quiet() -> ServerSentEvent | None:
+        # A silence: is the answer's worker alive? A running task that missed two heartbeats
+        # lost its worker; its message is back on the queue within the heartbeat window and
+        # a new attempt starts with a reset. Say so once, as a named event (`event:
+        # status`), which clients that do not listen for named events ignore.
+        nonlocal told
+        row = await anyio.to_thread.run_sync(deps.tasks.get, task_id)
+        if told or not worker_lost(row, window, time.time()):
+            return None
+        told = True
+        state = {"state": "worker_lost", "attempt": row.attempt, "since": row.heartbeat_at}
+        return ServerSentEvent(event="status", data=json.dumps(state))
 
     async def events() -> AsyncIterator[ServerSentEvent]:
+        nonlocal told
         left_early = True
+        followed = follow(
+            deps.log,
+            task_id,
+            start,
+            pacer=Pacer(
+                interval=settings.stream_poll_interval_ms / 1000,
+                max_interval=settings.stream_poll_max_interval_ms / 1000,
+                write_interval=settings.chunk_flush_interval_ms / 1000,
+            ),
+            max_seconds=settings.stream_max_seconds,
+        )
         try:
-            async for event in follow(
-                deps.log,
-                task_id,
-                start,
-                pacer=Pacer(
-                    interval=settings.stream_poll_interval_ms / 1000,
-                    max_interval=settings.stream_poll_max_interval_ms / 1000,
-                    write_interval=settings.chunk_flush_interval_ms / 1000,
-                ),
-                max_seconds=settings.stream_max_seconds,
-            ):
+            async for event in watched(followed, min(5.0, window / 4), on_quiet):
+                if isinstance(event, ServerSentEvent):
+                    yield event
+                    continue
+                told = False
                 yield ServerSentEvent(data=event.sse_data(), id=str(event.seq))
             left_early = False  # the terminal event, or the end of this response's time
         except StoreUnavailable as e:
@@ -106,7 +142,7 @@ async def stream(
                 # The viewer went away and the request asked to stop then. The response is
                 # being torn down (cancelled): shield the call that records the cancel.
                 with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(deps.tasks.request_cancel, task_id)
+                    await anyio.to_thread.run_sync(deps.tasks.request_cancel, task_id, task.owner)
 
     return EventSourceResponse(
         events(),
@@ -126,16 +162,20 @@ def _async_model() -> AsyncOpenAI:
     response_class=StreamingResponse,
     responses={
         200: {"content": {"text/plain": {}}, "description": "The answer, as it comes"},
+        401: {"model": ErrorBody},
         404: {"model": ErrorBody},
         422: {"model": ErrorBody},
+        429: {"model": ErrorBody},
     },
 )
-async def direct(body: ChatRequest) -> StreamingResponse:
+async def direct(body: ChatRequest, user: CurrentUser) -> StreamingResponse:
     """Direct mode: stream an answer straight from the model as text/plain, without the
     queue (the older RabbitMQ service's mode). The session id comes back in X-Session-ID.
     Nothing is recorded: no resume, no status; a disconnect stops the model call."""
     if not settings.direct_mode_enabled:
         raise HTTPException(404, "direct mode is disabled (template parameter EnableDirectMode)")
+    deps = get_deps()
+    await anyio.to_thread.run_sync(deps.quotas.admit, user.sub)
     session_id = body.session_id or uuid.uuid4().hex
     task = Task(
         task_id=uuid.uuid4().hex,
@@ -146,15 +186,23 @@ async def direct(body: ChatRequest) -> StreamingResponse:
         system=body.system,
         max_tokens=min(body.max_tokens or settings.max_tokens_limit, settings.max_tokens_limit),
         temperature=body.temperature,
+        owner=user.sub,
     )
     client = await anyio.to_thread.run_sync(_async_model)  # reads the key secret once
 
     async def text() -> AsyncIterator[str]:
+        said = 0
         try:
             async for piece in direct_pieces(client, task):
+                said += len(piece)
                 yield piece
         except OpenAIError as e:
             yield f"\n[error: model error: {e}]"
+        finally:
+            # Direct mode has no usage from the model: charge the estimate (4 chars a token).
+            spent = (len(body.message) + len(body.system or "") + said) // 4
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(deps.quotas.charge, user.sub, spent)
 
     return StreamingResponse(
         text(),

@@ -16,7 +16,7 @@ from llmstream.models import TaskState
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
-SESSION_INDEX = "by-session"  # GlobalSecondaryIndexes in template.yaml
+SESSION_INDEX = "by-owner-session"  # GlobalSecondaryIndexes in template.yaml
 HOUR_INDEX = "by-hour"
 _ser = TypeSerializer()
 _de = TypeDeserializer()
@@ -29,6 +29,9 @@ class Task:
     status: TaskState
     model: str
     message: str
+    # The signed-in user's sub. The by-owner-session index is keyed by owner and session
+    # together (``session_key``), so a conversation is only ever read as its owner's.
+    owner: str = ""
     priority: int = 0
     system: str | None = None
     max_tokens: int | None = None
@@ -36,6 +39,7 @@ class Task:
     attempt: int = 0
     created_at: float = field(default_factory=time.time)
     started_at: float | None = None
+    heartbeat_at: float | None = None  # the running attempt's last sign of life
     first_token_at: float | None = None
     finished_at: float | None = None
     usage: dict[str, Any] | None = None
@@ -44,6 +48,7 @@ class Task:
     cancel_on_disconnect: bool = False
     retry_at: float | None = None
     answer: str | None = None
+    deleted: bool = False  # a tombstone: its conversation was deleted
     hour: str | None = None  # UTC yyyymmddhh of created_at: the by-hour index of /stats
     # The request started its session (no session_id given): the worker has no history to
     # look up, which saves a query on the answer's critical path.
@@ -52,6 +57,7 @@ class Task:
     def to_item(self, expires_at: int) -> dict[str, Any]:
         raw = {k: v for k, v in self.__dict__.items() if v is not None}
         raw["expires_at"] = expires_at
+        raw["session_key"] = session_key(self.owner, self.session_id)
         return {k: _ser.serialize(_to_dynamo(v)) for k, v in raw.items()}
 
     @classmethod
@@ -59,7 +65,8 @@ class Task:
         raw = {k: _from_dynamo(_de.deserialize(v)) for k, v in item.items()}
         raw.pop("expires_at", None)
         known = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in raw.items() if k in known})
+        base = {"session_id": "", "model": "", "message": ""}  # a tombstone keeps none
+        return cls(**{**base, **{k: v for k, v in raw.items() if k in known}})
 
 
 def _to_dynamo(value: Any) -> Any:
@@ -76,6 +83,20 @@ def _from_dynamo(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _from_dynamo(v) for k, v in value.items()}
     return value
+
+
+def worker_lost(task: Task, window: float, now: float) -> bool:
+    """A running task whose worker missed two heartbeats (it beats every quarter window):
+    it has died, and its message comes back on the queue within the window."""
+    return (
+        task.status == "running"
+        and task.heartbeat_at is not None
+        and now - task.heartbeat_at > window / 2 + 1
+    )
+
+
+def session_key(owner: str, session_id: str) -> str:
+    return f"{owner}#{session_id}"
 
 
 def hour_of(timestamp: float) -> str:
@@ -148,14 +169,18 @@ class TaskStore:
             raise StoreUnavailable(str(e)) from e
         return tasks[:limit]
 
-    def session(self, session_id: str, limit: int = 100) -> list[Task]:
-        """The session's tasks, oldest first (the by-session index of the template)."""
+    def owned_by(self, owner: str) -> OwnedTasks:
+        """The table as ``owner`` sees it: the only view the HTTP routes get."""
+        return OwnedTasks(self, owner)
+
+    def session(self, owner: str, session_id: str, limit: int = 100) -> list[Task]:
+        """The session's tasks, oldest first (the by-owner-session index of the template)."""
         try:
             answer = self._client.query(
                 TableName=self._table,
                 IndexName=SESSION_INDEX,
-                KeyConditionExpression="session_id = :s",
-                ExpressionAttributeValues={":s": {"S": session_id}},
+                KeyConditionExpression="session_key = :s",
+                ExpressionAttributeValues={":s": {"S": session_key(owner, session_id)}},
                 ScanIndexForward=False,  # newest first, so `limit` keeps the recent turns
                 Limit=limit,
             )
@@ -175,7 +200,7 @@ class TaskStore:
                 Key={"task_id": {"S": task_id}},
                 UpdateExpression=(
                     "SET #s = :running, attempt = if_not_exists(attempt, :zero) + :one, "
-                    "started_at = :now REMOVE retry_at"
+                    "started_at = :now, heartbeat_at = :now REMOVE retry_at"
                 ),
                 ConditionExpression=(
                     "attribute_exists(task_id) AND #s IN (:queued, :waiting, :running)"
@@ -198,19 +223,22 @@ class TaskStore:
             raise StoreUnavailable(str(e)) from e
         return Task.from_item(got["Attributes"])
 
-    def request_cancel(self, task_id: str) -> Task:
-        """Flag a live task for cancelling; a final one is returned as it is (idempotent)."""
+    def request_cancel(self, task_id: str, owner: str) -> Task:
+        """Flag a live task of ``owner`` for cancelling; a final one is returned as it is
+        (idempotent); another owner's is not found."""
         try:
             got = self._client.update_item(
                 TableName=self._table,
                 Key={"task_id": {"S": task_id}},
                 UpdateExpression="SET cancel_requested = :true",
                 ConditionExpression=(
-                    "attribute_exists(task_id) AND #s IN (:queued, :waiting, :running)"
+                    "attribute_exists(task_id) AND #o = :owner "
+                    "AND #s IN (:queued, :waiting, :running)"
                 ),
-                ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeNames={"#s": "status", "#o": "owner"},
                 ExpressionAttributeValues={
                     ":true": {"BOOL": True},
+                    ":owner": {"S": owner},
                     ":queued": {"S": "queued"},
                     ":waiting": {"S": "waiting"},
                     ":running": {"S": "running"},
@@ -219,9 +247,29 @@ class TaskStore:
             )
         except ClientError as e:
             if e.response["Error"]["Code"] == "ConditionalCheckFailedException":
-                return self.get(task_id)  # final already, or TaskNotFound
+                return self.owned_by(owner).get(task_id)  # final already, or not found
             raise StoreUnavailable(str(e)) from e
         return Task.from_item(got["Attributes"])
+
+    def tombstone(self, task_id: str, owner: str, now: float | None = None) -> None:
+        """Replace the row with what is left of a deleted task: no text, no session, status
+        cancelled. A running attempt sees its claim gone and stops; a redelivered message
+        finds the task final and is dropped; the row itself expires within a day."""
+        at = time.time() if now is None else now
+        try:
+            self._client.put_item(
+                TableName=self._table,
+                Item={
+                    "task_id": {"S": task_id},
+                    "owner": {"S": owner},
+                    "status": {"S": "cancelled"},
+                    "deleted": {"BOOL": True},
+                    "finished_at": {"N": repr(at)},
+                    "expires_at": {"N": str(int(at) + 86400)},
+                },
+            )
+        except ClientError as e:
+            raise StoreUnavailable(str(e)) from e
 
     def cancel_unstarted(self, task_id: str, now: float | None = None) -> bool:
         """queued/waiting -> cancelled, if no worker holds the task; True if it did."""
@@ -245,17 +293,29 @@ class TaskStore:
             raise StoreUnavailable(str(e)) from e
         return True
 
-    def is_cancel_requested(self, task_id: str) -> bool:
+    def control(self, task_id: str) -> tuple[bool, int]:
+        """What a running answer checks twice a second: is a cancel requested, and which
+        attempt holds the task (a newer one means this one must stop writing)."""
         try:
             got = self._client.get_item(
                 TableName=self._table,
                 Key={"task_id": {"S": task_id}},
                 ConsistentRead=True,
-                ProjectionExpression="cancel_requested",
+                ProjectionExpression="cancel_requested, attempt",
             )
         except ClientError as e:
             raise StoreUnavailable(str(e)) from e
-        return bool(got.get("Item", {}).get("cancel_requested", {}).get("BOOL", False))
+        item = got.get("Item")
+        if item is None:
+            raise TaskNotFound(task_id)  # deleted with its conversation: stop
+        return (
+            bool(item.get("cancel_requested", {}).get("BOOL", False)),
+            int(item.get("attempt", {}).get("N", "0")),
+        )
+
+    def beat(self, task_id: str, attempt: int, now: float | None = None) -> None:
+        """The running attempt is alive (ClaimLost if it no longer holds the task)."""
+        self._update(task_id, attempt, {"heartbeat_at": time.time() if now is None else now})
 
     def defer(self, task_id: str, attempt: int, retry_at: float, error: str) -> None:
         """running -> waiting: the message goes back to its queue until ``retry_at``."""
@@ -307,3 +367,30 @@ class TaskStore:
             if e.response["Error"]["Code"] == "ConditionalCheckFailedException":
                 raise ClaimLost(f"task {task_id}: attempt {attempt} no longer owns it") from e
             raise StoreUnavailable(str(e)) from e
+
+
+class OwnedTasks:
+    """The requests table as one user sees it. Every read checks the row's owner, so a task
+    of another user is answered exactly like one that does not exist."""
+
+    def __init__(self, store: TaskStore, owner: str) -> None:
+        if not owner:
+            raise ValueError("an owner is required")
+        self._store = store
+        self.owner = owner
+
+    def get(self, task_id: str) -> Task:
+        task = self._store.get(task_id)
+        if task.owner != self.owner or task.deleted:
+            raise TaskNotFound(task_id)
+        return task
+
+    def request_cancel(self, task_id: str) -> Task:
+        return self._store.request_cancel(task_id, self.owner)
+
+    def cancel_unstarted(self, task_id: str) -> bool:
+        self.get(task_id)
+        return self._store.cancel_unstarted(task_id)
+
+    def session(self, session_id: str, limit: int = 100) -> list[Task]:
+        return self._store.session(self.owner, session_id, limit)

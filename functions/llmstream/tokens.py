@@ -1,8 +1,13 @@
-"""Signed, expiring stream tokens bound to one task.
+"""Signed, short-lived stream tokens bound to one task and its owner.
 
-A stream is readable only with the token POST /chat returned. The token is
-``<expiry>.<signature>`` where the signature is HMAC-SHA256 over the task id and expiry, so
-the stream function needs no lookup to check it and a token for one task opens no other.
+A stream is readable only with a token the api function gave the task's owner (POST /chat,
+or GET /chat/{task_id} for a fresh one). The token is ``<expiry>.<signature>``, the
+signature HMAC-SHA256 over the task id, the owner's ``sub`` and the expiry: the stream
+function checks it against the task row it reads anyway, so a token opens no other task
+and no other user's, and carries nothing about the user in the URL.
+
+A token that does not open the task is answered as a task that does not exist (404); one
+that did but has expired is 401, so the page knows to ask for a fresh one.
 """
 
 from __future__ import annotations
@@ -12,28 +17,32 @@ import hashlib
 import hmac
 import time
 
-from llmstream.exceptions import TokenInvalid, TokenMissing
+from llmstream.exceptions import TaskNotFound, TokenExpired, TokenMissing
 
 
-def _signature(secret: str, task_id: str, expires: int) -> str:
-    mac = hmac.new(secret.encode(), f"{task_id}.{expires}".encode(), hashlib.sha256).digest()
+def _signature(secret: str, task_id: str, owner: str, expires: int) -> str:
+    message = f"{task_id}\n{owner}\n{expires}".encode()
+    mac = hmac.new(secret.encode(), message, hashlib.sha256).digest()
     return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
 
 
-def sign(secret: str, task_id: str, ttl_seconds: int, now: float | None = None) -> str:
+def sign(secret: str, task_id: str, owner: str, ttl_seconds: int, now: float | None = None) -> str:
     expires = int((time.time() if now is None else now) + ttl_seconds)
-    return f"{expires}.{_signature(secret, task_id, expires)}"
+    return f"{expires}.{_signature(secret, task_id, owner, expires)}"
 
 
-def verify(secret: str, task_id: str, token: str | None, now: float | None = None) -> None:
-    """Raise TokenMissing or TokenInvalid unless ``token`` opens ``task_id`` now."""
+def verify(
+    secret: str, task_id: str, owner: str, token: str | None, now: float | None = None
+) -> None:
+    """Raise TokenMissing, TaskNotFound or TokenExpired unless ``token`` opens ``task_id``
+    of ``owner`` now."""
     if not token:
-        raise TokenMissing("stream token missing: pass ?token= from the stream_url")
+        raise TokenMissing("sign in: pass ?token= from the stream_url, or a Bearer token")
     expires_text, _, signature = token.partition(".")
     if not expires_text.isdigit() or not signature:
-        raise TokenInvalid("stream token malformed")
+        raise TaskNotFound(task_id)
     expires = int(expires_text)
-    if not hmac.compare_digest(signature, _signature(secret, task_id, expires)):
-        raise TokenInvalid("stream token does not match this task")
+    if not hmac.compare_digest(signature, _signature(secret, task_id, owner, expires)):
+        raise TaskNotFound(task_id)
     if expires < (time.time() if now is None else now):
-        raise TokenInvalid("stream token expired")
+        raise TokenExpired("stream token expired: GET /chat/{task_id} gives a fresh stream_url")

@@ -2,28 +2,63 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request
+import math
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from llmstream.auth import Principal, get_authenticator
 from llmstream.exceptions import (
+    AuthUnavailable,
+    Forbidden,
     IdempotencyConflict,
     LlmStreamError,
     ModelUnavailable,
     QueueUnavailable,
+    QuotaExceeded,
     SessionNotFound,
     StoreUnavailable,
     TaskNotFound,
-    TokenInvalid,
+    TokenExpired,
     TokenMissing,
+    Unauthenticated,
 )
 from llmstream.settings import Settings
+
+# The bearer scheme in the OpenAPI docs ("Authorize" there takes a token); the check is ours,
+# so a missing header is our 401 with a reason, not FastAPI's.
+_bearer = HTTPBearer(auto_error=False, description="An access token of the user pool")
+
+
+def current_user(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    """The signed-in caller (401 otherwise). A sync dependency: FastAPI runs it in its
+    thread pool, so a first fetch of the issuer's keys never blocks the event loop."""
+    header = f"{credentials.scheme} {credentials.credentials}" if credentials else None
+    return get_authenticator().authenticate(header)
+
+
+def admin_user(user: Annotated[Principal, Depends(current_user)]) -> Principal:
+    """A signed-in member of the operators' group (403 for anyone else)."""
+    return get_authenticator().require_admin(user)
+
+
+CurrentUser = Annotated[Principal, Depends(current_user)]
+AdminUser = Annotated[Principal, Depends(admin_user)]
 
 _STATUS: dict[type[LlmStreamError], int] = {
     TaskNotFound: 404,
     SessionNotFound: 404,
     TokenMissing: 401,
-    TokenInvalid: 403,
+    TokenExpired: 401,
+    Unauthenticated: 401,
+    Forbidden: 403,
+    QuotaExceeded: 429,
+    AuthUnavailable: 503,
     QueueUnavailable: 503,
     ModelUnavailable: 502,
     StoreUnavailable: 503,
@@ -34,7 +69,9 @@ async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     status = next((code for cls, code in _STATUS.items() if isinstance(exc, cls)), 500)
     if isinstance(exc, IdempotencyConflict):
         status = exc.status
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+    if isinstance(exc, QuotaExceeded):
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
     return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
 
 
@@ -42,8 +79,8 @@ def configure(app: FastAPI, settings: Settings, *, expose_headers: list[str] | N
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,
-        allow_methods=["GET", "POST", "OPTIONS"],
+        allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
         allow_headers=["content-type", "idempotency-key", "authorization", "last-event-id"],
-        expose_headers=expose_headers or [],
+        expose_headers=[*(expose_headers or []), "Retry-After"],
     )
     app.add_exception_handler(LlmStreamError, _domain_error)

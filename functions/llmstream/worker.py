@@ -13,35 +13,65 @@ from aws_lambda_powertools.utilities.batch import (
 )
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import ValidationError
 
-from llmstream.answer import RetryLater, Throttled, run_task
-from llmstream.deps import get_deps
+from llmstream.answer import Poison, RetryLater, Throttled, run_task
+from llmstream.deps import Deps, get_deps
+from llmstream.exceptions import ClaimLost
 from llmstream.models import TaskMessage
 from llmstream.settings import Settings
 
 logger = Logger()
+# The init phase builds settings and clients (as api.py does): a misconfiguration fails
+# at cold start, and an invocation's first step, its heartbeat, needs nothing built first.
+get_deps()
+
+
+class Superseded(Exception):
+    """A newer attempt holds this record's task: report the record failed so the message
+    is neither deleted nor touched (the newer attempt's heartbeat governs it)."""
 
 
 def record_handler(record: SQSRecord, lambda_context: LambdaContext) -> None:
-    # A body that is not a task message raises: the record is reported as failed and, after
-    # maxReceiveCount deliveries, lands in the DLQ (a poison message, not an endless retry).
-    message = TaskMessage.model_validate_json(record.body)
+    deps = get_deps()
+    queue_url = queue_url_of(deps.settings, record.event_source_arn)
+
+    def keep_alive() -> None:
+        # The message stays invisible one heartbeat window at a time while the answer runs
+        # (the queue's own 30-minute timeout is only for the wait before this invocation).
+        deps.sqs.change_message_visibility(
+            QueueUrl=queue_url,
+            ReceiptHandle=record.receipt_handle,
+            VisibilityTimeout=deps.settings.worker_heartbeat_seconds,
+        )
+
+    try:
+        message = TaskMessage.model_validate_json(record.body)
+    except ValidationError as e:
+        dead_letter(deps, record, queue_url, f"not a task message: {e.error_count()} error(s)")
+        return
+    keep_alive()  # before anything else: a death from here on is noticed within the window
     # Thread-safe keys: the local poller runs several invocations in one process.
     logger.thread_safe_append_keys(task_id=message.task_id)
-    deps = get_deps()
     try:
         run_task(
             deps,
             message.task_id,
             receive_count=int(record.attributes.approximate_receive_count),
             remaining_seconds=lambda: lambda_context.get_remaining_time_in_millis() / 1000,
+            keep_alive=keep_alive,
         )
+    except Poison as poison:
+        # Retrying cannot help: straight to the DLQ, where `./run.sh dlq` shows it.
+        dead_letter(deps, record, queue_url, str(poison))
+    except ClaimLost as e:
+        raise Superseded(str(e)) from e
     except Throttled as throttled:
         # Over the shared rate limit: a new, delayed copy of the message (SQS delays reach
         # 15 minutes), and this one done. Unlike a failure, waiting for capacity must not
         # count toward maxReceiveCount and the DLQ.
         deps.sqs.send_message(
-            QueueUrl=queue_url_of(deps.settings, record.event_source_arn),
+            QueueUrl=queue_url,
             MessageBody=record.body,
             DelaySeconds=min(900, max(1, math.ceil(throttled.delay))),
         )
@@ -49,11 +79,30 @@ def record_handler(record: SQSRecord, lambda_context: LambdaContext) -> None:
         # Back to the queue for the backoff delay instead of the queue's long visibility
         # timeout; reporting the record as failed keeps the message (and its receive count).
         deps.sqs.change_message_visibility(
-            QueueUrl=queue_url_of(deps.settings, record.event_source_arn),
+            QueueUrl=queue_url,
             ReceiptHandle=record.receipt_handle,
             VisibilityTimeout=int(retry.delay),
         )
         raise
+
+
+# The message attribute that names the queue a dead letter came from (SQS's own redrive
+# names it in the DeadLetterQueueSourceArn attribute): `./run.sh dlq redrive` sends it back.
+SOURCE_QUEUE_ATTRIBUTE = "llmstream_source_queue"
+
+
+def dead_letter(deps: Deps, record: SQSRecord, queue_url: str, reason: str) -> None:
+    """Move a poison message to the DLQ at once (the record then succeeds, so the queue
+    does not deliver it again); the reason goes with it, the body is kept as it came."""
+    logger.warning("poison message %s to the DLQ: %s", record.message_id, reason)
+    deps.sqs.send_message(
+        QueueUrl=deps.settings.dead_letter_queue_url,
+        MessageBody=record.body,
+        MessageAttributes={
+            SOURCE_QUEUE_ATTRIBUTE: {"DataType": "String", "StringValue": queue_url},
+            "llmstream_reason": {"DataType": "String", "StringValue": reason[:1000]},
+        },
+    )
 
 
 def queue_url_of(settings: Settings, queue_arn: str) -> str:

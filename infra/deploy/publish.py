@@ -51,9 +51,13 @@ class StackOutputs:
     distribution_id: str | None
     frontend_url: str | None
     openai_secret_arn: str | None
+    region: str
+    # The stack's own user pool; absent when it trusts another issuer (AuthIssuer).
+    user_pool_id: str | None
+    user_pool_client_id: str | None
 
     @classmethod
-    def of(cls, outputs: dict[str, str]) -> StackOutputs:
+    def of(cls, outputs: dict[str, str], region: str) -> StackOutputs:
         return cls(
             api_url=outputs["ApiUrl"].rstrip("/"),
             stream_url=outputs["StreamUrl"].rstrip("/"),
@@ -61,19 +65,39 @@ class StackOutputs:
             distribution_id=outputs.get("FrontendDistributionId"),
             frontend_url=outputs.get("FrontendUrl"),
             openai_secret_arn=outputs.get("OpenAIApiKeySecretArn"),
+            region=region,
+            user_pool_id=outputs.get("UserPoolId"),
+            user_pool_client_id=outputs.get("UserPoolClientId"),
         )
 
-    def config(self) -> dict[str, str]:
-        """The page's config.json: where its API and stream live."""
-        return {"apiUrl": self.api_url, "streamUrl": self.stream_url}
+    def config(self) -> dict[str, Any]:
+        """The page's config.json: where its API and stream live, and how to sign in (the
+        user pool's app client, through Cognito's JSON endpoint of the stack's region).
+        A stack that trusts another issuer has no pool: the page then has no sign-in."""
+        config: dict[str, Any] = {"apiUrl": self.api_url, "streamUrl": self.stream_url}
+        if self.user_pool_client_id:
+            config["auth"] = {
+                "region": self.region,
+                "userPoolId": self.user_pool_id,
+                "clientId": self.user_pool_client_id,
+                "endpoint": f"https://cognito-idp.{self.region}.amazonaws.com/",
+            }
+        else:
+            log.warning("no UserPoolClientId output (AuthIssuer set?): the page cannot sign in")
+        return config
 
 
 def stack_outputs(cloudformation: Any, stack: str) -> StackOutputs:
     described = cloudformation.describe_stacks(StackName=stack)["Stacks"][0]
-    return StackOutputs.of({o["OutputKey"]: o["OutputValue"] for o in described["Outputs"]})
+    # The stack's region: from its ARN (arn:aws:cloudformation:<region>:...), else the client's.
+    arn = str(described.get("StackId", "")).split(":")
+    region = arn[3] if len(arn) > 3 and arn[3] else cloudformation.meta.region_name
+    return StackOutputs.of(
+        {o["OutputKey"]: o["OutputValue"] for o in described["Outputs"]}, region=region
+    )
 
 
-def sync_frontend(s3: Any, bucket: str, directory: Path, config: dict[str, str]) -> list[str]:
+def sync_frontend(s3: Any, bucket: str, directory: Path, config: dict[str, Any]) -> list[str]:
     """Upload every file under ``directory`` and a generated config.json; delete the rest."""
     uploaded: list[str] = []
     for path in sorted(p for p in directory.rglob("*") if p.is_file()):

@@ -1,4 +1,4 @@
-"""``python -m localcloud up|poll|aws|fake-openai|frontend``."""
+"""``python -m localcloud up|poll|aws|fake-openai|frontend|token|status|stop|scale``."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from localcloud.template import ROOT
+from localcloud.users import UserPool
 
 
 def say(msg: str) -> None:
@@ -28,12 +30,12 @@ def _up(args: argparse.Namespace) -> int:
     opts = Options(
         stack=args.stack,
         ports=Ports(
-            aws=args.aws_port,
-            api=args.api_port,
-            stream=args.stream_port,
-            openai=args.openai_port,
-            frontend=args.frontend_port,
-            redis=args.redis_port,
+            aws=args.aws_port + args.port_offset,
+            api=args.api_port + args.port_offset,
+            stream=args.stream_port + args.port_offset,
+            openai=args.openai_port + args.port_offset,
+            frontend=args.frontend_port + args.port_offset,
+            redis=args.redis_port + args.port_offset,
         ),
         workers=args.workers,
         fake_tokens=args.fake_tokens,
@@ -46,6 +48,9 @@ def _up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)  # `run.sh stop` and CI end it like Ctrl-C
     try:
         stack.start()
+        # A user to sign in with, in the operators' group so the dashboard opens too (this
+        # is the developer's own machine); `./run.sh token NAME` makes ordinary users.
+        demo = stack.ensure_user(DEMO_USER, admin=True)
         u = stack.urls
         say("")
         say("llmstream is up:")
@@ -58,10 +63,12 @@ def _up(args: argparse.Namespace) -> int:
         if "openai" in u:
             say(f"  fake openai   {u['openai']}")
         say(f"  logs          {opts.dir / 'logs'}")
+        say(f"  sign in as    {demo.name} / {demo.password}   (in the admins group)")
         say("")
+        say("try: TOKEN=$(./run.sh token demo | tail -1)")
         say(
-            f"try: curl -X POST {u['api']}/chat -H 'content-type: application/json' "
-            '-d \'{"message":"hi"}\''
+            f'     curl -X POST {u["api"]}/chat -H "authorization: Bearer $TOKEN" '
+            "-H 'content-type: application/json' -d '{\"message\":\"hi\"}'"
         )
         say("Ctrl-C stops everything.")
         control = opts.dir / "workers"
@@ -82,13 +89,56 @@ def _up(args: argparse.Namespace) -> int:
         say(f"error: {e}")
         return 1
     finally:
+        started = bool(stack.procs)
         stack.stop()
-        say("stopped.")
+        if started:
+            say("stopped.")
 
 
-def _state(stack: str) -> dict[str, object] | None:
-    path = ROOT / ".localcloud" / stack / "state.json"
+DEMO_USER = "demo"
+
+
+def _dir(args: argparse.Namespace) -> Path:
+    """The stack's state folder: .localcloud/<stack>, or --state-dir (tests' stacks)."""
+    explicit = getattr(args, "state_dir", None)
+    return Path(explicit) if explicit else ROOT / ".localcloud" / args.stack
+
+
+def _state(args: argparse.Namespace) -> dict[str, object] | None:
+    path = _dir(args) / "state.json"
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def _pool(args: argparse.Namespace, state: dict[str, Any]) -> UserPool:
+    """The running stack's user pool, as its state file names it."""
+    import boto3
+
+    auth = state["auth"]
+    cognito = boto3.client(
+        "cognito-idp",
+        endpoint_url=auth["endpoint"],
+        region_name=auth["region"],
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
+    return UserPool(
+        cognito=cognito,
+        pool_id=auth["userPoolId"],
+        client_id=auth["clientId"],
+        passwords_file=_dir(args) / "users.json",
+    )
+
+
+def _token(args: argparse.Namespace) -> int:
+    state = _state(args)
+    if state is None or not _alive(int(state["pid"])):  # type: ignore[call-overload]
+        say(f"{args.stack}: not running; ./run.sh start first")
+        return 1
+    user = _pool(args, state).ensure_user(args.name, admin=args.admin)
+    say(f"user {user.name} (password {user.password}){' in admins' if args.admin else ''}")
+    say("access token (send it as: Authorization: Bearer <token>; it lasts an hour):")
+    say(user.access_token)
+    return 0
 
 
 def _alive(pid: int) -> bool:
@@ -99,21 +149,60 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _recorded(args: argparse.Namespace) -> list[Any]:
+    """The stack's processes as its supervisor wrote them down (processes.json)."""
+    from localcloud.processes import Recorded
+
+    path = _dir(args) / "processes.json"
+    if not path.exists():
+        return []
+    return [Recorded(**r) for r in json.loads(path.read_text())]
+
+
 def _status(args: argparse.Namespace) -> int:
     import httpx
 
-    state = _state(args.stack)
-    if state is None or not _alive(int(state["pid"])):  # type: ignore[call-overload]
+    recorded = _recorded(args)
+    supervisor = next((r for r in recorded if r.name == "supervisor"), None)
+    running = [r for r in recorded if r.name != "supervisor" and r.running()]
+    state = _state(args)
+    if supervisor is None or not supervisor.running():
+        if running:
+            say(
+                f"{args.stack}: HALF-DEAD: its supervisor"
+                f"{f' (pid {supervisor.pid})' if supervisor else ''} is gone, "
+                f"{len(running)} component(s) still running; `./run.sh stop` ends them"
+            )
+            for r in running:
+                say(f"  {r.name:<9} pid {r.pid:<7} running")
+            return 1
         say(f"{args.stack}: not running")
         return 3
+    if state is None:
+        say(f"{args.stack}: starting (pid {supervisor.pid})")
+        return 1
     say(f"{args.stack}: up (pid {state['pid']}, {state['workers']} worker(s) per queue)")
-    for name, pid in state["pids"].items():  # type: ignore[attr-defined]
-        say(f"  {name:<9} pid {pid:<7} {'running' if _alive(pid) else 'DEAD'}")
+    for r in recorded:
+        if r.name != "supervisor":
+            say(f"  {r.name:<9} pid {r.pid:<7} {'running' if r.running() else 'DEAD'}")
+    envs_file = _dir(args) / "poller-WorkerFunction.envs.json"
+    if envs_file.exists():
+        envs = json.loads(envs_file.read_text())
+        busy = sum(1 for e in envs["environments"] if e["busy_since"])
+        say(
+            f"  worker environments: {len(envs['environments'])} ({busy} running an answer),"
+            f" {envs['started']} started, {envs['deaths']} died"
+        )
     urls = state["urls"]
     try:
-        full = httpx.get(f"{urls['api']}/health/full", timeout=10).json()  # type: ignore[index]
-    except httpx.HTTPError as e:
-        say(f"  health: api unreachable ({e})")
+        admin = _pool(args, state).ensure_user(DEMO_USER, admin=True)
+        full = httpx.get(
+            f"{urls['api']}/health/full",  # type: ignore[index]
+            headers=admin.headers,
+            timeout=10,
+        ).json()
+    except Exception as e:  # an unreachable api or user pool: say so, do not crash
+        say(f"  health: unreachable ({type(e).__name__}: {e})")
         return 1
     say(f"  health: {full['status']}")
     for name, check in full["queues"].items():
@@ -126,28 +215,43 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _stop(args: argparse.Namespace) -> int:
-    state = _state(args.stack)
-    if state is None or not _alive(int(state["pid"])):  # type: ignore[call-overload]
+    from localcloud.processes import end
+
+    recorded = _recorded(args)
+    supervisor = next((r for r in recorded if r.name == "supervisor"), None)
+    if supervisor is not None and supervisor.running():
+        os.kill(supervisor.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while supervisor.running() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if supervisor.running():
+            os.kill(supervisor.pid, signal.SIGKILL)
+    # Whatever is still running (a supervisor killed hard, or one that did not finish
+    # stopping): only processes that are still the ones it started.
+    left = end([r for r in recorded if r.name != "supervisor"])
+    for name in ("state.json", "processes.json"):
+        (_dir(args) / name).unlink(missing_ok=True)
+    if supervisor is None or (not left and not supervisor.running() and not recorded):
         say(f"{args.stack}: not running")
-        return 0
-    pid = int(state["pid"])  # type: ignore[call-overload]
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 30
-    while _alive(pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    say(f"{args.stack}: stopped")
+    elif left:
+        say(
+            f"{args.stack}: stopped {len(left)} leftover process(es) "
+            f"({', '.join(r.name for r in left)})"
+        )
+    else:
+        say(f"{args.stack}: stopped")
     return 0
 
 
 def _scale(args: argparse.Namespace) -> int:
-    state = _state(args.stack)
+    state = _state(args)
     if state is None or not _alive(int(state["pid"])):  # type: ignore[call-overload]
         say(f"{args.stack}: not running; start it with --workers {args.workers}")
         return 1
     (ROOT / ".localcloud" / args.stack / "workers").write_text(str(args.workers))
     deadline = time.monotonic() + 400
     while time.monotonic() < deadline:
-        state = _state(args.stack)
+        state = _state(args)
         if state and state.get("workers") == args.workers:
             say(f"{args.stack}: {args.workers} worker(s) per queue")
             return 0
@@ -169,7 +273,9 @@ def _fake_openai(args: argparse.Namespace) -> int:
     from localcloud.fake_openai import Behaviour, create_app
 
     app = create_app(Behaviour(tokens=args.tokens, tps=args.tps, ttft_ms=args.ttft_ms))
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(
+        app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=2
+    )
     return 0
 
 
@@ -179,7 +285,9 @@ def _frontend(args: argparse.Namespace) -> int:
     from localcloud.components import frontend_app
 
     app = frontend_app(Path(args.directory), json.loads(args.config))
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(
+        app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=2
+    )
     return 0
 
 
@@ -190,12 +298,56 @@ def _poll(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dlq(args: argparse.Namespace) -> int:
+    import boto3
+
+    from localcloud import dlq
+
+    state = _state(args)
+    if state is None or not _alive(int(state["pid"])):  # type: ignore[call-overload]
+        say(f"{args.stack}: not running; ./run.sh start first")
+        return 1
+    queues: dict[str, str] = state["queues"]  # type: ignore[assignment]
+    sqs = boto3.client(
+        "sqs",
+        endpoint_url=state["urls"]["aws"],  # type: ignore[index]
+        region_name=state["auth"]["region"],  # type: ignore[index]
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
+    dlq_url = queues["DeadLetterQueue"]
+    if args.action == "redrive":
+        sources = {k: v for k, v in queues.items() if k != "DeadLetterQueue"}
+        moved = dlq.redrive(sqs, dlq_url, sources, sources["DefaultQueue"])
+        say(f"moved {moved} message(s) back to their queues")
+        return 0
+    letters = dlq.peek(sqs, dlq_url)
+    say(f"{len(letters)} message(s) in the dead-letter queue")
+    for letter in letters:
+        sent = time.strftime("%H:%M:%S", time.localtime(letter.sent_at))
+        source = (letter.source_queue or "?").rstrip("/").rsplit("/", 1)[-1].rsplit(":", 1)[-1]
+        say(
+            f"  {letter.message_id}  sent {sent}  from {source}  task {letter.task_id or '-'}"
+            f"  {letter.reason or 'failed every delivery (redrive policy)'}"
+        )
+    return 0
+
+
+def _runtime(args: argparse.Namespace) -> int:
+    from localcloud.runtime import serve
+
+    return serve(args.handler, args.function_name, args.memory, args.fds, args.parent)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="localcloud", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="run the whole stack until Ctrl-C")
     up.add_argument("--stack", default="llmstream-local")
+    up.add_argument(
+        "--port-offset", type=int, default=0, help="add this to every port (a second stack)"
+    )
     up.add_argument("--aws-port", type=int, default=4566)
     up.add_argument("--api-port", type=int, default=8007)
     up.add_argument("--stream-port", type=int, default=8008)
@@ -241,10 +393,30 @@ def main(argv: list[str] | None = None) -> int:
         cmd = sub.add_parser(verb, help=text)
         cmd.add_argument("--stack", default="llmstream-local")
         cmd.set_defaults(fn=fn)
+    token = sub.add_parser("token", help="sign a local user in (created if missing)")
+    token.add_argument("name")
+    token.add_argument("--admin", action="store_true", help="in the admins group (operators)")
+    token.add_argument("--stack", default="llmstream-local")
+    token.add_argument("--state-dir", help=argparse.SUPPRESS)
+    token.set_defaults(fn=_token)
     scale = sub.add_parser("scale", help="set the number of local workers of a running stack")
     scale.add_argument("workers", type=int)
     scale.add_argument("--stack", default="llmstream-local")
     scale.set_defaults(fn=_scale)
+
+    dead = sub.add_parser("dlq", help="list the dead-letter queue, or redrive it")
+    dead.add_argument("action", nargs="?", choices=["list", "redrive"], default="list")
+    dead.add_argument("--stack", default="llmstream-local")
+    dead.add_argument("--state-dir", help=argparse.SUPPRESS)
+    dead.set_defaults(fn=_dlq)
+
+    runtime = sub.add_parser("runtime", help="one execution environment (the poller starts it)")
+    runtime.add_argument("--handler", required=True)
+    runtime.add_argument("--function-name", required=True)
+    runtime.add_argument("--memory", type=int, required=True)
+    runtime.add_argument("--fds", required=True)
+    runtime.add_argument("--parent", type=int, required=True)
+    runtime.set_defaults(fn=_runtime)
 
     poll = sub.add_parser("poll", help="SQS event source poller (spec from `up`)")
     poll.add_argument("--spec", required=True)

@@ -5,33 +5,58 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import threading
 from pathlib import Path
 from typing import Any
 
 import boto3
+from botocore.config import Config
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from localcloud.poller import EventSourceMapping, load_handler
+from localcloud.poller import EventSourceMapping
+from localcloud.runtime import EnvironmentPool
 
 log = logging.getLogger(__name__)
 
 
 def run_poller(spec_path: Path) -> None:
-    """Run the event source mappings described in ``spec_path`` until SIGTERM/SIGINT."""
+    """Run the event source mappings described in ``spec_path`` until SIGTERM/SIGINT, each
+    invocation in an execution environment of its own (a child process, see runtime.py)."""
     specs: list[dict[str, Any]] = json.loads(spec_path.read_text())
-    sqs = boto3.client("sqs")
+    # Short timeouts and few retries: with its endpoint gone, a poller must still stop
+    # within seconds (long polls are ``wait_seconds``; a read waits a little longer).
+    sqs = boto3.client(
+        "sqs",
+        config=Config(
+            connect_timeout=2, read_timeout=10, retries={"mode": "standard", "max_attempts": 2}
+        ),
+    )
+    pools: dict[str, EnvironmentPool] = {}
+    for spec in specs:
+        pool = pools.get(spec["function_name"])
+        if pool is None:
+            pool = pools[spec["function_name"]] = EnvironmentPool(
+                handler=spec["handler"],
+                function_name=spec["function_name"],
+                memory_mb=spec["memory"],
+                timeout_seconds=spec["timeout"],
+                size=0,
+                state_file=spec_path.with_suffix(".envs.json"),
+            )
+        pool.size += spec["concurrency"]
+    (spec_path.with_suffix(".pid")).write_text(str(os.getpid()))
     mappings = []
     for spec in specs:
         mapping = EventSourceMapping(
             sqs=sqs,
             queue_url=spec["queue_url"],
             queue_arn=spec["queue_arn"],
-            handler=load_handler(spec["handler"]),
+            handler=pools[spec["function_name"]],
             function_name=spec["function_name"],
             timeout_seconds=spec["timeout"],
             memory_mb=spec["memory"],
@@ -48,14 +73,23 @@ def run_poller(spec_path: Path) -> None:
             "polling %s -> %s (x%d)", spec["queue_url"], spec["function_name"], spec["concurrency"]
         )
     stop = threading.Event()
+    graceful = threading.Event()
+    # SIGTERM (stop): at once, whatever the endpoint is doing; the environments end with
+    # their answers, whose messages come back to the queue after the heartbeat window.
+    # SIGINT (scale, a backend switch): stop receiving, let the answers in progress finish.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: (graceful.set(), stop.set()))
     spec_path.with_suffix(".ready").write_text("ready\n")
     stop.wait()
     for mapping in mappings:
         mapping._stop.set()
+    if not graceful.is_set():
+        for pool in pools.values():
+            pool.close()
     for mapping in mappings:
-        mapping.stop(timeout=10)
+        mapping.stop(timeout=None if graceful.is_set() else 3)
+    for pool in pools.values():
+        pool.close()
 
 
 def frontend_app(directory: Path, config: dict[str, Any]) -> Starlette:

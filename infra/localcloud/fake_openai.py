@@ -13,6 +13,7 @@ per request by a directive in the last user message, e.g. ``[[fake tokens=200 tp
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import json
 import random
@@ -148,6 +149,9 @@ def create_app(behaviour: Behaviour | None = None) -> FastAPI:
     app.state.requests = 0
     app.state.embedding_requests = 0
     app.state.emissions = {}
+    # The conversations the model was sent (newest last, bounded): tests check what reached
+    # the model, e.g. that one user's history never goes out with another user's request.
+    app.state.conversations = collections.deque(maxlen=2000)
 
     def _auth_error(request: Request) -> JSONResponse | None:
         if not request.headers.get("authorization", "").startswith("Bearer "):
@@ -177,6 +181,11 @@ def create_app(behaviour: Behaviour | None = None) -> FastAPI:
             "chat_requests": app.state.requests,
             "embedding_requests": app.state.embedding_requests,
         }
+
+    @app.get("/fake/conversations")
+    async def conversations() -> dict[str, Any]:
+        """The message lists of the chat requests received, oldest first."""
+        return {"conversations": list(app.state.conversations)}
 
     @app.get("/fake/emissions/{key}")
     async def emissions(key: str) -> Any:
@@ -217,6 +226,7 @@ def create_app(behaviour: Behaviour | None = None) -> FastAPI:
         if not isinstance(messages, list) or not messages or "model" not in body:
             return _error("'messages' and 'model' are required", 400)
         app.state.requests += 1
+        app.state.conversations.append(messages)
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
         behave = parse_directive(_last_user(messages), base)
         if behave.status != 200:

@@ -1,5 +1,6 @@
 """Create the template's data-plane resources on the AWS endpoint: queues (with their
-redrive policy), tables (keys, indexes, TTL) and buckets. Idempotent: what exists stays."""
+redrive policy), tables (keys, indexes, TTL), buckets, secrets and the user pool (its app
+client and groups). Idempotent: what exists stays."""
 
 from __future__ import annotations
 
@@ -27,11 +28,82 @@ _QUEUE_ATTRIBUTES = {
 }
 
 
-def provision(tpl: LocalTemplate, *, sqs: Any, dynamodb: Any, s3: Any, secretsmanager: Any) -> None:
+def provision(
+    tpl: LocalTemplate,
+    *,
+    sqs: Any,
+    dynamodb: Any,
+    s3: Any,
+    secretsmanager: Any,
+    cognito: Any,
+) -> None:
+    _user_pools(tpl, cognito)  # first: the tables' and functions' values name the pool
     _queues(tpl, sqs)
     _tables(tpl, dynamodb)
     _buckets(tpl, s3)
     _secrets(tpl, secretsmanager)
+
+
+# CloudFormation property -> CreateUserPool / CreateUserPoolClient parameter, where they differ.
+_POOL_PROPS = ("Policies", "AdminCreateUserConfig", "UsernameConfiguration", "MfaConfiguration")
+_CLIENT_PROPS = (
+    "ExplicitAuthFlows",
+    "GenerateSecret",
+    "PreventUserExistenceErrors",
+    "EnableTokenRevocation",
+    "AccessTokenValidity",
+    "IdTokenValidity",
+    "RefreshTokenValidity",
+    "TokenValidityUnits",
+)
+
+
+def _user_pools(tpl: LocalTemplate, cognito: Any) -> None:
+    """The user pool, its app clients and groups, found by name if they exist (a pool id
+    is the endpoint's to choose, so the template's Refs to them are overrides)."""
+    for logical_id in tpl.of_type("AWS::Cognito::UserPool"):
+        props = tpl.resolve(tpl.props(logical_id))
+        name = props.get("UserPoolName") or tpl.physical_name(logical_id)
+        pools = cognito.list_user_pools(MaxResults=60)["UserPools"]
+        pool_id = next((p["Id"] for p in pools if p["Name"] == name), None)
+        if pool_id is None:
+            request = {k: props[k] for k in _POOL_PROPS if k in props}
+            pool_id = cognito.create_user_pool(PoolName=name, **request)["UserPool"]["Id"]
+        tpl.overrides[f"{logical_id}.Ref"] = pool_id
+        tpl.overrides[f"{logical_id}.Arn"] = (
+            f"arn:aws:cognito-idp:{tpl.region}:{tpl.account}:userpool/{pool_id}"
+        )
+        tpl.overrides[f"{logical_id}.ProviderURL"] = (
+            f"cognito-idp.{tpl.region}.amazonaws.com/{pool_id}"
+        )
+        log.info("user pool %s -> %s", logical_id, pool_id)
+    for logical_id in tpl.of_type("AWS::Cognito::UserPoolClient"):
+        props = tpl.resolve(tpl.props(logical_id))
+        pool_id = props["UserPoolId"]
+        name = props.get("ClientName") or tpl.physical_name(logical_id)
+        clients = cognito.list_user_pool_clients(UserPoolId=pool_id, MaxResults=60)
+        client_id = next(
+            (c["ClientId"] for c in clients["UserPoolClients"] if c["ClientName"] == name), None
+        )
+        if client_id is None:
+            request = {k: props[k] for k in _CLIENT_PROPS if k in props}
+            client_id = cognito.create_user_pool_client(
+                UserPoolId=pool_id, ClientName=name, **request
+            )["UserPoolClient"]["ClientId"]
+        tpl.overrides[f"{logical_id}.Ref"] = client_id
+        log.info("user pool client %s -> %s", logical_id, client_id)
+    for logical_id in tpl.of_type("AWS::Cognito::UserPoolGroup"):
+        props = tpl.resolve(tpl.props(logical_id))
+        try:
+            cognito.create_group(
+                UserPoolId=props["UserPoolId"],
+                GroupName=props["GroupName"],
+                Description=props.get("Description", ""),
+            )
+        except ClientError as e:
+            if e.response["Error"]["Code"] != "GroupExistsException":
+                raise
+        tpl.overrides[f"{logical_id}.Ref"] = props["GroupName"]
 
 
 def _secrets(tpl: LocalTemplate, secretsmanager: Any) -> None:

@@ -61,6 +61,7 @@ class LocalTemplate:
     overrides: dict[str, str] = field(default_factory=dict)
     queue_urls: dict[str, str] = field(default_factory=dict)
     conditions: dict[str, bool] = field(default_factory=dict)
+    account: str = ACCOUNT
 
     # -------------------------------------------------------------- loading
     @classmethod
@@ -135,6 +136,7 @@ class LocalTemplate:
             "AWS::S3::Bucket": "BucketName",
             "AWS::Lambda::Function": "FunctionName",
             "AWS::SecretsManager::Secret": "Name",
+            "AWS::Cognito::UserPool": "UserPoolName",
         }.get(kind)
         explicit = self.props(logical_id).get(prop) if prop else None
         if explicit is not None:
@@ -217,7 +219,7 @@ class LocalTemplate:
     def _pseudo(self, name: str) -> str | None:
         return {
             "AWS::Region": self.region,
-            "AWS::AccountId": ACCOUNT,
+            "AWS::AccountId": self.account,
             "AWS::StackName": self.stack,
             "AWS::Partition": "aws",
             "AWS::URLSuffix": "amazonaws.com",
@@ -242,16 +244,16 @@ class LocalTemplate:
         name = self.physical_name(logical)
         if kind == "AWS::SQS::Queue":
             return {
-                "Arn": f"arn:aws:sqs:{self.region}:{ACCOUNT}:{name}",
+                "Arn": f"arn:aws:sqs:{self.region}:{self.account}:{name}",
                 "QueueName": name,
                 "QueueUrl": self.queue_url(logical),
             }[attr]
         if kind == "AWS::DynamoDB::Table" and attr == "Arn":
-            return f"arn:aws:dynamodb:{self.region}:{ACCOUNT}:table/{name}"
+            return f"arn:aws:dynamodb:{self.region}:{self.account}:table/{name}"
         if kind == "AWS::S3::Bucket" and attr == "Arn":
             return f"arn:aws:s3:::{name}"
         if kind == "AWS::Lambda::Function" and attr == "Arn":
-            return f"arn:aws:lambda:{self.region}:{ACCOUNT}:function:{name}"
+            return f"arn:aws:lambda:{self.region}:{self.account}:function:{name}"
         raise KeyError(f"no local value for {logical}.{attr}: add it to overrides")
 
     def _sub(self, text: str, extra: dict[str, str]) -> str:

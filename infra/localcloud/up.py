@@ -25,8 +25,10 @@ from typing import IO, Any
 import boto3
 import httpx
 
+from localcloud import processes
 from localcloud.provision import provision
 from localcloud.template import ROOT, LocalTemplate
+from localcloud.users import LocalUser, UserPool
 
 # Logical ids of the template's functions, and how each runs locally.
 API_FUNCTION = "ApiFunction"
@@ -92,11 +94,17 @@ class Stack:
         self.template: LocalTemplate | None = None
         self.fake_openai = False
         self.chunk_env: dict[str, str] = {}
+        self.pool: UserPool | None = None
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> Stack:
         o = self.opts
         (o.dir / "logs").mkdir(parents=True, exist_ok=True)
+        try:  # every port first: a port in use starts nothing
+            processes.check_ports(self._ports_to_bind(), o.host)
+        except processes.PortInUse as e:
+            raise StartError(str(e)) from None
+        self._processes_file().unlink(missing_ok=True)
         steps: list[tuple[str, Callable[[], str]]] = [("AWS endpoint", self._endpoint)]
         if o.chunk_log == "redis":
             steps.append(("Redis (the chunk log)", self._redis))
@@ -117,6 +125,30 @@ class Stack:
         (o.dir / "state.json").write_text(json.dumps(self.state(), indent=2))
         self.sam_local_env_file().write_text(json.dumps(self.sam_local_env(), indent=2))
         return self
+
+    def _ports_to_bind(self) -> dict[str, int]:
+        o = self.opts
+        ports = {"api": o.ports.api, "stream": o.ports.stream, "frontend": o.ports.frontend}
+        if not os.environ.get("AWS_ENDPOINT_URL"):
+            ports["aws"] = o.ports.aws
+        if not os.environ.get("OPENAI_API_KEY"):
+            ports["openai"] = o.ports.openai
+        if o.chunk_log == "redis" and not os.environ.get("REDIS_URL"):
+            ports["redis"] = o.ports.redis
+        return ports
+
+    def _processes_file(self) -> Path:
+        """The stack's processes as started (pids and start times), for `stop` and `status`
+        when the supervisor itself is gone."""
+        return self.opts.dir / "processes.json"
+
+    def _record(self) -> None:
+        recorded = [processes.Recorded.of("supervisor", os.getpid())] + [
+            processes.Recorded.of(name, proc.pid) for name, proc in self.procs.items()
+        ]
+        tmp = self._processes_file().with_suffix(".tmp")
+        tmp.write_text(json.dumps([r.__dict__ for r in recorded], indent=2))
+        tmp.replace(self._processes_file())
 
     def stop(self) -> None:
         # The functions first (the pollers finish their long polls and invocations against a
@@ -143,6 +175,7 @@ class Stack:
             f.close()
         self._logs.clear()
         (self.opts.dir / "state.json").unlink(missing_ok=True)
+        self._processes_file().unlink(missing_ok=True)
 
     def __enter__(self) -> Stack:
         return self.start()
@@ -178,11 +211,13 @@ class Stack:
         (self.opts.dir / "state.json").write_text(json.dumps(self.state(), indent=2))
 
     def _stop_gracefully(self, which: Callable[[str], bool]) -> None:
-        """SIGTERM the named components and wait: pollers finish the answers they run."""
+        """SIGINT the named components and wait: pollers finish the answers they run (on
+        SIGTERM they stop at once, and the answers' messages come back to the queue)."""
         for name in [n for n in self.procs if which(n)]:
             proc = self.procs.pop(name)
-            os.killpg(proc.pid, signal.SIGTERM)
+            os.killpg(proc.pid, signal.SIGINT)
             proc.wait(timeout=360)
+        self._record()
 
     def state(self) -> dict[str, Any]:
         return {
@@ -194,7 +229,25 @@ class Stack:
             "logs": str(self.opts.dir / "logs"),
             "fake_openai": self.fake_openai,
             "chunk_log": self.opts.chunk_log,
+            "auth": self.auth_config,
+            "queues": dict(self.template.queue_urls) if self.template else {},
         }
+
+    @property
+    def auth_config(self) -> dict[str, str]:
+        """Where the page and the tools sign users in: the local user pool's app client."""
+        assert self.pool is not None
+        return {
+            "region": self.aws_env["AWS_DEFAULT_REGION"],
+            "userPoolId": self.pool.pool_id,
+            "clientId": self.pool.client_id,
+            "endpoint": self.urls["aws"].rstrip("/") + "/",
+        }
+
+    def ensure_user(self, name: str, *, admin: bool = False) -> LocalUser:
+        """A signed-in user of the local pool (created if missing; ``admin``: an operator)."""
+        assert self.pool is not None
+        return self.pool.ensure_user(name, admin=admin)
 
     def sam_local_env_file(self) -> Path:
         return self.opts.dir / "sam-local-env.json"
@@ -297,18 +350,24 @@ class Stack:
         )
         tpl.overrides[f"{STREAM_FUNCTION}Url.FunctionUrl"] = f"http://{o.host}:{o.ports.stream}/"
         clients = {
-            name: boto3.client(
+            name.replace("-idp", ""): boto3.client(
                 name,
                 endpoint_url=self.aws_env["AWS_ENDPOINT_URL"],
                 region_name=self.aws_env["AWS_DEFAULT_REGION"],
                 aws_access_key_id=self.aws_env["AWS_ACCESS_KEY_ID"],
                 aws_secret_access_key=self.aws_env["AWS_SECRET_ACCESS_KEY"],
             )
-            for name in ("sqs", "dynamodb", "s3", "secretsmanager")
+            for name in ("sqs", "dynamodb", "s3", "secretsmanager", "cognito-idp")
         }
         provision(tpl, **clients)
         self.template = tpl
         self.secretsmanager = clients["secretsmanager"]
+        self.pool = UserPool(
+            cognito=clients["cognito"],
+            pool_id=tpl.overrides["UserPool.Ref"],
+            client_id=tpl.overrides["UserPoolClient.Ref"],
+            passwords_file=o.dir / "users.json",
+        )
         counts = {
             kind: len(tpl.of_type(f"AWS::{kind}"))
             for kind in ("SQS::Queue", "DynamoDB::Table", "S3::Bucket")
@@ -373,6 +432,11 @@ class Stack:
         }
         if self.opts.function_aws_endpoint:
             env["AWS_ENDPOINT_URL"] = self.opts.function_aws_endpoint
+        if not env.get("AUTH_JWKS_URL") and self.pool is not None:
+            # The issuer is Cognito's form (moto signs it so), the keys are the emulator's.
+            env["AUTH_JWKS_URL"] = (
+                f"{self.urls['aws'].rstrip('/')}/{self.pool.pool_id}/.well-known/jwks.json"
+            )
         env.pop("AWS_LWA_INVOKE_MODE", None)
         env.pop("AWS_LAMBDA_EXEC_WRAPPER", None)
         self.env[logical_id] = env
@@ -450,7 +514,9 @@ class Stack:
 
     def _frontend(self) -> str:
         o = self.opts
-        config = json.dumps({"apiUrl": self.urls["api"], "streamUrl": self.urls["stream"]})
+        config = json.dumps(
+            {"apiUrl": self.urls["api"], "streamUrl": self.urls["stream"], "auth": self.auth_config}
+        )
         self._spawn(
             "frontend",
             [
@@ -499,7 +565,9 @@ class Stack:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # its own process group: stop() ends it and its children
+            preexec_fn=processes.preexec,  # and it dies with this supervisor, however it dies
         )
+        self._record()
 
     def _wait(self, name: str, ready: Callable[[], bool], timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -514,7 +582,14 @@ class Stack:
         raise StartError(f"{name} not ready after {timeout:.0f}s; see {self.log(name)}")
 
     def _wait_http(self, name: str, url: str) -> None:
+        port = httpx.URL(url).port
+        proc = self.procs[name]
+
         def ready() -> bool:
+            # Only our own child counts: a stranger (or a stale stack) answering on the port
+            # must not pass for it.
+            if port is not None and not processes.listens(proc.pid, port):
+                return False
             try:
                 return httpx.get(url, timeout=1.0).status_code < 500
             except httpx.HTTPError:

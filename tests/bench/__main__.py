@@ -1,7 +1,8 @@
 """`./run.sh bench [--quick|--full]`: the pipeline against direct streaming, side by side.
 
 Starts its own local stack (the fake OpenAI at a fixed pace, every function's AWS calls
-through a counting proxy), then measures in one run, level after level of concurrency:
+through a counting proxy, users of its local pool signed in), then measures in one run,
+level after level of concurrency:
   baseline  a client streaming straight from the fake OpenAI (this machine's limit)
   pipeline  POST /chat -> SQS -> worker -> chunk log -> SSE, on each chunk-log backend
             (DynamoDB, then Redis Streams: the functions restarted on the same stack)
@@ -46,6 +47,12 @@ SIZES: dict[str, tuple[list[int], Callable[[int], int]]] = {
     "default": ([1, 10, 100], lambda c: max(c * 2 if c < 100 else c, 8)),
     "full": ([1, 2, 5, 10, 20, 50, 100, 200], lambda c: max(c, 8)),
 }
+# The clients are this many users of the stack's pool, answer i asked by user i % USERS.
+USERS = 10
+# The benchmark measures the pipeline, not the per-user quotas: they are off on its stack
+# (0 = no limit), so no level's burst is refused with 429. Each quota check is a DynamoDB
+# call or two per request, which the cost figures therefore leave out.
+NO_USER_QUOTAS = {"USER_RPM": "0", "USER_TOKENS_PER_DAY": "0"}
 
 
 @dataclass
@@ -108,26 +115,32 @@ def baseline(fake_url: str, n: int) -> Answer:
     )
 
 
-def pipeline(api: str, fake_url: str, n: int) -> Answer:
+def pipeline(api: str, fake_url: str, n: int, user: dict[str, str]) -> Answer:
+    """Answer ``n``, asked by the user whose Authorization header is ``user``."""
     try:
-        return _pipeline(api, fake_url, n)
+        return _pipeline(api, fake_url, n, user)
     except httpx.HTTPError as e:  # one answer's failure is a figure, not the run's end
         return Answer(ok=False, ttft=0.0, problem=f"{type(e).__name__}: {e}"[:200])
 
 
-def _pipeline(api: str, fake_url: str, n: int) -> Answer:
+def _pipeline(api: str, fake_url: str, n: int, user: dict[str, str]) -> Answer:
     message = f"bench pipeline {n} {uuid.uuid4().hex[:8]}"
     with httpx.Client(timeout=180) as client:
         sent_at, started = time.time(), time.perf_counter()
-        resp = client.post(f"{api}/chat", json={"message": message})
+        resp = client.post(f"{api}/chat", json={"message": message}, headers=user)
         post_ms = (time.perf_counter() - started) * 1000
+        if resp.status_code != 202:
+            return Answer(
+                ok=False, ttft=0.0, problem=f"POST /chat {resp.status_code}: {resp.text}"[:200]
+            )
         body = resp.json()
         bytes_in = len(resp.content)
         arrivals, text, first, first_at, final = [], "", None, 0.0, None
         ids: list[int] = []
         opened = time.perf_counter()
         # As EventSource does: a response that ends before the terminal event is resumed
-        # with Last-Event-ID (the stream ends one when its store does not answer).
+        # with Last-Event-ID (the stream ends one when its store does not answer). The
+        # stream_url carries its own short-lived token: no Authorization header.
         for _ in range(_RECONNECTS + 1):
             headers = {"Last-Event-ID": str(ids[-1])} if ids else {}
             with connect_sse(client, "GET", body["stream_url"], headers=headers) as source:
@@ -167,8 +180,9 @@ def _pipeline(api: str, fake_url: str, n: int) -> Answer:
 _RECONNECTS = 3
 
 
-def warm_up(api: str, fake: str, k: int) -> None:
-    """A short answer each way (not measured): connections, caches, imports."""
+def warm_up(api: str, fake: str, k: int, user: dict[str, str]) -> None:
+    """A short answer each way (not measured): connections, caches, imports, the issuer's
+    keys."""
     message = f"warm up {k} [[fake tokens=3]]"
     client = OpenAI(base_url=f"{fake}/v1", api_key="sk-bench", max_retries=0)
     for _ in client.chat.completions.create(
@@ -176,7 +190,9 @@ def warm_up(api: str, fake: str, k: int) -> None:
     ):
         pass
     with httpx.Client(timeout=60) as http:
-        body = http.post(f"{api}/chat", json={"message": message}).json()
+        resp = http.post(f"{api}/chat", json={"message": message}, headers=user)
+        resp.raise_for_status()
+        body = resp.json()
         with connect_sse(http, "GET", body["stream_url"]) as source:
             for _ in source.iter_sse():
                 pass
@@ -315,10 +331,12 @@ _SQS_PER_ANSWER = {
 
 
 # The calls between POST /chat and the first text at the client, one after the other:
-# the request row, the enqueue, the claim, the first chunk write, the stream's read of it
-# (on the Redis path, the last two go to Redis, not the emulator).
-# (The event source's receive is a long poll: its time is mostly waiting, so left out.)
+# the new conversation's row, the request row, the enqueue, the claim, the first chunk
+# write, the stream's read of it (on the Redis path, the last two go to Redis, not the
+# emulator). (The event source's receive is a long poll: its time is mostly waiting, so
+# left out.)
 _FIRST_TOKEN_PATH = [
+    ("PutItem", "sessions"),
     ("PutItem", "requests"),
     ("SendMessage", None),
     ("UpdateItem", "requests"),
@@ -331,7 +349,7 @@ def _first_token_path(
     latency: dict[str, float], tables: dict[str, str], backend: str = "dynamodb"
 ) -> float | None:
     total = 0.0
-    path = _FIRST_TOKEN_PATH if backend == "dynamodb" else _FIRST_TOKEN_PATH[:3]
+    path = _FIRST_TOKEN_PATH if backend == "dynamodb" else _FIRST_TOKEN_PATH[:-2]
     for op, which in path:
         hits = [
             v
@@ -393,13 +411,18 @@ def run(
             function_aws_endpoint=f"http://127.0.0.1:{proxy.port}",
             state_dir=ROOT / ".localcloud" / "bench",
             chunk_log=backends[0],
+            extra_env=dict(NO_USER_QUOTAS),
         )
         stack = Stack(opts, progress=lambda m: say(f"  {m}"))
         say(f"starting a local stack (workers: {max(levels)}, chunk log: {backends[0]}) ...")
         with stack:
             fake = stack.urls["openai"].removesuffix("/v1")
             env = stack.env["WorkerFunction"]
-            tables = {"chunks": env["CHUNKS_TABLE"], "requests": env["REQUESTS_TABLE"]}
+            tables = {
+                "chunks": env["CHUNKS_TABLE"],
+                "requests": env["REQUESTS_TABLE"],
+                "sessions": env["SESSIONS_TABLE"],  # each answer here starts a conversation
+            }
             assert stack.template is not None
             fns = stack.template.functions()
             memory = {
@@ -421,9 +444,16 @@ def run(
                 api = stack.urls["api"]
                 pids = {n: p.pid for n, p in stack.procs.items()}
                 pids[SELF] = psutil.Process().pid
+                # Signed in afresh for each backend (access tokens last an hour).
+                users = [stack.ensure_user(f"bench-{u}").headers for u in range(USERS)]
                 say("warming up ...")
                 with ThreadPoolExecutor(2) as pool:  # connections, caches, threads
-                    list(pool.map(lambda k, api=api: warm_up(api, fake, k), range(2)))
+                    list(
+                        pool.map(
+                            lambda k, api=api, users=users: warm_up(api, fake, k, users[k]),
+                            range(2),
+                        )
+                    )
                 for level in levels:
                     n = answers_at(level)
                     out = results["levels"][str(level)]
@@ -438,6 +468,7 @@ def run(
                         level,
                         n,
                         api,
+                        users,
                         fake,
                         stack.urls.get("redis"),
                         proxy,
@@ -490,6 +521,7 @@ def measure(
     level: int,
     n: int,
     api: str,
+    users: list[dict[str, str]],
     fake: str,
     redis_url: str | None,
     proxy: CountingProxy,
@@ -499,12 +531,13 @@ def measure(
     memory: dict[str, int],
     b: dict[str, Any],
 ) -> dict[str, Any]:
-    """``n`` answers through the pipeline, ``level`` at a time, and what they used."""
+    """``n`` answers through the pipeline, ``level`` at a time, asked by ``users`` (their
+    Authorization headers) in turn, and what they used."""
     redis_url = redis_url if backend == "redis" else None
     (calls0, units0), cpu0, wall0 = proxy.snapshot(), cpu_seconds(pids), time.time()
     r0 = redis_calls(redis_url)
     with ThreadPoolExecutor(level) as pool:
-        pipe = list(pool.map(lambda i: pipeline(api, fake, i), range(n)))
+        pipe = list(pool.map(lambda i: pipeline(api, fake, i, users[i % len(users)]), range(n)))
     wall = time.time() - wall0
     calls1, units1 = proxy.snapshot()
     calls, units = calls1 - calls0, units1 - units0

@@ -110,7 +110,7 @@ def breakdown(results: dict[str, Any]) -> str:
         _f(results["levels"][c][path].get("emulator_ms_on_first_token_path")) for c, path in cols
     ]
     rows.append(
-        "| of which the emulator's answer times on the path (row put, send, claim; on "
+        "| of which the emulator's answer times on the path (session put, row put, send, claim; on "
         "DynamoDB also chunk put, chunk get; medians) | " + " | ".join(cells) + " |"
     )
     return "\n".join(rows)

@@ -7,9 +7,25 @@ from typing import Any
 import pytest
 
 from localcloud.up import Options, Ports, Stack, free_port
+from localcloud.users import LocalUser
 from tests.conftest import ARTIFACTS, unique
 
 FAKE_TOKENS = 40
+DEFAULT_USER = "e2e-user"
+_users: dict[tuple[str, str, bool], LocalUser] = {}
+
+
+def user(stack: Stack, name: str = DEFAULT_USER, *, admin: bool = False) -> LocalUser:
+    """A signed-in user of the stack's pool (created on first use; tokens last an hour)."""
+    key = (stack.opts.stack, name, admin)
+    if key not in _users:
+        _users[key] = stack.ensure_user(name, admin=admin)
+    return _users[key]
+
+
+def auth(stack: Stack, name: str = DEFAULT_USER, *, admin: bool = False) -> dict[str, str]:
+    """The Authorization header of ``name`` on ``stack``."""
+    return user(stack, name, admin=admin).headers
 
 
 def stack_options(name: str, **overrides: Any) -> Options:

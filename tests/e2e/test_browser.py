@@ -1,23 +1,29 @@
-"""The chat page and the dashboard in a real headless Chromium (Debian's, via Playwright)."""
+"""The chat page and the dashboard in a real headless Chromium (Debian's, via Playwright),
+signed in through the page's own form against the local user pool."""
 
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, Request, Route, expect, sync_playwright
 
 from localcloud.fake_openai import Behaviour, expected_answer
 from localcloud.up import Stack
-from tests.conftest import ARTIFACTS
+from localcloud.users import LocalUser
+from tests.conftest import ARTIFACTS, unique
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 SHOTS = ARTIFACTS / "screenshots"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
+# A worker's cold start (a new execution environment) on a busy machine can take 15 s.
+FIRST_TOKEN_MS = 30_000
+ANSWER_MS = 45_000
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +48,22 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture
-def page(browser: Browser, local_stack: Stack) -> Iterator[Page]:
+def user(local_stack: Stack) -> LocalUser:
+    """A user of their own for each test: a conversation list that starts empty."""
+    return local_stack.ensure_user(unique("browser"))
+
+
+@pytest.fixture(scope="module")
+def operator(local_stack: Stack) -> LocalUser:
+    return local_stack.ensure_user("browser-operator", admin=True)
+
+
+@pytest.fixture
+def page(browser: Browser, local_stack: Stack, user: LocalUser) -> Iterator[Page]:
     context = browser.new_context(viewport=DESKTOP)
     pg = context.new_page()
     pg.goto(local_stack.urls["frontend"])
+    sign_in(pg, user)
     yield pg
     context.close()
 
@@ -53,6 +71,20 @@ def page(browser: Browser, local_stack: Stack) -> Iterator[Page]:
 def shot(pg: Page, name: str) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     pg.screenshot(path=str(SHOTS / f"{name}.png"))
+
+
+def fill_sign_in(pg: Page, name: str, password: str) -> None:
+    expect(pg.get_by_role("heading", name="Sign in")).to_be_visible()
+    pg.get_by_label("Username").fill(name)
+    pg.get_by_label("Password", exact=True).fill(password)
+    pg.get_by_role("button", name="Sign in").click()
+
+
+def sign_in(pg: Page, user: LocalUser) -> None:
+    """Through the form, as a person would."""
+    fill_sign_in(pg, user.name, user.password)
+    expect(pg.get_by_role("button", name="Sign out")).to_be_visible()
+    expect(pg.locator("#account-name")).to_have_text(user.name)
 
 
 def send(pg: Page, message: str) -> None:
@@ -66,24 +98,29 @@ def answer(message: str, tokens: int) -> str:
     )
 
 
+def conversations(pg: Page) -> list[str]:
+    return pg.locator("#conversations button.open").all_inner_texts()
+
+
 def test_send_and_see_the_streamed_answer(page: Page) -> None:
     message = "hello page [[fake tokens=80 tps=25]]"
     send(page, message)
     bubble = page.locator(".msg.assistant").last
     # While it streams: the typing indicator shows and text grows
     expect(bubble.locator(".typing")).to_be_visible()
-    expect(bubble.locator(".body")).not_to_be_empty(timeout=10_000)
+    expect(bubble.locator(".body")).not_to_be_empty(timeout=FIRST_TOKEN_MS)
     expect(page.locator("#stop")).to_be_visible()
     shot(page, "chat-desktop-mid-answer")
-    expect(bubble).to_have_class("msg assistant done", timeout=20_000)
+    expect(bubble).to_have_class("msg assistant done", timeout=ANSWER_MS)
     assert bubble.locator(".body").inner_text().strip() == answer(message, 80)
     expect(bubble.locator("time")).to_have_count(1)
     expect(page.locator(".msg.user").last.locator("time")).to_have_count(1)
     expect(page.locator("#light-api")).to_have_attribute("data-state", "ok", timeout=10_000)
-    expect(page.locator("#light-queue")).to_have_attribute("data-state", "ok")
+    expect(page.locator("#light-queue")).to_have_attribute("data-state", "ok")  # its 202
     expect(page.locator("#light-stream")).to_have_attribute("data-state", "ok")
-    # The conversation is listed in the sidebar
-    expect(page.locator("#conversations button")).to_have_count(1)
+    # The conversation is listed in the sidebar (GET /sessions), titled by its first message
+    expect(page.locator("#conversations li")).to_have_count(1)
+    expect(page.locator("#conversations button.open")).to_have_text(message)
 
 
 def test_shift_enter_breaks_a_line_and_enter_sends(page: Page) -> None:
@@ -99,7 +136,7 @@ def test_shift_enter_breaks_a_line_and_enter_sends(page: Page) -> None:
 def test_stop_cancels_the_answer(page: Page) -> None:
     send(page, "a long one [[fake tokens=400 tps=20]]")
     bubble = page.locator(".msg.assistant").last
-    expect(bubble.locator(".body")).not_to_be_empty(timeout=10_000)
+    expect(bubble.locator(".body")).not_to_be_empty(timeout=FIRST_TOKEN_MS)
     page.get_by_role("button", name="Stop").click()
     expect(bubble).to_have_class("msg assistant cancelled", timeout=5_000)
     expect(bubble).to_contain_text("Stopped.")
@@ -109,38 +146,262 @@ def test_stop_cancels_the_answer(page: Page) -> None:
 def test_reload_mid_answer_resumes(page: Page) -> None:
     message = "survive a reload [[fake tokens=120 tps=20]]"
     send(page, message)
-    expect(page.locator(".msg.assistant").last.locator(".body")).not_to_be_empty(timeout=10_000)
+    expect(page.locator(".msg.assistant").last.locator(".body")).not_to_be_empty(
+        timeout=FIRST_TOKEN_MS
+    )
     page.reload()
     bubble = page.locator(".msg.assistant").last
-    expect(bubble).to_have_class("msg assistant done", timeout=30_000)
+    expect(bubble).to_have_class("msg assistant done", timeout=ANSWER_MS)
     assert bubble.locator(".body").inner_text().strip() == answer(message, 120)
     expect(page.locator(".msg.user .body").last).to_have_text(message)
+
+
+# The signed stream URL the page keeps to resume after a reload, spoiled: its token no
+# longer opens the task, as after it expired.
+SPOIL_STREAM_URL = """() => {
+  for (const key of Object.keys(sessionStorage).filter((k) => k.endsWith(".active"))) {
+    const active = JSON.parse(sessionStorage.getItem(key));
+    const url = new URL(active.streamUrl);
+    url.searchParams.set("token", "1.spoiled");
+    active.streamUrl = url.href;
+    sessionStorage.setItem(key, JSON.stringify(active));
+    return true;
+  }
+  return false;
+}"""
+
+
+def test_a_refused_stream_url_is_renewed(page: Page) -> None:
+    message = "renew the link [[fake tokens=120 tps=20]]"
+    send(page, message)
+    expect(page.locator(".msg.assistant").last.locator(".body")).not_to_be_empty(
+        timeout=FIRST_TOKEN_MS
+    )
+    assert page.evaluate(SPOIL_STREAM_URL)
+    # WHEN the page reloads and its stream URL is refused
+    with page.expect_response(lambda r: "/chat/" in r.url and r.request.method == "GET") as got:
+        page.reload()
+    # THEN it asked the API for a fresh one (GET /chat/{task_id}) and streamed the rest
+    assert got.value.status == 200
+    bubble = page.locator(".msg.assistant").last
+    expect(bubble).to_have_class("msg assistant done", timeout=ANSWER_MS)
+    assert bubble.locator(".body").inner_text().strip() == answer(message, 120)
 
 
 def test_direct_mode(page: Page) -> None:
     page.get_by_label("Direct").check()
     send(page, "straight through [[fake tokens=30]]")
     bubble = page.locator(".msg.assistant").last
-    expect(bubble).to_have_class("msg assistant done", timeout=20_000)
+    expect(bubble).to_have_class("msg assistant done", timeout=ANSWER_MS)
     assert bubble.locator(".body").inner_text().strip() == answer(
         "straight through [[fake tokens=30]]", 30
     )
 
 
-def test_phone_width(browser: Browser, local_stack: Stack) -> None:
+def test_a_spent_quota_shows_the_reason_and_when_to_retry(page: Page, local_stack: Stack) -> None:
+    origin = local_stack.urls["frontend"]
+
+    def spent(route: Route) -> None:
+        if route.request.method != "POST":
+            route.continue_()
+            return
+        route.fulfill(
+            status=429,
+            headers={
+                "Retry-After": "42",
+                "Access-Control-Allow-Origin": origin,
+                "Access-Control-Expose-Headers": "Retry-After",
+            },
+            json={"detail": "quota spent: 20 requests a minute"},
+        )
+
+    page.route(f"{local_stack.urls['api']}/chat", spent)
+    send(page, "one too many")
+    bubble = page.locator(".msg.assistant").last
+    expect(bubble).to_have_class("msg assistant error")
+    expect(bubble.locator(".body")).to_have_text(
+        "Not sent: quota spent: 20 requests a minute. Try again in 42 s."
+    )
+    expect(page.locator("#status")).to_have_text("limit reached: try again in 42 s")
+    expect(page.get_by_role("button", name="Send")).to_be_visible()
+
+
+def test_delete_a_conversation(page: Page) -> None:
+    for message in ("keep this one [[fake tokens=10]]", "delete this one [[fake tokens=10]]"):
+        page.get_by_role("button", name="New chat").click()
+        send(page, message)
+        expect(page.locator(".msg.assistant").last).to_have_class(
+            "msg assistant done", timeout=ANSWER_MS
+        )
+    expect(page.locator("#conversations li")).to_have_count(2)
+    # WHEN the open conversation is deleted (after the page asks to confirm)
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Delete delete this one").click()
+    # THEN it is gone from the list and from the log, and stays gone after a reload
+    expect(page.locator("#conversations li")).to_have_count(1)
+    expect(page.locator(".msg")).to_have_count(0)
+    page.reload()
+    expect(page.locator("#conversations li")).to_have_count(1)
+    assert conversations(page) == ["keep this one [[fake tokens=10]]"]
+
+
+def test_each_user_sees_only_their_own_conversations(browser: Browser, local_stack: Stack) -> None:
+    alice = local_stack.ensure_user(unique("alice"))
+    bob = local_stack.ensure_user(unique("bob"))
+    context = browser.new_context(viewport=DESKTOP)
+    pg = context.new_page()
+    pg.goto(local_stack.urls["frontend"])
+    # Signed out: the sign-in form instead of the chat
+    expect(pg.get_by_role("heading", name="Sign in")).to_be_visible()
+    expect(pg.get_by_label("Message")).to_be_hidden()
+    expect(pg.get_by_label("Username")).to_be_focused()
+    shot(pg, "signin-desktop")
+    # A wrong password is refused, and the form says so
+    fill_sign_in(pg, alice.name, "Not-the-password-1")
+    expect(pg.get_by_role("alert")).to_have_text("Incorrect username or password.")
+    expect(pg.get_by_label("Message")).to_be_hidden()
+
+    # Alice signs in, chats, reloads: still signed in, her conversation and answer there
+    sign_in(pg, alice)
+    secret = "alice's secret plan [[fake tokens=30]]"
+    send(pg, secret)
+    bubble = pg.locator(".msg.assistant").last
+    expect(bubble).to_have_class("msg assistant done", timeout=ANSWER_MS)
+    pg.reload()
+    expect(pg.locator("#account-name")).to_have_text(alice.name)
+    expect(pg.locator("#conversations li")).to_have_count(1)
+    assert conversations(pg) == [secret]
+    bubble = pg.locator(".msg.assistant").last
+    expect(bubble).to_have_class("msg assistant done")
+    assert bubble.locator(".body").inner_text().strip() == answer(secret, 30)
+    expect(pg.locator(".msg.user .body")).to_have_text([secret])
+
+    # She signs out: the form is back, nothing of hers is on the page or in the tab's storage
+    pg.get_by_role("button", name="Sign out").click()
+    expect(pg.get_by_role("heading", name="Sign in")).to_be_visible()
+    expect(pg.get_by_label("Message")).to_be_hidden()
+    expect(pg.locator("#conversations li")).to_have_count(0)
+    expect(pg.locator(".msg")).to_have_count(0)
+    assert [
+        k for k in pg.evaluate("Object.keys(sessionStorage)") if k.startswith("llmstream")
+    ] == []
+    assert [k for k in pg.evaluate("Object.keys(localStorage)") if k.startswith("llmstream")] == []
+
+    # Bob signs in in the same tab: his (empty) list, an empty log, never Alice's
+    with pg.expect_response(lambda r: r.url.endswith("/sessions")) as listed:
+        sign_in(pg, bob)
+    assert listed.value.json() == {"sessions": []}
+    expect(pg.locator("#conversations li")).to_have_count(0)
+    expect(pg.locator(".msg")).to_have_count(0)
+    send(pg, "bob's question [[fake tokens=10]]")
+    expect(pg.locator(".msg.assistant").last).to_have_class("msg assistant done", timeout=ANSWER_MS)
+    pg.reload()
+    expect(pg.locator("#account-name")).to_have_text(bob.name)
+    expect(pg.locator("#conversations li")).to_have_count(1)
+    assert conversations(pg) == ["bob's question [[fake tokens=10]]"]
+    expect(pg.locator(".msg.user .body")).to_have_text(["bob's question [[fake tokens=10]]"])
+    assert "alice" not in pg.locator("body").inner_text().lower()
+    context.close()
+
+
+def set_tokens(pg: Page, **changes: object) -> None:
+    """Change the signed-in tab's stored tokens (auth.js keeps them in sessionStorage)."""
+    pg.evaluate(
+        """(changes) => {
+          const tokens = JSON.parse(sessionStorage.getItem("llmstream.auth"));
+          sessionStorage.setItem("llmstream.auth", JSON.stringify({ ...tokens, ...changes }));
+        }""",
+        changes,
+    )
+
+
+def is_refresh(request: Request) -> bool:
+    """A token refresh: Cognito's InitiateAuth with the REFRESH_TOKEN_AUTH flow."""
+    target = request.headers.get("x-amz-target", "")
+    return target.endswith(".InitiateAuth") and "REFRESH_TOKEN_AUTH" in (request.post_data or "")
+
+
+def access_token(pg: Page) -> str:
+    return str(pg.evaluate("JSON.parse(sessionStorage.getItem('llmstream.auth')).access"))
+
+
+def test_tokens_are_refreshed_and_a_refused_refresh_signs_out(page: Page) -> None:
+    name = page.locator("#account-name").inner_text()
+    # Shortly before the access token expires, the page renews it
+    before = access_token(page)
+    set_tokens(page, expiresAt=int(time.time() * 1000) + 62_000)
+    with page.expect_request(is_refresh, timeout=15_000):
+        page.reload()
+    page.wait_for_function(
+        "(old) => JSON.parse(sessionStorage.getItem('llmstream.auth')).access !== old", arg=before
+    )
+    expect(page.locator("#account-name")).to_have_text(name)
+    # An access token the API refuses (401) is renewed once, and the call made again
+    set_tokens(page, access="not.a.token")
+    with page.expect_request(is_refresh):
+        page.reload()
+    expect(page.locator("#account-name")).to_have_text(name)
+    send(page, "still me [[fake tokens=10]]")
+    expect(page.locator(".msg.assistant").last).to_have_class(
+        "msg assistant done", timeout=ANSWER_MS
+    )
+    # When the renewal is refused too, the page goes back to the sign-in form
+    set_tokens(page, access="not.a.token", refresh="revoked")
+    page.reload()
+    expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+    expect(page.get_by_role("alert")).to_have_text("Your sign-in has expired. Sign in again.")
+    expect(page.locator(".msg")).to_have_count(0)
+
+
+def test_a_temporary_password_is_replaced_at_first_sign_in(
+    browser: Browser, local_stack: Stack
+) -> None:
+    # GIVEN a user an administrator created with a temporary password
+    name = unique("newcomer")
+    pool = local_stack.pool
+    assert pool is not None
+    pool.cognito.admin_create_user(
+        UserPoolId=pool.pool_id,
+        Username=name,
+        TemporaryPassword="Temporary-pass-123",
+        MessageAction="SUPPRESS",
+    )
+    context = browser.new_context(viewport=DESKTOP)
+    pg = context.new_page()
+    pg.goto(local_stack.urls["frontend"])
+    # WHEN they sign in with it, the form asks for a password of their own
+    fill_sign_in(pg, name, "Temporary-pass-123")
+    expect(pg.get_by_label("New password")).to_be_focused()
+    pg.get_by_label("New password").fill("Chosen-pass-4567")
+    pg.get_by_role("button", name="Sign in").click()
+    # THEN they are signed in, and the new password is the one that works from then on
+    expect(pg.locator("#account-name")).to_have_text(name)
+    pg.get_by_role("button", name="Sign out").click()
+    fill_sign_in(pg, name, "Temporary-pass-123")
+    expect(pg.get_by_role("alert")).to_have_text("Incorrect username or password.")
+    fill_sign_in(pg, name, "Chosen-pass-4567")
+    expect(pg.locator("#account-name")).to_have_text(name)
+    context.close()
+
+
+def test_phone_width(browser: Browser, local_stack: Stack, user: LocalUser) -> None:
     context = browser.new_context(viewport=PHONE, is_mobile=True, has_touch=True)
     pg = context.new_page()
     pg.goto(local_stack.urls["frontend"])
+    expect(pg.get_by_role("heading", name="Sign in")).to_be_visible()
+    assert pg.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
+    shot(pg, "signin-phone")
+    sign_in(pg, user)
     send(pg, "small screen [[fake tokens=60 tps=20]]")
     bubble = pg.locator(".msg.assistant").last
-    expect(bubble.locator(".body")).not_to_be_empty(timeout=10_000)
+    expect(bubble.locator(".body")).not_to_be_empty(timeout=FIRST_TOKEN_MS)
     shot(pg, "chat-phone-mid-answer")
     # Nothing wider than the screen; the sidebar opens from its button
     assert pg.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
     expect(pg.locator("#sidebar")).to_be_hidden()
     pg.get_by_role("button", name="Conversations").click()
     expect(pg.locator("#sidebar")).to_be_visible()
-    expect(bubble).to_have_class("msg assistant done", timeout=20_000)
+    expect(bubble).to_have_class("msg assistant done", timeout=ANSWER_MS)
     context.close()
 
 
@@ -152,6 +413,7 @@ def test_controls_have_labels_and_a_sensible_focus_order(page: Page) -> None:
         ("radio", "Queue"),
         ("radio", "Direct"),
         ("button", "New chat"),
+        ("button", "Sign out"),
     ):
         expect(page.get_by_role(role, name=name)).to_have_count(1)
     page.get_by_label("Message").focus()
@@ -159,14 +421,27 @@ def test_controls_have_labels_and_a_sensible_focus_order(page: Page) -> None:
     assert page.evaluate("document.activeElement.id") == "send"
 
 
+@pytest.mark.parametrize("signed_in", [False, True], ids=["signed-out", "signed-in"])
 @pytest.mark.parametrize("path", ["/", "/dashboard.html"])
-def test_pages_pass_an_accessibility_check(browser: Browser, local_stack: Stack, path: str) -> None:
-    """axe-core (WCAG 2 A/AA rules: labels, names, contrast, landmarks ...) finds nothing."""
+def test_pages_pass_an_accessibility_check(
+    browser: Browser, local_stack: Stack, operator: LocalUser, path: str, signed_in: bool
+) -> None:
+    """axe-core (WCAG 2 A/AA rules: labels, names, contrast, landmarks ...) finds nothing,
+    on the sign-in form and on the signed-in page."""
     from axe_playwright_python.sync_playwright import Axe
 
     context = browser.new_context(viewport=DESKTOP)
     pg = context.new_page()
     pg.goto(local_stack.urls["frontend"] + path)
+    if signed_in:
+        sign_in(pg, operator)
+        if path == "/":  # a conversation in the list and an answer in the log
+            send(pg, "check me [[fake tokens=20]]")
+            expect(pg.locator(".msg.assistant").last).to_have_class(
+                "msg assistant done", timeout=ANSWER_MS
+            )
+    else:
+        expect(pg.get_by_role("heading", name="Sign in")).to_be_visible()
     pg.wait_for_load_state("networkidle")
     results = Axe().run(pg, options={"runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa"]}})
     violations = results.response["violations"]
@@ -174,39 +449,61 @@ def test_pages_pass_an_accessibility_check(browser: Browser, local_stack: Stack,
     context.close()
 
 
-def test_dashboard_shows_a_queued_task(browser: Browser, local_stack: Stack) -> None:
+def test_dashboard_shows_a_queued_task(
+    browser: Browser, local_stack: Stack, operator: LocalUser, user: LocalUser
+) -> None:
     api = local_stack.urls["api"]
     # GIVEN more low-priority work than the low queue's local workers
     slow = {"message": "background [[fake tokens=400 tps=20]]", "priority": -9}
-    tasks = [httpx.post(f"{api}/chat", json=slow).json()["task_id"] for _ in range(6)]
+    tasks = [
+        httpx.post(f"{api}/chat", json=slow, headers=user.headers).json()["task_id"]
+        for _ in range(6)
+    ]
     try:
         for viewport, name in ((DESKTOP, "dashboard-desktop"), (PHONE, "dashboard-phone")):
             context = browser.new_context(viewport=viewport)
             pg = context.new_page()
             pg.goto(f"{local_stack.urls['frontend']}/dashboard.html")
+            sign_in(pg, operator)
             expect(pg.locator("#recent tr[data-status='queued']").first).to_be_visible(
                 timeout=10_000
             )
             expect(pg.locator("#q-low")).not_to_have_text("0")
-            expect(pg.locator("#running")).not_to_have_text("0")
+            # (the workers' first invocations start cold)
+            expect(pg.locator("#running")).not_to_have_text("0", timeout=FIRST_TOKEN_MS)
             pg.wait_for_timeout(4500)  # a few samples on the charts
             shot(pg, name)
             context.close()
     finally:
         for task_id in tasks:
-            httpx.post(f"{api}/chat/{task_id}/cancel")
+            httpx.post(f"{api}/chat/{task_id}/cancel", headers=user.headers)
+
+
+def test_the_dashboard_is_for_operators(
+    browser: Browser, local_stack: Stack, user: LocalUser
+) -> None:
+    context = browser.new_context(viewport=DESKTOP)
+    pg = context.new_page()
+    pg.goto(f"{local_stack.urls['frontend']}/dashboard.html")
+    with pg.expect_response(lambda r: r.url.endswith("/stats")) as stats:
+        sign_in(pg, user)
+    assert stats.value.status == 403
+    expect(pg.get_by_text("The dashboard is for operators (the admins group).")).to_be_visible()
+    expect(pg.locator("#stats")).to_be_hidden()
+    context.close()
 
 
 def test_a_dropped_stream_shows_reconnecting_and_resumes(
-    browser: Browser, local_stack: Stack
+    browser: Browser, local_stack: Stack, user: LocalUser
 ) -> None:
     context = browser.new_context(viewport=DESKTOP)
     pg = context.new_page()
     pg.goto(local_stack.urls["frontend"])
+    sign_in(pg, user)
     message = "drop the connection [[fake tokens=160 tps=20]]"
     send(pg, message)
     bubble = pg.locator(".msg.assistant").last
-    expect(bubble.locator(".body")).not_to_be_empty(timeout=10_000)
+    expect(bubble.locator(".body")).not_to_be_empty(timeout=FIRST_TOKEN_MS)
     # WHEN the stream server dies mid-answer (every open connection is cut)
     local_stack.kill("stream")
     try:
@@ -215,6 +512,6 @@ def test_a_dropped_stream_shows_reconnecting_and_resumes(
     finally:
         local_stack.revive("stream")
     # THEN the page resumes from its Last-Event-ID: the whole answer, nothing repeated
-    expect(bubble).to_have_class("msg assistant done", timeout=40_000)
+    expect(bubble).to_have_class("msg assistant done", timeout=ANSWER_MS)
     assert bubble.locator(".body").inner_text().strip() == answer(message, 160)
     context.close()

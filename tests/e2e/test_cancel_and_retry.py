@@ -11,13 +11,20 @@ import pytest
 from httpx_sse import connect_sse
 
 from localcloud.up import Stack
-from tests.e2e.test_chat_flow import post_chat, read_stream
+from tests.e2e.conftest import DEFAULT_USER, auth
+from tests.e2e.test_chat_flow import get_status, post_chat, read_stream
 
 pytestmark = pytest.mark.e2e
 
 
-def status(stack: Stack, task_id: str) -> dict[str, object]:
-    return dict(httpx.get(f"{stack.urls['api']}/chat/{task_id}").json())
+def status(stack: Stack, task_id: str, user: str = DEFAULT_USER) -> dict[str, object]:
+    return get_status(stack, task_id, user)
+
+
+def cancel(stack: Stack, task_id: str, user: str = DEFAULT_USER) -> httpx.Response:
+    return httpx.post(
+        f"{stack.urls['api']}/chat/{task_id}/cancel", headers=auth(stack, user), timeout=10
+    )
 
 
 def wait_for(predicate: object, timeout: float = 20) -> None:
@@ -30,7 +37,6 @@ def wait_for(predicate: object, timeout: float = 20) -> None:
 
 
 def test_cancel_ends_the_stream_with_cancelled(chat_stack: Stack) -> None:
-    api = chat_stack.urls["api"]
     body = post_chat(chat_stack, {"message": "long [[fake tokens=400 tps=20]]"}).json()
     events: list[dict[str, object]] = []
 
@@ -44,9 +50,11 @@ def test_cancel_ends_the_stream_with_cancelled(chat_stack: Stack) -> None:
     thread = threading.Thread(target=viewer)
     thread.start()
     wait_for(lambda: len(events) >= 2)
+    # WHEN another user tries to stop it, nothing happens (to them, the task does not exist)
+    assert cancel(chat_stack, body["task_id"], "e2e-other").status_code == 404
     # WHEN the user presses stop (twice)
-    first = httpx.post(f"{api}/chat/{body['task_id']}/cancel")
-    second = httpx.post(f"{api}/chat/{body['task_id']}/cancel")
+    first = cancel(chat_stack, body["task_id"])
+    second = cancel(chat_stack, body["task_id"])
     assert first.status_code == second.status_code == 200
     assert first.json()["cancel_requested"] is True
     thread.join(timeout=10)
@@ -54,17 +62,18 @@ def test_cancel_ends_the_stream_with_cancelled(chat_stack: Stack) -> None:
     assert not thread.is_alive()
     assert events[-1] == {"type": "cancelled"}
     assert status(chat_stack, body["task_id"])["status"] == "cancelled"
-    again = httpx.post(f"{api}/chat/{body['task_id']}/cancel").json()
+    again = cancel(chat_stack, body["task_id"]).json()
     assert again["status"] == "cancelled"
 
 
 def test_cancel_of_a_finished_or_unknown_task(local_stack: Stack) -> None:
-    api = local_stack.urls["api"]
     body = post_chat(local_stack, {"message": "short [[fake tokens=5]]"}).json()
     read_stream(body["stream_url"])
-    done = httpx.post(f"{api}/chat/{body['task_id']}/cancel")
+    done = cancel(local_stack, body["task_id"])
     assert done.status_code == 200 and done.json()["status"] == "done"
-    assert httpx.post(f"{api}/chat/{'0' * 32}/cancel").status_code == 404
+    assert cancel(local_stack, "0" * 32).status_code == 404
+    unsigned = httpx.post(f"{local_stack.urls['api']}/chat/{body['task_id']}/cancel")
+    assert unsigned.status_code == 401
 
 
 def test_transient_failures_are_retried_with_backoff_then_end_in_error(local_stack: Stack) -> None:
@@ -101,25 +110,35 @@ def test_cancel_on_disconnect(local_stack: Stack) -> None:
     # THEN the default answer goes on (to be resumed); the other one is stopped
     wait_for(lambda: status(local_stack, drop["task_id"])["status"] == "cancelled", timeout=10)
     assert status(local_stack, keep["task_id"])["status"] == "running"
-    httpx.post(f"{local_stack.urls['api']}/chat/{keep['task_id']}/cancel")
+    cancel(local_stack, keep["task_id"])
 
 
 def test_high_priority_work_does_not_wait_behind_a_default_backlog(local_stack: Stack) -> None:
-    api = local_stack.urls["api"]
-    # GIVEN more slow default-priority work than the default queue's workers (4 locally)
-    slow = {"message": "backlog [[fake tokens=200 tps=20]]", "priority": 0}
-    backlog = [post_chat(local_stack, slow).json()["task_id"] for _ in range(8)]
-    wait_for(lambda: sum(status(local_stack, t)["status"] == "running" for t in backlog) >= 4)
+    # One user's backlog (8 requests plus the urgent one: within a user's minute of requests)
+    me = "backlog"
+    # GIVEN more slow default-priority work than the default queue's workers (4 locally):
+    # 20 s answers, so the first four hold their workers well past the time a new execution
+    # environment may take to start (the urgent one may need a fresh one: several seconds
+    # on a busy machine)
+    slow = {"message": "backlog [[fake tokens=400 tps=20]]", "priority": 0}
+    accepted = [post_chat(local_stack, slow, me) for _ in range(8)]
+    assert {r.status_code for r in accepted} == {202}, [r.text for r in accepted]
+    backlog = [r.json()["task_id"] for r in accepted]
+
+    def running() -> int:
+        return sum(status(local_stack, t, me)["status"] == "running" for t in backlog)
+
+    wait_for(lambda: running() >= 4, timeout=40)  # may start environments: seconds each
     # WHEN a high-priority request arrives
-    urgent = post_chat(local_stack, {"message": "urgent [[fake tokens=5]]", "priority": 9})
+    urgent = post_chat(local_stack, {"message": "urgent [[fake tokens=5]]", "priority": 9}, me)
     urgent_id = urgent.json()["task_id"]
-    wait_for(lambda: status(local_stack, urgent_id)["status"] == "done")
+    wait_for(lambda: status(local_stack, urgent_id, me)["status"] == "done", timeout=30)
     # THEN it was answered while default work was still waiting for a worker
-    states = {t: status(local_stack, t)["status"] for t in backlog}
+    states = {t: status(local_stack, t, me)["status"] for t in backlog}
     waiting = [t for t, state in states.items() if state == "queued"]
     assert waiting, f"the backlog should still have queued work: {states}"
-    started = {t: status(local_stack, t)["started_at"] for t in backlog}
-    urgent_started = status(local_stack, urgent_id)["started_at"]
+    started = {t: status(local_stack, t, me)["started_at"] for t in backlog}
+    urgent_started = status(local_stack, urgent_id, me)["started_at"]
     assert all(s is None or s > urgent_started for t, s in started.items() if t in waiting)
     for task_id in backlog:
-        httpx.post(f"{api}/chat/{task_id}/cancel")
+        cancel(local_stack, task_id, me)

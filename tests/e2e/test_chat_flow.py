@@ -14,7 +14,7 @@ from httpx_sse import ServerSentEvent, connect_sse
 
 from localcloud.fake_openai import Behaviour, expected_answer
 from localcloud.up import Stack
-from tests.e2e.conftest import FAKE_TOKENS
+from tests.e2e.conftest import DEFAULT_USER, FAKE_TOKENS, auth
 
 pytestmark = pytest.mark.e2e
 LOCAL_CREDENTIALS = {
@@ -22,10 +22,35 @@ LOCAL_CREDENTIALS = {
     "aws_access_key_id": "test",
     "aws_secret_access_key": "test",
 }
+ADMIN_USER = "e2e-admin"
 
 
-def post_chat(stack: Stack, body: dict[str, Any]) -> httpx.Response:
-    return httpx.post(f"{stack.urls['api']}/chat", json=body, timeout=10)
+def post_chat(
+    stack: Stack,
+    body: dict[str, Any],
+    user: str = DEFAULT_USER,
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
+    """POST /chat as ``user`` (signed in on ``stack``), with any further ``headers``."""
+    return httpx.post(
+        f"{stack.urls['api']}/chat",
+        json=body,
+        headers={**auth(stack, user), **(headers or {})},
+        timeout=10,
+    )
+
+
+def admin_auth(stack: Stack) -> dict[str, str]:
+    """The Authorization header of an operator (the admins group: /stats, /health/full, /test).
+    A user of its own: group membership is the user's, so a user made an admin stays one."""
+    return auth(stack, ADMIN_USER, admin=True)
+
+
+def get_status(stack: Stack, task_id: str, user: str = DEFAULT_USER) -> dict[str, Any]:
+    """GET /chat/{task_id} as ``user``, who must own the task."""
+    resp = httpx.get(f"{stack.urls['api']}/chat/{task_id}", headers=auth(stack, user), timeout=10)
+    assert resp.status_code == 200, resp.text
+    return dict(resp.json())
 
 
 def answer_of(message: str, tokens: int = FAKE_TOKENS) -> str:
@@ -72,13 +97,18 @@ def test_chat_answer_arrives_whole_over_sse(chat_stack: Stack) -> None:
     final = json.loads(events[-1].data)
     assert final["type"] == "done" and final["usage"]["completion_tokens"] == FAKE_TOKENS
     assert all("chunk" in json.loads(e.data) for e in events[:-1])
-    # AND the status endpoint agrees
-    status = httpx.get(f"{chat_stack.urls['api']}/chat/{body['task_id']}").json()
+    # AND the status endpoint agrees, with a fresh stream URL that replays the same events
+    status = get_status(chat_stack, body["task_id"])
     assert status["status"] == "done"
     assert status["text"] == answer_of("hi")
     assert status["session_id"] == body["session_id"]
     assert status["usage"]["completion_tokens"] == FAKE_TOKENS
     assert status["last_seq"] == len(events)
+    assert status["stream_url"].startswith(f"{chat_stack.urls['stream']}/stream/{body['task_id']}?")
+    assert "token=" in status["stream_url"]
+    assert [(e.id, e.data) for e in read_stream(status["stream_url"])] == [
+        (e.id, e.data) for e in events
+    ]
 
 
 @pytest.mark.parametrize("how", ["last-event-id", "after"])
@@ -111,19 +141,24 @@ def test_several_viewers_get_identical_events(chat_stack: Stack) -> None:
 
 
 def test_every_accepted_request_ends_in_a_terminal_state(chat_stack: Stack) -> None:
-    # GIVEN more concurrent requests than local workers, one of which the model fails
+    # GIVEN more concurrent requests than local workers, one of which the model fails,
+    # from several users (as real load is; one user's request quota is not what is tested)
     messages = [f"load {i} [[fake tokens=30 tps=150]]" for i in range(9)]
     messages.append("fail [[fake status=500]]")
+    users = [f"load-{i % 5}" for i in range(len(messages))]
+    for name in set(users):
+        auth(chat_stack, name)  # signed in once, before the threads
     with ThreadPoolExecutor(10) as pool:
-        bodies = [
-            r.json() for r in pool.map(lambda m: post_chat(chat_stack, {"message": m}), messages)
-        ]
+        responses = list(
+            pool.map(lambda m, u: post_chat(chat_stack, {"message": m}, u), messages, users)
+        )
+        assert [r.status_code for r in responses] == [202] * 10, [r.text for r in responses]
+        bodies = [r.json() for r in responses]
         finals = list(pool.map(lambda b: json.loads(read_stream(b["stream_url"])[-1].data), bodies))
     # THEN every stream ended with a terminal event, and the statuses match
     assert [f["type"] for f in finals] == ["done"] * 9 + ["error"]
-    for body, final in zip(bodies, finals, strict=True):
-        status = httpx.get(f"{chat_stack.urls['api']}/chat/{body['task_id']}").json()
-        assert status["status"] == final["type"]
+    for body, final, name in zip(bodies, finals, users, strict=True):
+        assert get_status(chat_stack, body["task_id"], name)["status"] == final["type"]
     assert "500" in finals[-1]["message"]
 
 
@@ -143,7 +178,9 @@ def test_on_redis_the_answer_is_in_a_redis_stream_not_dynamodb(redis_stack: Stac
     got = ddb.get_item(TableName=table, Key={"task_id": {"S": body["task_id"]}, "seq": {"N": "1"}})
     assert "Item" not in got
     # The health check looks at Redis for the chunk log
-    health = httpx.get(f"{redis_stack.urls['api']}/health/full", timeout=10).json()
+    health = httpx.get(
+        f"{redis_stack.urls['api']}/health/full", headers=admin_auth(redis_stack), timeout=10
+    ).json()
     assert (
         health["tables"]["chunks"]["ok"] and health["tables"]["chunks"]["detail"] == "redis: PONG"
     )
@@ -153,13 +190,17 @@ def test_stream_refuses_missing_or_bad_tokens(local_stack: Stack) -> None:
     a = post_chat(local_stack, {"message": "a"}).json()
     b = post_chat(local_stack, {"message": "b"}).json()
     base = f"{local_stack.urls['stream']}/stream/{a['task_id']}"
-    token_b = b["stream_url"].split("token=")[1]
-    assert httpx.get(base).status_code == 401
-    assert httpx.get(f"{base}?token=1.forged").status_code == 403
-    assert httpx.get(f"{base}?token={token_b}").status_code == 403  # another task's token
-    # A bearer header works as well as the query parameter.
     token_a = a["stream_url"].split("token=")[1]
-    assert len(read_stream(base, headers={"Authorization": f"Bearer {token_a}"})) > 1
+    token_b = b["stream_url"].split("token=")[1]
+    assert httpx.get(base).status_code == 401  # neither a token nor a bearer
+    # A token that does not open this task is answered as a task that does not exist.
+    assert httpx.get(f"{base}?token=1.forged").status_code == 404
+    assert httpx.get(f"{base}?token={token_b}").status_code == 404  # another task's token
+    # The owner's bearer works as well as the query parameter; another user's does not,
+    # and a stream token is no bearer.
+    assert httpx.get(base, headers=auth(local_stack, "e2e-other")).status_code == 404
+    assert httpx.get(base, headers={"Authorization": f"Bearer {token_a}"}).status_code == 401
+    assert len(read_stream(base, headers=auth(local_stack))) > 1
 
 
 @pytest.mark.parametrize(
@@ -180,14 +221,24 @@ def test_bad_input_gets_a_4xx_with_a_reason(
 
 def test_not_json_and_unknown_ids(local_stack: Stack) -> None:
     api, stream = local_stack.urls["api"], local_stack.urls["stream"]
+    me = auth(local_stack)
     resp = httpx.post(
-        f"{api}/chat", content=b"not json", headers={"content-type": "application/json"}
+        f"{api}/chat", content=b"not json", headers={**me, "content-type": "application/json"}
     )
     assert resp.status_code == 422
     missing = "0" * 32
-    assert httpx.get(f"{api}/chat/{missing}").status_code == 404
-    assert httpx.get(f"{api}/chat/bad id!").status_code == 422
+    assert httpx.get(f"{api}/chat/{missing}", headers=me).status_code == 404
+    assert httpx.get(f"{api}/chat/bad id!", headers=me).status_code == 422
     ok = post_chat(local_stack, {"message": "x"}).json()
+    # Without a sign-in nothing is answered; another user's task does not exist for them.
+    unsigned = httpx.post(f"{api}/chat", json={"message": "x"})
+    assert unsigned.status_code == 401 and unsigned.headers["www-authenticate"] == "Bearer"
+    assert httpx.get(f"{api}/chat/{ok['task_id']}").status_code == 401
+    garbage = {"Authorization": "Bearer not.a.jwt"}
+    assert httpx.get(f"{api}/chat/{ok['task_id']}", headers=garbage).status_code == 401
+    other = auth(local_stack, "e2e-other")
+    assert httpx.get(f"{api}/chat/{ok['task_id']}", headers=other).status_code == 404
+    assert httpx.post(f"{api}/chat/{ok['task_id']}/cancel", headers=other).status_code == 404
     token = ok["stream_url"].split("token=")[1]
     bad_resume = httpx.get(
         f"{stream}/stream/{ok['task_id']}?token={token}", headers={"Last-Event-ID": "abc"}
@@ -203,22 +254,28 @@ def test_health_and_cors(local_stack: Stack) -> None:
         headers={
             "Origin": "http://localhost:3000",
             "Access-Control-Request-Method": "POST",
-            "Access-Control-Request-Headers": "content-type",
+            "Access-Control-Request-Headers": "authorization,content-type",
         },
     )
     assert pre.status_code == 200
     assert pre.headers["access-control-allow-origin"] in ("*", "http://localhost:3000")
+    assert "authorization" in pre.headers["access-control-allow-headers"].lower()
 
 
 def test_frontend_is_served_with_its_config(local_stack: Stack) -> None:
     front = local_stack.urls["frontend"]
     assert "<title>llmstream" in httpx.get(f"{front}/").text
     config = httpx.get(f"{front}/config.json").json()
-    assert config == {"apiUrl": local_stack.urls["api"], "streamUrl": local_stack.urls["stream"]}
+    assert config == {
+        "apiUrl": local_stack.urls["api"],
+        "streamUrl": local_stack.urls["stream"],
+        "auth": local_stack.auth_config,
+    }
 
 
 def test_the_readme_curl_commands(local_stack: Stack) -> None:
-    """README: curl POST /chat answers 202; curl -N <stream_url> prints chunks, then done."""
+    """README: curl POST /chat with a bearer answers 202; curl -N <stream_url> prints chunks,
+    then done."""
     import shutil
     import subprocess
 
@@ -232,6 +289,8 @@ def test_the_readme_curl_commands(local_stack: Stack) -> None:
             "-X",
             "POST",
             f"{local_stack.urls['api']}/chat",
+            "-H",
+            f"authorization: {auth(local_stack)['Authorization']}",
             "-H",
             "content-type: application/json",
             "-d",

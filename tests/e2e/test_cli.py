@@ -1,13 +1,17 @@
-"""The local stack's verbs (what `./run.sh start -d|status|scale|stop` call), on a stack of
-its own: start in the background, report status, scale the workers, stop everything."""
+"""The local stack's verbs (what `./run.sh start -d|status|token|scale|stop` call), on a
+stack of its own: start in the background, report status, sign users in, scale the workers,
+stop everything."""
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -16,6 +20,7 @@ from localcloud.up import free_port
 from tests.conftest import ROOT, unique
 
 pytestmark = pytest.mark.e2e
+JWT = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -28,7 +33,28 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_start_status_scale_stop() -> None:
+def token(stack: str, name: str, *flags: str) -> str:
+    """`./run.sh token NAME [--admin]`'s last line: the access token, checked to be a JWT of
+    ``name``."""
+    run = subprocess.run(
+        [str(ROOT / "run.sh"), "token", name, *flags, "--stack", stack],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    last = run.stdout.strip().splitlines()[-1]
+    assert JWT.match(last), run.stdout
+    header, payload = (
+        json.loads(base64.urlsafe_b64decode(p + "=" * (-len(p) % 4))) for p in last.split(".")[:2]
+    )
+    assert header["alg"] == "RS256"
+    assert payload["username"] == name and payload["token_use"] == "access"
+    return last
+
+
+def test_start_status_scale_stop(tmp_path: Path) -> None:
     stack = unique("cli")
     state = ROOT / ".localcloud" / stack / "state.json"
     ports = [
@@ -49,25 +75,37 @@ def test_start_status_scale_stop() -> None:
             *ports,
         ],
         cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=(tmp_path / "up.log").open("w"),
+        stderr=subprocess.STDOUT,
     )
     try:
+        # `up` is ready when it says so (after state.json, it signs its demo user in)
         deadline = time.monotonic() + 90
-        while not state.exists() and time.monotonic() < deadline:
-            assert up.poll() is None, "up exited early"
+        while time.monotonic() < deadline:
+            assert up.poll() is None, "up exited early:\n" + (tmp_path / "up.log").read_text()
+            if state.exists() and "llmstream is up" in (tmp_path / "up.log").read_text():
+                break
             time.sleep(0.2)
         # status: every component running, health ok, queue depths shown
         status = cli("status", "--stack", stack)
         assert status.returncode == 0, status.stdout + status.stderr
         assert "2 worker(s) per queue" in status.stdout and "DEAD" not in status.stdout
         assert "queue dead_letter" in status.stdout
+        assert "health: ok" in status.stdout  # /health/full, which status reads as demo (admin)
+        # token: a user's access token on the last line, which the api takes; --admin makes
+        # an operator, who may read /stats
+        api = json.loads(state.read_text())["urls"]["api"]
+        alice = {"Authorization": f"Bearer {token(stack, 'cli-alice')}"}
+        ops = {"Authorization": f"Bearer {token(stack, 'cli-ops', '--admin')}"}
+        assert httpx.get(f"{api}/stats", headers=alice, timeout=30).status_code == 403
+        assert httpx.get(f"{api}/stats", headers=ops, timeout=30).status_code == 200
         # scale: the pollers restart with the new count, and answers still flow
         scaled = cli("scale", "1", "--stack", stack)
         assert scaled.returncode == 0, scaled.stdout
         assert json.loads(state.read_text())["workers"] == 1
-        api = json.loads(state.read_text())["urls"]["api"]
-        body = httpx.post(f"{api}/chat", json={"message": "after scaling"}).json()
+        resp = httpx.post(f"{api}/chat", json={"message": "after scaling"}, headers=alice)
+        assert resp.status_code == 202, resp.text
+        body = resp.json()
         with httpx.stream("GET", body["stream_url"], timeout=30) as resp:
             last = [line for line in resp.iter_lines() if line.startswith("data:")][-1]
         assert json.loads(last[5:])["type"] == "done"

@@ -11,20 +11,22 @@ import pytest
 
 from localcloud.fake_openai import Behaviour, expected_answer, fake_embedding
 from localcloud.up import Stack
-from tests.e2e.conftest import FAKE_TOKENS
-from tests.e2e.test_chat_flow import post_chat, read_stream, text
+from tests.e2e.conftest import FAKE_TOKENS, auth
+from tests.e2e.test_chat_flow import admin_auth, post_chat, read_stream, text
 
 pytestmark = pytest.mark.e2e
 FAKE = Behaviour(tokens=FAKE_TOKENS)
 
 
 def test_a_session_carries_its_history(local_stack: Stack) -> None:
-    api = local_stack.urls["api"]
-    sid = f"s-{uuid.uuid4().hex[:8]}"
-    # GIVEN two turns of one conversation, the second sent after the first answered
-    first = post_chat(local_stack, {"message": "my name is Ada", "session_id": sid}).json()
+    api, me = local_stack.urls["api"], auth(local_stack)
+    # GIVEN two turns of one conversation, the second sent after the first answered (a
+    # conversation starts without a session_id; its id comes back with the first turn)
+    first = post_chat(local_stack, {"message": "my name is Ada"}).json()
+    sid = first["session_id"]
     answer1 = text(read_stream(first["stream_url"]))
     second = post_chat(local_stack, {"message": "what is my name?", "session_id": sid}).json()
+    assert second["session_id"] == sid
     answer2 = text(read_stream(second["stream_url"]))
     # THEN the second answer is the model's answer to the whole conversation
     assert answer2 == expected_answer(
@@ -36,14 +38,34 @@ def test_a_session_carries_its_history(local_stack: Stack) -> None:
         behaviour=FAKE,
     )
     # AND GET /sessions/{id} lists the turns in order with their answers
-    history = httpx.get(f"{api}/sessions/{sid}").json()
+    history = httpx.get(f"{api}/sessions/{sid}", headers=me).json()
     assert [t["task_id"] for t in history["turns"]] == [first["task_id"], second["task_id"]]
     assert [t["answer"] for t in history["turns"]] == [answer1, answer2]
-    assert httpx.get(f"{api}/sessions/nobody-{uuid.uuid4().hex[:6]}").status_code == 404
+    assert httpx.get(f"{api}/sessions/nobody-{uuid.uuid4().hex[:6]}", headers=me).status_code == 404
+    # AND GET /sessions lists it, with its turns
+    mine = httpx.get(f"{api}/sessions", headers=me).json()["sessions"]
+    assert {"session_id": sid, "turns": 2}.items() <= next(
+        s for s in mine if s["session_id"] == sid
+    ).items()
+    # AND to another user the conversation does not exist: not to read, list or continue
+    other = auth(local_stack, "e2e-other")
+    assert httpx.get(f"{api}/sessions/{sid}", headers=other).status_code == 404
+    theirs = httpx.get(f"{api}/sessions", headers=other).json()["sessions"]
+    assert sid not in {s["session_id"] for s in theirs}
+    intruder = post_chat(local_stack, {"message": "me too", "session_id": sid}, "e2e-other")
+    assert intruder.status_code == 404
+    # AND a client-made id is no conversation: ids are the service's
+    made_up = post_chat(local_stack, {"message": "hi", "session_id": f"s-{uuid.uuid4().hex[:8]}"})
+    assert made_up.status_code == 404
+    assert httpx.get(f"{api}/sessions/{sid}").status_code == 401
 
 
 def test_health_full_reports_every_dependency(local_stack: Stack) -> None:
-    resp = httpx.get(f"{local_stack.urls['api']}/health/full", timeout=30)
+    url = f"{local_stack.urls['api']}/health/full"
+    # for operators only
+    assert httpx.get(url, timeout=30).status_code == 401
+    assert httpx.get(url, headers=auth(local_stack), timeout=30).status_code == 403
+    resp = httpx.get(url, headers=admin_auth(local_stack), timeout=30)
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert body["status"] == "ok"
@@ -56,9 +78,17 @@ def test_health_full_reports_every_dependency(local_stack: Stack) -> None:
 
 def test_stats_show_depths_statuses_and_speed(local_stack: Stack) -> None:
     for priority in (9, 0, -9):
-        body = post_chat(local_stack, {"message": f"stats {priority}", "priority": priority})
+        body = post_chat(
+            local_stack, {"message": f"stats {priority}", "priority": priority}, "e2e-stats"
+        )
         read_stream(body.json()["stream_url"])
-    stats = httpx.get(f"{local_stack.urls['api']}/stats", timeout=30).json()
+    url = f"{local_stack.urls['api']}/stats"
+    # for operators only
+    assert httpx.get(url, timeout=30).status_code == 401
+    assert httpx.get(url, headers=auth(local_stack), timeout=30).status_code == 403
+    resp = httpx.get(url, headers=admin_auth(local_stack), timeout=30)
+    assert resp.status_code == 200, resp.text
+    stats = resp.json()
     assert set(stats["queues"]) == {"high", "default", "low", "dead_letter"}
     assert stats["requests"].get("done", 0) >= 3
     assert {"high", "default", "low"} <= set(stats["by_priority"])
@@ -72,18 +102,27 @@ def test_stats_show_depths_statuses_and_speed(local_stack: Stack) -> None:
         "error",
         "cancelled",
     )
+    # the newest tasks are counted, not named: no task ids (other users' tasks) in /stats
+    assert all("task_id" not in r for r in stats["recent"])
 
 
 def test_model_test_route(local_stack: Stack) -> None:
-    body = httpx.get(f"{local_stack.urls['api']}/test", timeout=30).json()
+    url = f"{local_stack.urls['api']}/test"
+    assert httpx.get(url, timeout=30).status_code == 401
+    assert httpx.get(url, headers=auth(local_stack), timeout=30).status_code == 403
+    resp = httpx.get(url, headers=admin_auth(local_stack), timeout=30)
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
     assert body["ok"] is True and body["reply"] and body["latency_ms"] > 0
 
 
 def test_embeddings_are_split_to_the_batch_limit_and_keep_order(local_stack: Stack) -> None:
     fake = local_stack.urls["openai"].removesuffix("/v1")
     before = httpx.get(f"{fake}/fake/stats").json()["embedding_requests"]
+    url, me = f"{local_stack.urls['api']}/embeddings", auth(local_stack)
     texts = ["alpha", "beta", "gamma", "delta", "epsilon"]
-    resp = httpx.post(f"{local_stack.urls['api']}/embeddings", json={"input": texts}, timeout=30)
+    assert httpx.post(url, json={"input": texts}, timeout=30).status_code == 401
+    resp = httpx.post(url, json={"input": texts}, headers=me, timeout=30)
     assert resp.status_code == 200, resp.text
     body = resp.json()
     assert [d["index"] for d in body["data"]] == [0, 1, 2, 3, 4]
@@ -93,14 +132,16 @@ def test_embeddings_are_split_to_the_batch_limit_and_keep_order(local_stack: Sta
     assert body["batches"] == 3
     assert httpx.get(f"{fake}/fake/stats").json()["embedding_requests"] - before == 3
     for bad in ({"input": []}, {"input": [""]}, {"texts": ["a"]}):
-        assert httpx.post(f"{local_stack.urls['api']}/embeddings", json=bad).status_code == 422
+        assert httpx.post(url, json=bad, headers=me).status_code == 422
 
 
 def test_direct_mode_streams_plain_text(local_stack: Stack) -> None:
+    url, me = f"{local_stack.urls['stream']}/direct", auth(local_stack)
     with httpx.stream(
         "POST",
-        f"{local_stack.urls['stream']}/direct",
+        url,
         json={"message": "direct please", "session_id": "direct-1"},
+        headers=me,
         timeout=30,
     ) as resp:
         assert resp.status_code == 200
@@ -111,8 +152,9 @@ def test_direct_mode_streams_plain_text(local_stack: Stack) -> None:
     assert "".join(pieces) == expected_answer(
         [{"role": "user", "content": "direct please"}], behaviour=FAKE
     )
-    bad = httpx.post(f"{local_stack.urls['stream']}/direct", json={"message": ""})
+    bad = httpx.post(url, json={"message": ""}, headers=me)
     assert bad.status_code == 422
+    assert httpx.post(url, json={"message": "direct please"}).status_code == 401
 
 
 def test_docs_list_every_route_with_its_models(local_stack: Stack) -> None:
@@ -122,7 +164,9 @@ def test_docs_list_every_route_with_its_models(local_stack: Stack) -> None:
         ("/chat", "post"),
         ("/chat/{task_id}", "get"),
         ("/chat/{task_id}/cancel", "post"),
+        ("/sessions", "get"),
         ("/sessions/{session_id}", "get"),
+        ("/sessions/{session_id}", "delete"),
         ("/health", "get"),
         ("/health/full", "get"),
         ("/stats", "get"),
@@ -132,7 +176,10 @@ def test_docs_list_every_route_with_its_models(local_stack: Stack) -> None:
     for path, method in routes:
         op = api["paths"][path][method]
         ok = next(code for code in op["responses"] if code.startswith("2"))
-        assert "schema" in json.dumps(op["responses"][ok]), (path, method)
+        if ok != "204":  # No Content has no body to describe
+            assert "schema" in json.dumps(op["responses"][ok]), (path, method)
+        # every route but the liveness check names the bearer it needs
+        assert ("security" in op) == (path != "/health"), (path, method)
     assert "requestBody" in api["paths"]["/chat"]["post"]
     assert httpx.get(f"{local_stack.urls['api']}/docs").status_code == 200
     stream = httpx.get(f"{local_stack.urls['stream']}/openapi.json").json()
@@ -140,14 +187,13 @@ def test_docs_list_every_route_with_its_models(local_stack: Stack) -> None:
 
 
 def test_idempotency_key_returns_the_same_task_and_one_model_call(local_stack: Stack) -> None:
-    api, fake = local_stack.urls["api"], local_stack.urls["openai"].removesuffix("/v1")
+    fake = local_stack.urls["openai"].removesuffix("/v1")
+    me = "e2e-idempotent"
     key = f"key-{uuid.uuid4().hex}"
     body = {"message": "only once please"}
     before = httpx.get(f"{fake}/fake/stats").json()["chat_requests"]
     # WHEN the client sends the same request with the same key three times
-    answers = [
-        httpx.post(f"{api}/chat", json=body, headers={"Idempotency-Key": key}) for _ in range(3)
-    ]
+    answers = [post_chat(local_stack, body, me, {"Idempotency-Key": key}) for _ in range(3)]
     # THEN every answer names the same task, whose stream works
     assert {r.status_code for r in answers} == {202}
     assert len({r.json()["task_id"] for r in answers}) == 1
@@ -157,12 +203,15 @@ def test_idempotency_key_returns_the_same_task_and_one_model_call(local_stack: S
     # AND the model was called once
     assert httpx.get(f"{fake}/fake/stats").json()["chat_requests"] - before == 1
     # AND the key cannot be reused for another request; another key is another task
-    other = httpx.post(
-        f"{api}/chat", json={"message": "something else"}, headers={"Idempotency-Key": key}
-    )
+    other = post_chat(local_stack, {"message": "something else"}, me, {"Idempotency-Key": key})
     assert other.status_code == 422 and "Idempotency-Key" in other.json()["detail"]
-    fresh = httpx.post(f"{api}/chat", json=body, headers={"Idempotency-Key": key + "-2"})
+    fresh = post_chat(local_stack, body, me, {"Idempotency-Key": key + "-2"})
     assert fresh.json()["task_id"] != answers[0].json()["task_id"]
     read_stream(fresh.json()["stream_url"])
-    bad = httpx.post(f"{api}/chat", json=body, headers={"Idempotency-Key": "has space"})
+    # AND keys are each user's own: another user's same key and body is another task
+    theirs = post_chat(local_stack, body, "e2e-other", {"Idempotency-Key": key})
+    assert theirs.status_code == 202
+    assert theirs.json()["task_id"] != answers[0].json()["task_id"]
+    read_stream(theirs.json()["stream_url"])
+    bad = post_chat(local_stack, body, me, {"Idempotency-Key": "has space"})
     assert bad.status_code == 422

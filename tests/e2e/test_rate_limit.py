@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from localcloud.up import Stack
-from tests.e2e.conftest import stack_options
+from tests.e2e.conftest import auth, stack_options
 from tests.e2e.test_chat_flow import read_stream
 
 pytestmark = pytest.mark.e2e
@@ -31,20 +31,22 @@ def limited_stack() -> Iterator[Stack]:
 
 
 def test_work_over_the_token_limit_waits_then_finishes(limited_stack: Stack) -> None:
-    api = limited_stack.urls["api"]
+    api, me = limited_stack.urls["api"], auth(limited_stack)
     # GIVEN seven requests that may each use ~260 tokens: three at once need more than the
-    # 600 tokens in the bucket
-    bodies = [
-        httpx.post(f"{api}/chat", json={"message": f"limited {i}", "max_tokens": 250}).json()
+    # 600 tokens in the bucket (of the model's shared limits; one user's quotas allow 7)
+    accepted = [
+        httpx.post(f"{api}/chat", json={"message": f"limited {i}", "max_tokens": 250}, headers=me)
         for i in range(7)
     ]
+    assert {r.status_code for r in accepted} == {202}, [r.text for r in accepted]
+    bodies = [r.json() for r in accepted]
     seen: dict[str, set[str]] = {b["task_id"]: set() for b in bodies}
     retry_at: list[float] = []
 
     def final(body: dict[str, str]) -> str:
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
-            s = httpx.get(f"{api}/chat/{body['task_id']}").json()
+            s = httpx.get(f"{api}/chat/{body['task_id']}", headers=me).json()
             seen[body["task_id"]].add(s["status"])
             if s.get("retry_at"):
                 retry_at.append(s["retry_at"])

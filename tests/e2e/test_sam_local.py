@@ -14,6 +14,7 @@ import pytest
 
 from localcloud.up import Stack, free_port
 from tests.conftest import ROOT
+from tests.e2e.conftest import auth
 from tests.unit.test_template import sam
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker]
@@ -43,6 +44,7 @@ def test_sam_local_start_api_accepts_a_chat(
         timeout=900,
     )
     port = free_port()
+    me = auth(local_stack)  # the stack's pool: the function in Docker checks its tokens too
     proc = subprocess.Popen(
         [
             sam(),
@@ -65,7 +67,7 @@ def test_sam_local_start_api_accepts_a_chat(
         while time.monotonic() < deadline:
             try:
                 resp = httpx.post(
-                    f"http://127.0.0.1:{port}/chat", json={"message": "hi"}, timeout=60
+                    f"http://127.0.0.1:{port}/chat", json={"message": "hi"}, headers=me, timeout=60
                 )
                 break
             except httpx.HTTPError:
@@ -74,6 +76,13 @@ def test_sam_local_start_api_accepts_a_chat(
             pytest.fail("sam local start-api did not answer")
         assert resp.status_code == 202, resp.text
         assert json.loads(resp.text)["stream_url"].startswith(local_stack.urls["stream"])
+        # and without a sign-in, nothing
+        assert (
+            httpx.post(
+                f"http://127.0.0.1:{port}/chat", json={"message": "hi"}, timeout=60
+            ).status_code
+            == 401
+        )
     finally:
         proc.terminate()
         proc.wait(30)

@@ -10,6 +10,7 @@ import pytest
 from httpx_sse import connect_sse
 
 from localcloud.up import Stack
+from tests.e2e.conftest import auth
 from tests.e2e.test_chat_flow import post_chat, read_stream
 
 pytestmark = pytest.mark.e2e
@@ -42,7 +43,9 @@ def test_a_redis_outage_ends_streams_cleanly_and_the_answer_still_finishes(
     # THEN the worker's attempt went back to the queue and a new one finishes the answer
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
-        status = httpx.get(f"{api}/chat/{body['task_id']}", timeout=10).json()
+        status = httpx.get(
+            f"{api}/chat/{body['task_id']}", headers=auth(redis_stack), timeout=10
+        ).json()
         if status["status"] in ("done", "error", "cancelled"):
             break
         time.sleep(0.5)

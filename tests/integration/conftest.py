@@ -10,7 +10,8 @@ from llmstream.deps import Deps, build_deps
 from llmstream.settings import Settings
 from localcloud.provision import provision
 from localcloud.template import LocalTemplate
-from tests.conftest import unique
+from localcloud.users import LocalUser, UserPool
+from tests.conftest import ARTIFACTS, unique
 
 
 def aws_client(endpoint: str, name: str) -> Any:
@@ -26,7 +27,8 @@ def aws_client(endpoint: str, name: str) -> Any:
 @pytest.fixture(scope="session")
 def clients(aws_endpoint: str) -> dict[str, Any]:
     return {
-        name: aws_client(aws_endpoint, name) for name in ("sqs", "dynamodb", "s3", "secretsmanager")
+        name.replace("-idp", ""): aws_client(aws_endpoint, name)
+        for name in ("sqs", "dynamodb", "s3", "secretsmanager", "cognito-idp")
     }
 
 
@@ -46,6 +48,7 @@ def settings(stack: LocalTemplate) -> Settings:
     # Core tests take a plain key; the Secrets Manager path runs in the handler and e2e tests.
     values.pop("stream_token_secret_arn")
     values.pop("openai_api_key_secret_arn")
+    values.pop("auth_jwks_url")
     return Settings(**values, stream_token_secret="s" * 40)
 
 
@@ -53,3 +56,33 @@ def settings(stack: LocalTemplate) -> Settings:
 def deps(settings: Settings, clients: dict[str, Any], fake_openai_url: str) -> Deps:
     openai = OpenAI(base_url=fake_openai_url, api_key="sk-test", max_retries=0)
     return build_deps(settings, dynamodb=clients["dynamodb"], sqs=clients["sqs"], openai=openai)
+
+
+@pytest.fixture(scope="session")
+def pool(stack: LocalTemplate, clients: dict[str, Any]) -> UserPool:
+    """The template's user pool on the emulator."""
+    return UserPool(
+        cognito=clients["cognito"],
+        pool_id=stack.overrides["UserPool.Ref"],
+        client_id=stack.overrides["UserPoolClient.Ref"],
+        passwords_file=ARTIFACTS / f"{stack.stack}-users.json",
+    )
+
+
+@pytest.fixture(scope="session")
+def alice(pool: UserPool) -> LocalUser:
+    return pool.ensure_user("alice")
+
+
+def function_env(stack: LocalTemplate, logical_id: str, aws_endpoint: str) -> dict[str, str]:
+    """A function's environment as the local stack gives it (the emulator's JWKS URL)."""
+    return {
+        **stack.functions()[logical_id].environment,
+        "AUTH_JWKS_URL": (
+            f"{aws_endpoint}/{stack.overrides['UserPool.Ref']}/.well-known/jwks.json"
+        ),
+        "AWS_ENDPOINT_URL": aws_endpoint,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }

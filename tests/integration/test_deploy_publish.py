@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from llmstream_deploy.publish import StackOutputs
 from localcloud.template import LocalTemplate
 from tests.conftest import ROOT, unique
 from tests.integration.conftest import aws_client
@@ -59,6 +60,8 @@ def test_publish_syncs_the_frontend_and_writes_config(
         "FrontendDistributionId": distribution(cloudfront, bucket),
         "FrontendUrl": "https://d.example",
         "OpenAIApiKeySecretArn": secret_arn,
+        "UserPoolId": "us-east-1_Abc123",
+        "UserPoolClientId": "client123",
     }
     name = unique("deployed")
     cfn.create_stack(
@@ -108,11 +111,37 @@ def test_publish_syncs_the_frontend_and_writes_config(
         assert head["ContentType"] == expected_types[Path(key).suffix], key
         html_or_json = key.endswith((".html", ".json"))
         assert head["CacheControl"] == ("no-cache" if html_or_json else "public, max-age=3600")
-    # AND config.json points the page at the stack's API and stream
+    # AND config.json points the page at the stack's API and stream, and at its user pool's
+    # app client through Cognito's endpoint in the stack's region
     config = json.loads(s3.get_object(Bucket=bucket, Key="config.json")["Body"].read())
-    assert config == {"apiUrl": "https://api.example", "streamUrl": "https://stream.example"}
+    assert config == {
+        "apiUrl": "https://api.example",
+        "streamUrl": "https://stream.example",
+        "auth": {
+            "region": "us-east-1",
+            "userPoolId": "us-east-1_Abc123",
+            "clientId": "client123",
+            "endpoint": "https://cognito-idp.us-east-1.amazonaws.com/",
+        },
+    }
     # AND the edge caches were told to drop the old files
     invalidations = cloudfront.list_invalidations(DistributionId=outputs["FrontendDistributionId"])
     assert invalidations["InvalidationList"]["Quantity"] == 1
     # AND the OpenAI key is in its secret
     assert sm.get_secret_value(SecretId=secret_arn)["SecretString"] == "sk-from-deployer"
+
+
+def test_config_signs_in_through_the_stacks_user_pool_if_it_has_one() -> None:
+    outputs = {"ApiUrl": "https://a/", "StreamUrl": "https://s", "FrontendBucketName": "b"}
+    pool = {**outputs, "UserPoolId": "eu-west-1_X", "UserPoolClientId": "c"}
+    assert StackOutputs.of(pool, region="eu-west-1").config()["auth"] == {
+        "region": "eu-west-1",
+        "userPoolId": "eu-west-1_X",
+        "clientId": "c",
+        "endpoint": "https://cognito-idp.eu-west-1.amazonaws.com/",
+    }
+    # A stack that trusts another issuer (AuthIssuer) has no pool, and the page no sign-in
+    assert StackOutputs.of(outputs, region="eu-west-1").config() == {
+        "apiUrl": "https://a",
+        "streamUrl": "https://s",
+    }

@@ -8,22 +8,34 @@ import json
 import uuid
 from typing import Any
 
+import jwt
 import pytest
 
 from llmstream.settings import Settings
 from localcloud.poller import LambdaContext
 from localcloud.template import LocalTemplate
+from localcloud.users import LocalUser
+from tests.integration.conftest import function_env
 
 pytestmark = pytest.mark.integration
 
 
-def http_api_event(method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+def http_api_event(
+    method: str,
+    path: str,
+    body: dict[str, Any] | None = None,
+    headers: dict[str, str] | None = None,
+) -> dict[str, Any]:
     return {
         "version": "2.0",
         "routeKey": "ANY /{proxy+}",
         "rawPath": path,
         "rawQueryString": "",
-        "headers": {"content-type": "application/json", "host": "api.example"},
+        "headers": {
+            "content-type": "application/json",
+            "host": "api.example",
+            **{k.lower(): v for k, v in (headers or {}).items()},
+        },
         "requestContext": {
             "accountId": "123456789012",
             "apiId": "api",
@@ -48,32 +60,34 @@ def http_api_event(method: str, path: str, body: dict[str, Any] | None = None) -
 
 @pytest.fixture
 def api_module(stack: LocalTemplate, aws_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Any:
-    env = stack.functions()["ApiFunction"].environment
-    for key, value in env.items():
+    for key, value in function_env(stack, "ApiFunction", aws_endpoint).items():
         monkeypatch.setenv(key, value)
-    for key, value in {
-        "AWS_ENDPOINT_URL": aws_endpoint,
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(key, value)
-    from llmstream import deps, settings
+    from llmstream import auth, deps, settings
 
-    for cached in (settings.get_settings, settings.get_api_settings, deps.get_deps):
+    caches = (settings.get_settings, settings.get_api_settings, deps.get_deps)
+    for cached in (*caches, auth.get_authenticator):
         cached.cache_clear()
     import llmstream.api
 
     yield importlib.reload(llmstream.api)
-    for cached in (settings.get_settings, settings.get_api_settings, deps.get_deps):
+    for cached in (*caches, auth.get_authenticator):
         cached.cache_clear()
 
 
 def test_post_chat_through_mangum_records_and_enqueues(
-    api_module: Any, stack: LocalTemplate, clients: dict[str, Any], settings: Settings
+    api_module: Any,
+    stack: LocalTemplate,
+    clients: dict[str, Any],
+    settings: Settings,
+    alice: LocalUser,
 ) -> None:
     ctx = LambdaContext(function_name="api", memory_limit_in_mb=512, timeout_seconds=29)
-    resp = api_module.handler(http_api_event("POST", "/chat", {"message": "via lambda"}), ctx)
+    anonymous = api_module.handler(http_api_event("POST", "/chat", {"message": "hi"}), ctx)
+    assert anonymous["statusCode"] == 401
+    assert anonymous["headers"]["www-authenticate"] == "Bearer"
+    resp = api_module.handler(
+        http_api_event("POST", "/chat", {"message": "via lambda"}, alice.headers), ctx
+    )
     assert resp["statusCode"] == 202, resp
     body = json.loads(resp["body"])
     assert body["stream_url"].startswith(f"http://stream.invalid/stream/{body['task_id']}?token=")
@@ -82,12 +96,16 @@ def test_post_chat_through_mangum_records_and_enqueues(
         TableName=settings.requests_table, Key={"task_id": {"S": body["task_id"]}}
     )["Item"]
     assert row["status"]["S"] == "queued"
+    assert (
+        row["owner"]["S"]
+        == jwt.decode(alice.access_token, options={"verify_signature": False})["sub"]
+    )
     msgs = clients["sqs"].receive_message(
         QueueUrl=stack.queue_url("DefaultQueue"), MaxNumberOfMessages=10, WaitTimeSeconds=1
     )["Messages"]
     assert {"task_id": body["task_id"]} in [json.loads(m["Body"]) for m in msgs]
 
-    bad = api_module.handler(http_api_event("POST", "/chat", {"message": ""}), ctx)
+    bad = api_module.handler(http_api_event("POST", "/chat", {"message": ""}, alice.headers), ctx)
     assert bad["statusCode"] == 422
     health = api_module.handler(http_api_event("GET", "/health"), ctx)
     assert health["statusCode"] == 200
@@ -98,12 +116,8 @@ def worker_module(
     stack: LocalTemplate, aws_endpoint: str, fake_openai_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> Any:
     env = {
-        **stack.functions()["WorkerFunction"].environment,
+        **function_env(stack, "WorkerFunction", aws_endpoint),
         "LLM_RPM": "1",
-        "AWS_ENDPOINT_URL": aws_endpoint,
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_DEFAULT_REGION": "us-east-1",
         "OPENAI_BASE_URL": fake_openai_url,
     }
     for key, value in env.items():
@@ -131,7 +145,12 @@ def test_worker_handler_requeues_a_rate_limited_task_with_a_delay(
     deps = get_deps()
     deps.limits.buckets.take(Bucket("model-rpm", 1), 1)  # the minute's one request is gone
     task = Task(
-        task_id=uuid.uuid4().hex, session_id="s", status="queued", model="m", message="later please"
+        task_id=uuid.uuid4().hex,
+        session_id="s",
+        status="queued",
+        model="m",
+        message="later please",
+        owner="sub-handler-tests",
     )
     deps.tasks.create(task)
     sqs, queue = clients["sqs"], stack.queue_url("LowQueue")

@@ -18,6 +18,7 @@ def new_task(deps: Deps) -> Task:
         status="queued",
         model="m",
         message="hi",
+        owner="sub-tasks-tests",
         temperature=0.5,
     )
     deps.tasks.create(task)

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from llmstream.answer import RetryLater, run_task
+from llmstream.answer import Poison, RetryLater, run_task
+from llmstream.auth import Principal
 from llmstream.chunklog.base import ChunkLog
 from llmstream.deps import Deps
 from llmstream.exceptions import StoreUnavailable
@@ -19,6 +20,7 @@ from localcloud.fake_openai import Behaviour, expected_answer
 
 pytestmark = pytest.mark.integration
 FAKE = Behaviour(tokens=40)  # as the fake_openai_url fixture runs it
+USER = Principal(sub="sub-worker-tests", username="worker-tests", groups=frozenset())
 
 
 def submit(deps: Deps, message: str = "hello worker", session_id: str | None = None) -> Task:
@@ -28,6 +30,7 @@ def submit(deps: Deps, message: str = "hello worker", session_id: str | None = N
         status="queued",
         model="gpt-4o-mini",
         message=message,
+        owner=USER.sub,
     )
     deps.tasks.create(task)
     return task
@@ -109,8 +112,10 @@ def test_crash_after_the_terminal_event_settles_the_status(deps: Deps) -> None:
     assert deps.tasks.get(task.task_id).status == "done"
 
 
-def test_a_message_for_an_unknown_task_is_dropped(deps: Deps) -> None:
-    run_task(deps, uuid.uuid4().hex)  # logs and returns; nothing to retry
+def test_a_message_for_an_unknown_task_is_poison(deps: Deps) -> None:
+    # Retrying cannot help: the handler sends it to the DLQ at once (tests/e2e/test_crash.py)
+    with pytest.raises(Poison, match="has no request row"):
+        run_task(deps, uuid.uuid4().hex)
 
 
 def deps_with(deps: Deps, **settings: object) -> Deps:
@@ -134,7 +139,7 @@ def test_cancel_stops_a_running_answer_within_a_second(deps: Deps) -> None:
         time.sleep(0.05)
     # WHEN it is cancelled
     asked = time.monotonic()
-    deps.tasks.request_cancel(task.task_id)
+    deps.tasks.request_cancel(task.task_id, USER.sub)
     worker.join(timeout=10)
     # THEN the worker stops soon after, and the log ends with one cancelled event
     stopped_after = time.monotonic() - asked
@@ -152,7 +157,7 @@ def test_cancel_stops_a_running_answer_within_a_second(deps: Deps) -> None:
 
 def test_a_task_cancelled_before_its_worker_starts_never_calls_the_model(deps: Deps) -> None:
     task = submit(deps)
-    deps.tasks.request_cancel(task.task_id)
+    deps.tasks.request_cancel(task.task_id, USER.sub)
     run_task(deps, task.task_id)
     assert [e.kind for e in deps.log.read_all(task.task_id)] == ["cancelled"]
     assert deps.tasks.get(task.task_id).status == "cancelled"
@@ -162,8 +167,8 @@ def test_cancel_of_a_queued_task_ends_it_at_once_and_twice_is_fine(deps: Deps) -
     from llmstream.chat import cancel
 
     task = submit(deps)
-    first = cancel(deps, task.task_id)
-    second = cancel(deps, task.task_id)
+    first = cancel(deps, USER, task.task_id)
+    second = cancel(deps, USER, task.task_id)
     assert (first.status, second.status) == ("cancelled", "cancelled")
     assert [e.kind for e in deps.log.read_all(task.task_id)] == ["cancelled"]
     run_task(deps, task.task_id)  # the message arrives later: nothing happens
@@ -221,6 +226,7 @@ def test_a_session_sends_its_history_to_the_model(deps: Deps) -> None:
 
     # GIVEN a finished first turn in a session
     sid = uuid.uuid4().hex
+    deps.sessions.start(USER.sub, sid, "my name is Ada", time.time())
     first = submit(deps, "my name is Ada", session_id=sid)
     run_task(deps, first.task_id)
     answer1 = expected_answer([{"role": "user", "content": first.message}], behaviour=FAKE)
@@ -236,7 +242,7 @@ def test_a_session_sends_its_history_to_the_model(deps: Deps) -> None:
     events = deps.log.read_all(second.task_id)
     assert text_of(events) == expected_answer(conversation, behaviour=FAKE)
     # AND the session lists both turns, oldest first, with their answers
-    history = session(deps, sid)
+    history = session(deps, USER, sid)
     assert [t.task_id for t in history.turns] == [first.task_id, second.task_id]
     assert history.turns[0].answer == answer1
     assert all(t.status == "done" for t in history.turns)
@@ -272,6 +278,9 @@ class FlakyLog(ChunkLog):
 
     def last(self, task_id: str) -> Event | None:
         return self.log.last(task_id)
+
+    def delete(self, task_id: str) -> None:
+        self.log.delete(task_id)
 
     def ping(self) -> str:
         return self.log.ping()

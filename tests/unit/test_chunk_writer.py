@@ -37,6 +37,9 @@ class MemoryLog(ChunkLog):
         log = self.events.get(task_id, {})
         return log[max(log)] if log else None
 
+    def delete(self, task_id: str) -> None:
+        self.events.pop(task_id, None)
+
     def ping(self) -> str:
         return "ok"
 
@@ -163,3 +166,34 @@ def test_a_flusher_error_is_raised_in_the_token_loop() -> None:
             w.add("c")
     finally:
         w.close()
+
+
+def test_a_zombie_that_wrote_at_our_seq_is_overwritten_by_a_reset_and_our_text() -> None:
+    # GIVEN attempt 2, which holds the claim and has written "Hello "
+    log, clock = MemoryLog(), Clock()
+    log.append("t", 1, "chunk", {"chunk": "old "})  # attempt 1, before it died (it thought)
+    w = writer(log, clock, next_seq=2, attempt=2, still_mine=lambda: True)
+    w.event("reset", {"type": "reset", "attempt": 2})
+    w.add("Hello ")
+    # WHEN attempt 1, a zombie whose heartbeat lapsed, writes at the next seq first
+    log.append("t", 4, "chunk", {"chunk": "zombie "})
+    clock.now = 1.0
+    w.add("world")
+    w.event("done", {"type": "done"})
+    # THEN the log stays dense, and the text after its last reset is attempt 2's alone
+    events = log.read_all("t")
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    last_reset = max(i for i, e in enumerate(events) if e.kind == "reset")
+    after = "".join(e.data.get("chunk", "") for e in events[last_reset + 1 :])
+    assert after == "Hello world"
+    assert events[-1].kind == "done"
+
+
+def test_a_writer_that_lost_its_claim_stops_at_the_conflict() -> None:
+    log, clock = MemoryLog(), Clock()
+    w = writer(log, clock, attempt=1, still_mine=lambda: False)
+    w.add("a")
+    log.append("t", 2, "reset", {"type": "reset", "attempt": 2})  # the newer attempt
+    clock.now = 1.0
+    with pytest.raises(SeqConflict):
+        w.add("b")

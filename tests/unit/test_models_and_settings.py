@@ -10,6 +10,7 @@ pytestmark = pytest.mark.unit
 
 ENV = {
     "REQUESTS_TABLE": "r",
+    "SESSIONS_TABLE": "s",
     "CHUNKS_TABLE": "c",
     "QUEUE_URL_HIGH": "http://high",
     "QUEUE_URL_DEFAULT": "http://default",
@@ -20,6 +21,8 @@ ENV = {
     "MODEL_ID": "m",
     "STREAM_TOKEN_SECRET": "s" * 32,
     "CORS_ALLOW_ORIGINS": "*",
+    "AUTH_ISSUER": "https://issuer.example/pool",
+    "AUTH_AUDIENCE": "client-a, client-b",
 }
 
 
@@ -111,3 +114,17 @@ def test_priority_selects_the_queue(
     for key, value in ENV.items():
         monkeypatch.setenv(key, value)
     assert Settings().queue_url_for(priority) == f"http://{queue}"  # type: ignore[call-arg]
+
+
+def test_auth_settings_default_the_jwks_to_the_issuers(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in ENV.items():
+        monkeypatch.setenv(key, value)
+    settings = Settings()  # type: ignore[call-arg]
+    assert settings.jwks_url == "https://issuer.example/pool/.well-known/jwks.json"
+    assert settings.auth_audiences == ["client-a", "client-b"]
+    assert settings.auth_token_uses == ["access"]
+    # An empty variable (the template's default) means the issuer's own keys.
+    monkeypatch.setenv("AUTH_JWKS_URL", "")
+    assert Settings().jwks_url.endswith("/pool/.well-known/jwks.json")  # type: ignore[call-arg]
+    monkeypatch.setenv("AUTH_JWKS_URL", "http://127.0.0.1:4566/pool/.well-known/jwks.json")
+    assert Settings().jwks_url.startswith("http://127.0.0.1:4566/")  # type: ignore[call-arg]

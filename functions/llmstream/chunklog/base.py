@@ -34,6 +34,10 @@ class ChunkLog(abc.ABC):
         """Return the newest event of the task, or None if it has none."""
 
     @abc.abstractmethod
+    def delete(self, task_id: str) -> None:
+        """Remove every event of the task (its conversation was deleted)."""
+
+    @abc.abstractmethod
     def ping(self) -> str:
         """A cheap check that the store answers: a short status, or StoreUnavailable."""
 

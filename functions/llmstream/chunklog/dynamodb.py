@@ -25,8 +25,9 @@ from llmstream.models import Event, EventKind
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
-# BatchGetItem takes at most 100 keys per call (DynamoDB limit).
+# BatchGetItem takes at most 100 keys per call, BatchWriteItem 25 (DynamoDB limits).
 _BATCH_GET_MAX = 100
+_BATCH_WRITE_MAX = 25
 
 
 class DynamoDBChunkLog(ChunkLog):
@@ -109,6 +110,26 @@ class DynamoDBChunkLog(ChunkLog):
             items.extend(answer["Responses"].get(self._table, []))
             request = dict(answer.get("UnprocessedKeys") or {})
         return items
+
+    def delete(self, task_id: str) -> None:
+        seqs = [e.seq for e in self.read_all(task_id)]
+        try:
+            for start in range(0, len(seqs), _BATCH_WRITE_MAX):
+                request: dict[str, Any] = {
+                    self._table: [
+                        {
+                            "DeleteRequest": {
+                                "Key": {"task_id": {"S": task_id}, "seq": {"N": str(s)}}
+                            }
+                        }
+                        for s in seqs[start : start + _BATCH_WRITE_MAX]
+                    ]
+                }
+                while request:
+                    answer = self._client.batch_write_item(RequestItems=request)
+                    request = dict(answer.get("UnprocessedItems") or {})
+        except ClientError as e:
+            raise StoreUnavailable(str(e)) from e
 
     def ping(self) -> str:
         try:

@@ -143,6 +143,12 @@ class RedisChunkLog(ChunkLog):
             self._async = (loop, client)
         return self._async[1]
 
+    def delete(self, task_id: str) -> None:
+        try:
+            self._client.delete(self.key(task_id))
+        except RedisError as e:
+            raise StoreUnavailable(str(e)) from e
+
     def ping(self) -> str:
         try:
             self._client.ping()

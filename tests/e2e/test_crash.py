@@ -1,0 +1,391 @@
+"""Dead workers: an execution environment killed mid-answer is replaced within the heartbeat
+window, the stack stays up, and every answer still ends whole. Poison messages go to the DLQ
+at once; `dlq redrive` brings a message back."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import boto3
+import httpx
+import psutil
+import pytest
+
+from localcloud.up import Stack
+from tests.conftest import ARTIFACTS, ROOT
+from tests.e2e.conftest import auth, stack_options
+from tests.e2e.test_chat_flow import read_stream
+
+pytestmark = pytest.mark.e2e
+HEARTBEAT = 6  # seconds: the message's visibility window while a worker runs
+
+
+@pytest.fixture(scope="module")
+def crash_stack() -> Iterator[Stack]:
+    """A stack with a short heartbeat window, so recoveries take seconds in a test."""
+    opts = stack_options(
+        "e2e-crash",
+        workers=4,
+        extra_env={"WORKER_HEARTBEAT_SECONDS": str(HEARTBEAT), "USER_RPM": "0"},
+    )
+    stack = Stack(opts)
+    stack.start()
+    yield stack
+    stack.stop()
+
+
+def poller_pid(stack: Stack) -> int:
+    return stack.procs["worker"].pid
+
+
+def environments(stack: Stack) -> list[dict[str, Any]]:
+    path = stack.opts.dir / "poller-WorkerFunction.envs.json"
+    if not path.exists():
+        return []
+    envs: list[dict[str, Any]] = json.loads(path.read_text())["environments"]
+    return envs
+
+
+def running_environments(stack: Stack, busy_for: float) -> list[int]:
+    """Environments running an invocation for at least ``busy_for`` seconds (past the
+    handler's first heartbeat: a death before it waits for the queue's own timeout)."""
+    return list(running_tasks(stack, busy_for))
+
+
+def running_tasks(stack: Stack, busy_for: float) -> dict[int, str | None]:
+    """The same, each with the task id of the message it runs."""
+    now = time.time()
+    out: dict[int, str | None] = {}
+    for e in environments(stack):
+        if e["busy_since"] is not None and now - e["busy_since"] >= busy_for:
+            try:
+                out[e["pid"]] = json.loads(e["messages"][0])["task_id"]
+            except (IndexError, ValueError, KeyError):
+                out[e["pid"]] = None
+    return out
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
+
+
+def status_of(stack: Stack, task_id: str, headers: dict[str, str]) -> dict[str, Any]:
+    got: dict[str, Any] = httpx.get(
+        f"{stack.urls['api']}/chat/{task_id}", headers=headers, timeout=10
+    ).json()
+    return got
+
+
+def wait_final(
+    stack: Stack, task_id: str, headers: dict[str, str], limit: float = 90
+) -> dict[str, Any]:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        status = status_of(stack, task_id, headers)
+        if status["status"] in ("done", "error", "cancelled"):
+            return status
+        time.sleep(0.3)
+    raise AssertionError(f"task {task_id} hung: {status_of(stack, task_id, headers)}")
+
+
+def whole(stack: Stack, status: dict[str, Any]) -> tuple[bool, int]:
+    """The stream read from 0: dense seqs, one terminal event, and the text after its
+    last reset equal to the status's text. Returns (whole, resets)."""
+    events = read_stream(status["stream_url"])
+    seqs = [int(e.id) for e in events]
+    datas = [json.loads(e.data) for e in events]
+    resets = [i for i, d in enumerate(datas) if d.get("type") == "reset"]
+    after = datas[resets[-1] + 1 :] if resets else datas
+    text = "".join(d.get("chunk", "") for d in after)
+    ok = (
+        seqs == list(range(1, len(seqs) + 1))
+        and datas[-1].get("type") == status["status"]
+        and text == status["text"]
+    )
+    return ok, len(resets)
+
+
+def test_killing_every_worker_environment_mid_answer_keeps_the_stack_up(
+    crash_stack: Stack,
+) -> None:
+    alice = auth(crash_stack, "alice")
+    # GIVEN a long answer, running
+    body = httpx.post(
+        f"{crash_stack.urls['api']}/chat",
+        json={"message": "long [[fake tokens=400 tps=50]]"},
+        headers=alice,
+        timeout=10,
+    ).json()
+    deadline = time.monotonic() + 30
+    while status_of(crash_stack, body["task_id"], alice)["last_seq"] < 5:
+        assert time.monotonic() < deadline, "the answer did not start"
+        time.sleep(0.2)
+    # WHEN every child process of the poller is killed (SIGKILL)
+    children = psutil.Process(poller_pid(crash_stack)).children()
+    assert children, "the worker runs in execution environments of its own"
+    killed_at = time.monotonic()
+    for child in children:
+        os.kill(child.pid, signal.SIGKILL)
+    # THEN the stack stays up, and the answer ends done with a new attempt
+    final = wait_final(crash_stack, body["task_id"], alice)
+    recovered = time.monotonic() - killed_at
+    crash_stack.check()  # raises if any component died
+    assert final["status"] == "done" and final["attempt"] >= 2, final
+    ok, resets = whole(crash_stack, final)
+    assert ok and resets >= 1
+    # AND it came back within the heartbeat window (plus a new environment's start and the
+    # rest of the answer: 400 tokens at 50/s)
+    assert recovered < HEARTBEAT + 8 + 30, recovered
+    now = {p.pid for p in psutil.Process(poller_pid(crash_stack)).children()}
+    assert not now & {c.pid for c in children}  # fresh environments took over
+
+
+def test_chaos_every_answer_ends_whole_while_environments_are_killed(
+    crash_stack: Stack,
+) -> None:
+    api = crash_stack.urls["api"]
+    users = [auth(crash_stack, f"chaos-{i}") for i in range(5)]
+
+    # GIVEN 30 answers of about six seconds, at once
+    def post(i: int) -> tuple[str, dict[str, str]]:
+        headers = users[i % len(users)]
+        resp = httpx.post(
+            f"{api}/chat",
+            json={"message": f"chaos {i} [[fake tokens=240 tps=40]]"},
+            headers=headers,
+            timeout=30,
+        )
+        assert resp.status_code == 202, resp.text
+        return resp.json()["task_id"], headers
+
+    with ThreadPoolExecutor(10) as pool:
+        tasks = list(pool.map(post, range(30)))
+    # WHEN, every ~2 s for 20 s, one running worker environment is killed
+    kills: list[tuple[int, str | None, float]] = []  # pid, task, when (epoch)
+    rng = random.Random(7)
+    end = time.monotonic() + 20
+    while time.monotonic() < end:
+        time.sleep(2)
+        # One death per answer: the third death of the same answer is the queue's
+        # maxReceiveCount (3), which sends it to the DLQ, as designed for a poison answer.
+        hit = {task for _pid, task, _at in kills}
+        running = {
+            pid: task
+            for pid, task in running_tasks(crash_stack, busy_for=1.0).items()
+            if task not in hit
+        }
+        if running:
+            victim = rng.choice(sorted(running))
+            try:
+                os.kill(victim, signal.SIGKILL)
+                kills.append((victim, running[victim], time.time()))
+            except ProcessLookupError:
+                pass
+    # THEN every answer ends done, whole, with the text after its last reset
+    outcomes = {"done": 0, "lost": 0, "duplicated": 0, "hung": 0, "retried": 0}
+    hung: list[dict[str, Any]] = []
+    for task_id, headers in tasks:
+        try:
+            final = wait_final(crash_stack, task_id, headers, limit=60)
+        except AssertionError:
+            outcomes["hung"] += 1
+            hung.append(status_of(crash_stack, task_id, headers))
+            continue
+        if final["status"] != "done":
+            outcomes["lost"] += 1
+            continue
+        ok, _resets = whole(crash_stack, final)
+        outcomes["done"] += 1
+        outcomes["retried"] += final["attempt"] > 1
+        outcomes["duplicated"] += not ok
+    # Recovery of each killed answer: death -> its next attempt claimed the task (the reset
+    # is that attempt's first write), and death -> done.
+    to_claim, to_done = [], []
+    by_task = dict(tasks)
+    for _pid, task_id, at in kills:
+        if task_id in by_task:
+            final = status_of(crash_stack, task_id, by_task[task_id])
+            if final["started_at"] and final["started_at"] > at:
+                to_claim.append(final["started_at"] - at)
+            if final["finished_at"]:
+                to_done.append(final["finished_at"] - at)
+    report = {
+        "answers": len(tasks),
+        "kills": len(kills),
+        **outcomes,
+        "hung_tasks": hung,
+        "recovery_seconds": {
+            "heartbeat_window": HEARTBEAT,
+            "death_to_new_attempt_p50": percentile(to_claim, 0.5),
+            "death_to_new_attempt_p95": percentile(to_claim, 0.95),
+            "death_to_done_p50": percentile(to_done, 0.5),
+            "death_to_done_p95": percentile(to_done, 0.95),
+        },
+    }
+    (ARTIFACTS / "chaos.json").write_text(json.dumps(report, indent=2))
+    assert len(kills) >= 5, report
+    assert outcomes["done"] == 30 and outcomes["lost"] == outcomes["hung"] == 0, report
+    assert outcomes["duplicated"] == 0, report
+    assert outcomes["retried"] >= 1, report
+    crash_stack.check()
+
+
+def sqs(stack: Stack) -> Any:
+    return boto3.client(
+        "sqs",
+        endpoint_url=stack.urls["aws"],
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
+
+
+def cli(stack: Stack, *args: str) -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "localcloud", *args, "--state-dir", str(stack.opts.dir)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return out.stdout
+
+
+def dead_letters(stack: Stack) -> list[str]:
+    return [line for line in cli(stack, "dlq").splitlines()[1:] if line.strip()]
+
+
+def test_a_poison_message_goes_to_the_dlq_on_its_first_failure(crash_stack: Stack) -> None:
+    assert crash_stack.template is not None
+    queue = crash_stack.template.queue_url("DefaultQueue")
+    client = sqs(crash_stack)
+    # WHEN the queue gets a body that is no task message, and one naming no task
+    client.send_message(QueueUrl=queue, MessageBody="not json at all")
+    client.send_message(QueueUrl=queue, MessageBody=json.dumps({"task_id": "0" * 32}))
+    # THEN both are in the DLQ within seconds, each delivered once, with the reason
+    deadline = time.monotonic() + 30
+    while len(letters := dead_letters(crash_stack)) < 2:
+        assert time.monotonic() < deadline, letters
+        time.sleep(0.5)
+    text = "\n".join(letters)
+    assert "not a task message" in text and "has no request row" in text
+    assert "-DefaultQueue" in text
+    cli(crash_stack, "dlq", "redrive")  # they come back and go again: poison stays poison
+    deadline = time.monotonic() + 30
+    while len(dead_letters(crash_stack)) < 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.5)
+    client.purge_queue(QueueUrl=crash_stack.template.queue_url("DeadLetterQueue"))
+
+
+def test_a_redriven_dead_letter_completes(crash_stack: Stack) -> None:
+    assert crash_stack.template is not None
+    client = sqs(crash_stack)
+    dlq_url = crash_stack.template.queue_url("DeadLetterQueue")
+    alice = auth(crash_stack, "alice")
+    # GIVEN an answer whose worker died on every delivery (killed each time it ran), so the
+    # queue's redrive policy moved its message to the DLQ after maxReceiveCount (3)
+    body = httpx.post(
+        f"{crash_stack.urls['api']}/chat",
+        json={"message": "unlucky [[fake tokens=300 tps=30]]"},
+        headers=alice,
+        timeout=10,
+    ).json()
+    attempts_killed: set[int] = set()
+    deadline = time.monotonic() + 90
+    while not dead_letters(crash_stack):
+        assert time.monotonic() < deadline, status_of(crash_stack, body["task_id"], alice)
+        status = status_of(crash_stack, body["task_id"], alice)
+        if status["status"] == "running" and status["attempt"] not in attempts_killed:
+            for pid in running_environments(crash_stack, busy_for=0.5):
+                os.kill(pid, signal.SIGKILL)
+                attempts_killed.add(status["attempt"])
+        time.sleep(0.3)
+    assert status_of(crash_stack, body["task_id"], alice)["status"] == "running"
+    # WHEN an operator redrives the DLQ
+    assert "moved 1 message" in cli(crash_stack, "dlq", "redrive")
+    # THEN the answer completes, whole
+    final = wait_final(crash_stack, body["task_id"], alice)
+    assert final["status"] == "done" and final["attempt"] >= 4, final
+    assert whole(crash_stack, final)[0]
+    assert (
+        client.get_queue_attributes(
+            QueueUrl=dlq_url, AttributeNames=["ApproximateNumberOfMessages"]
+        )["Attributes"]["ApproximateNumberOfMessages"]
+        == "0"
+    )
+
+
+def test_the_stream_tells_its_viewer_when_the_worker_is_lost(crash_stack: Stack) -> None:
+    alice = auth(crash_stack, "alice")
+    body = httpx.post(
+        f"{crash_stack.urls['api']}/chat",
+        json={"message": "watch me [[fake tokens=300 tps=30]]"},
+        headers=alice,
+        timeout=10,
+    ).json()
+    seen: list[tuple[str, str]] = []
+    killed, told = threading.Event(), threading.Event()
+    poller = poller_pid(crash_stack)
+
+    def kill_when_running() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            victims = running_environments(crash_stack, busy_for=0.5)
+            if victims and status_of(crash_stack, body["task_id"], alice)["last_seq"] >= 3:
+                # The event source is paused while the worker is dead, so the gap before the
+                # next attempt outlasts the notice's threshold whatever the machine's load.
+                os.kill(poller, signal.SIGSTOP)
+                for pid in victims:
+                    os.kill(pid, signal.SIGKILL)
+                killed.set()
+                told.wait(30)
+                os.kill(poller, signal.SIGCONT)
+                return
+            time.sleep(0.2)
+
+    killer = threading.Thread(target=kill_when_running)
+    killer.start()
+    from httpx_sse import connect_sse
+
+    try:
+        with (
+            httpx.Client(timeout=60) as client,
+            connect_sse(client, "GET", body["stream_url"]) as source,
+        ):
+            for sse in source.iter_sse():
+                if not sse.data:
+                    continue  # a keep-alive
+                seen.append((sse.event, sse.data))
+                if sse.event == "status":
+                    told.set()
+                if json.loads(sse.data).get("type") == "done":
+                    break
+    finally:
+        told.set()
+        os.kill(poller, signal.SIGCONT)
+    killer.join()
+    assert killed.is_set(), environments(crash_stack)
+    kinds = [
+        "lost" if event == "status" else json.loads(data).get("type", "chunk")
+        for event, data in seen
+    ]
+    # THEN the viewer was told the worker was lost, then the new attempt reset and finished
+    assert "lost" in kinds and "reset" in kinds[kinds.index("lost") :], kinds
+    assert kinds[-1] == "done"
+    status = json.loads(next(d for e, d in seen if e == "status"))
+    assert status["state"] == "worker_lost" and status["attempt"] == 1

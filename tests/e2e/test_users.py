@@ -1,0 +1,222 @@
+"""Sign-in and ownership on the whole local stack: real user-pool tokens, both apps."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import pytest
+
+from localcloud.up import Stack
+from tests.e2e.conftest import auth, stack_options, user
+from tests.e2e.test_chat_flow import read_stream
+
+pytestmark = pytest.mark.e2e
+PUBLIC = {("GET", "/health")}
+PIN = "My secret bank PIN is 4321."
+
+
+def routes(base: str) -> list[tuple[str, str]]:
+    """Every (method, path) of an app's OpenAPI description, path ids filled in."""
+    spec = httpx.get(f"{base}/openapi.json", timeout=10).json()
+    out = []
+    for path, ops in spec["paths"].items():
+        for method in ops:
+            out.append((method.upper(), re.sub(r"\{[^}]+\}", uuid.uuid4().hex, path)))
+    return out
+
+
+def templated(base: str) -> set[tuple[str, str]]:
+    spec = httpx.get(f"{base}/openapi.json", timeout=10).json()
+    return {(m.upper(), p) for p, ops in spec["paths"].items() for m in ops}
+
+
+def wait_final(stack: Stack, task_id: str, headers: dict[str, str]) -> dict[str, Any]:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        status: dict[str, Any] = httpx.get(
+            f"{stack.urls['api']}/chat/{task_id}", headers=headers, timeout=10
+        ).json()
+        if status["status"] in ("done", "error", "cancelled"):
+            return status
+        time.sleep(0.2)
+    raise AssertionError(f"task {task_id} did not end")
+
+
+def test_anonymous_callers_get_401_on_every_route_but_health(local_stack: Stack) -> None:
+    # GIVEN every route both apps describe (a new route is in the list by itself)
+    checked = []
+    for app in ("api", "stream"):
+        base = local_stack.urls[app]
+        described = templated(base)
+        assert ("GET", "/health") in described
+        assert len(described) >= (10 if app == "api" else 3)
+        for method, path in routes(base):
+            if (method, path) in PUBLIC:
+                continue
+            # WHEN it is called with no credentials, or with a forged token
+            for headers in ({}, {"Authorization": "Bearer a.b.c"}):
+                resp = httpx.request(
+                    method, f"{base}{path}", headers=headers, json={"message": "x"}, timeout=10
+                )
+                # THEN it is 401 with a reason, and the client is told to sign in
+                assert resp.status_code == 401, (app, method, path, resp.text)
+                assert resp.json()["detail"], resp.text
+                assert resp.headers["www-authenticate"] == "Bearer"
+            checked.append((app, method, path))
+        # AND /health answers anyone
+        assert httpx.get(f"{base}/health", timeout=10).status_code == 200
+    assert len(checked) >= 12
+
+
+def test_another_users_ids_are_not_found_on_every_route(local_stack: Stack) -> None:
+    api, stream = local_stack.urls["api"], local_stack.urls["stream"]
+    alice, bob = auth(local_stack, "alice"), auth(local_stack, "bob")
+    fake = local_stack.urls["openai"].removesuffix("/v1")
+    # GIVEN Alice's conversation, with a long answer still running
+    first = httpx.post(f"{api}/chat", json={"message": PIN}, headers=alice, timeout=10)
+    assert first.status_code == 202, first.text
+    a = first.json()
+    wait_final(local_stack, a["task_id"], alice)
+    running = httpx.post(
+        f"{api}/chat",
+        json={"message": "go on [[fake tokens=400 tps=40]]", "session_id": a["session_id"]},
+        headers=alice,
+        timeout=10,
+    ).json()
+    # WHEN Bob follows the attack chain with Alice's ids
+    # THEN every step is a 404, exactly as for ids that do not exist
+    missing = uuid.uuid4().hex
+    for task_id in (a["task_id"], running["task_id"], missing):
+        assert httpx.get(f"{api}/chat/{task_id}", headers=bob).status_code == 404
+        assert httpx.post(f"{api}/chat/{task_id}/cancel", headers=bob).status_code == 404
+        assert httpx.get(f"{stream}/stream/{task_id}", headers=bob).status_code == 404
+    for session_id in (a["session_id"], missing):
+        assert httpx.get(f"{api}/sessions/{session_id}", headers=bob).status_code == 404
+        assert httpx.delete(f"{api}/sessions/{session_id}", headers=bob).status_code == 404
+        cont = httpx.post(
+            f"{api}/chat",
+            json={"message": "What was my PIN?", "session_id": session_id},
+            headers=bob,
+            timeout=10,
+        )
+        assert cont.status_code == 404, cont.text
+    # AND Bob's own stream token opens his task only, never Alice's
+    own = httpx.post(f"{api}/chat", json={"message": "mine"}, headers=bob, timeout=10).json()
+    bob_token = own["stream_url"].split("token=", 1)[1]
+    stolen = httpx.get(f"{stream}/stream/{a['task_id']}", params={"token": bob_token})
+    assert stolen.status_code == 404
+    # AND nothing of Alice's shows anywhere Bob looks
+    listed = httpx.get(f"{api}/sessions", headers=bob).json()["sessions"]
+    assert a["session_id"] not in {s["session_id"] for s in listed}
+    assert all(PIN not in json.dumps(s) for s in listed)
+    # AND Alice's answer was not cancelled by Bob: it still ends done, for her
+    assert wait_final(local_stack, running["task_id"], alice)["status"] == "done"
+    # AND the model never received Alice's history with a request of Bob's
+    sent = httpx.get(f"{fake}/fake/conversations", timeout=10).json()["conversations"]
+    assert [c for c in sent if any(m["content"] == "What was my PIN?" for m in c)] == []
+    with_pin = [c for c in sent if any(PIN in (m.get("content") or "") for m in c)]
+    assert with_pin, "the fake model records what it was sent"
+    assert all(c[-1]["content"] in (PIN, "go on [[fake tokens=400 tps=40]]") for c in with_pin)
+    # AND no component logged the secret or anyone's token
+    secret_token = user(local_stack, "bob").access_token.split(".")[2]
+    for log in (local_stack.opts.dir / "logs").glob("*.log"):
+        text = log.read_text(errors="replace")
+        assert PIN not in text and secret_token not in text, log
+
+
+def test_a_user_reads_resumes_and_deletes_their_own_conversation(local_stack: Stack) -> None:
+    api = local_stack.urls["api"]
+    carol = auth(local_stack, "carol")
+    # GIVEN a conversation of two turns
+    one = httpx.post(f"{api}/chat", json={"message": "first"}, headers=carol).json()
+    wait_final(local_stack, one["task_id"], carol)
+    two = httpx.post(
+        f"{api}/chat", json={"message": "second", "session_id": one["session_id"]}, headers=carol
+    ).json()
+    status = wait_final(local_stack, two["task_id"], carol)
+    # THEN GET /chat gives the owner a fresh stream URL that replays the answer
+    events = read_stream(status["stream_url"])
+    assert json.loads(events[-1].data)["type"] == "done"
+    # AND the owner's Bearer token opens the stream as well
+    with httpx.Client(timeout=30) as client:
+        resp = client.get(f"{local_stack.urls['stream']}/stream/{two['task_id']}", headers=carol)
+        assert resp.status_code == 200 and '"type":"done"' in resp.text
+    listed = httpx.get(f"{api}/sessions", headers=carol).json()["sessions"]
+    mine = [s for s in listed if s["session_id"] == one["session_id"]]
+    assert mine and mine[0]["turns"] == 2 and mine[0]["title"] == "first"
+    # WHEN she deletes it
+    assert httpx.delete(f"{api}/sessions/{one['session_id']}", headers=carol).status_code == 204
+    # THEN the conversation, its turns and their streams are gone
+    assert httpx.get(f"{api}/sessions/{one['session_id']}", headers=carol).status_code == 404
+    assert httpx.get(f"{api}/chat/{two['task_id']}", headers=carol).status_code == 404
+    assert httpx.get(status["stream_url"]).status_code == 404
+    listed = httpx.get(f"{api}/sessions", headers=carol).json()["sessions"]
+    assert one["session_id"] not in {s["session_id"] for s in listed}
+
+
+def test_operator_routes_are_for_admins(local_stack: Stack) -> None:
+    api = local_stack.urls["api"]
+    for path in ("/stats", "/health/full", "/test"):
+        # A signed-in user who is not an operator: 403 with the reason
+        refused = httpx.get(f"{api}{path}", headers=auth(local_stack, "dave"), timeout=30)
+        assert refused.status_code == 403, refused.text
+        assert "admins" in refused.json()["detail"]
+        ok = httpx.get(f"{api}{path}", headers=auth(local_stack, "ops", admin=True), timeout=30)
+        assert ok.status_code == 200, ok.text
+    # The operators' view names no task of anyone
+    recent = httpx.get(f"{api}/stats", headers=auth(local_stack, "ops", admin=True)).json()
+    assert all("task_id" not in t for t in recent["recent"])
+
+
+@pytest.fixture(scope="module")
+def quota_stack() -> Iterator[Stack]:
+    """A stack whose users may make 5 requests a minute each."""
+    opts = stack_options("e2e-quota", extra_env={"USER_RPM": "5", "USER_TOKENS_PER_DAY": "0"})
+    stack = Stack(opts)
+    stack.start()
+    yield stack
+    stack.stop()
+
+
+def test_a_users_concurrent_requests_get_exactly_their_quota(quota_stack: Stack) -> None:
+    api = quota_stack.urls["api"]
+    erin = auth(quota_stack, "erin")
+
+    def post(i: int) -> httpx.Response:
+        return httpx.post(f"{api}/chat", json={"message": f"q{i}"}, headers=erin, timeout=30)
+
+    # WHEN one user sends 12 requests at once
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(post, range(12)))
+    # THEN exactly 5 are accepted, the others are told why and when to come back
+    codes = sorted(r.status_code for r in answers)
+    assert codes == [202] * 5 + [429] * 7, [r.text for r in answers]
+    for refused in (r for r in answers if r.status_code == 429):
+        assert int(refused.headers["retry-after"]) >= 1
+        assert "request quota" in refused.json()["detail"]
+    # AND another user is not held back by that
+    frank = auth(quota_stack, "frank")
+    assert httpx.post(f"{api}/chat", json={"message": "hi"}, headers=frank).status_code == 202
+    # AND every accepted request still ends
+    for ok in (r for r in answers if r.status_code == 202):
+        assert wait_final(quota_stack, ok.json()["task_id"], erin)["status"] == "done"
+
+
+def test_a_token_whose_payload_was_swapped_is_refused(local_stack: Stack) -> None:
+    # GIVEN Mallory's token with Alice's claims put in it (her own signature kept)
+    mallory = user(local_stack, "mallory").access_token.split(".")
+    alice = user(local_stack, "alice").access_token.split(".")
+    forged = ".".join([mallory[0], alice[1], mallory[2]])
+    # THEN the signature does not match: 401, and nothing of Alice's is shown
+    resp = httpx.get(
+        f"{local_stack.urls['api']}/sessions", headers={"Authorization": f"Bearer {forged}"}
+    )
+    assert resp.status_code == 401, resp.text
+    assert "signature" in resp.json()["detail"].lower()

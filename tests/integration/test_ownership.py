@@ -1,0 +1,146 @@
+"""Ownership in the stores: every read of a task or a conversation is its owner's."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from llmstream import chat
+from llmstream.auth import Principal
+from llmstream.deps import Deps
+from llmstream.exceptions import QuotaExceeded, SessionNotFound, TaskNotFound
+from llmstream.limits import TokenBuckets, UserQuotas
+from llmstream.tasks import Task
+
+pytestmark = pytest.mark.integration
+
+
+def user(name: str) -> Principal:
+    return Principal(sub=f"sub-{name}-{uuid.uuid4().hex[:8]}", username=name, groups=frozenset())
+
+
+def task_of(deps: Deps, owner: Principal, session_id: str, message: str = "hi") -> Task:
+    task = Task(
+        task_id=uuid.uuid4().hex,
+        session_id=session_id,
+        status="queued",
+        model="m",
+        message=message,
+        owner=owner.sub,
+    )
+    deps.tasks.create(task)
+    return task
+
+
+def test_another_users_task_is_not_found(deps: Deps) -> None:
+    # GIVEN a task of Alice's
+    alice, bob = user("alice"), user("bob")
+    task = task_of(deps, alice, uuid.uuid4().hex)
+    # THEN Alice sees it; for Bob it does not exist, and his cancel changes nothing
+    assert deps.tasks.owned_by(alice.sub).get(task.task_id).message == "hi"
+    with pytest.raises(TaskNotFound):
+        deps.tasks.owned_by(bob.sub).get(task.task_id)
+    with pytest.raises(TaskNotFound):
+        deps.tasks.owned_by(bob.sub).request_cancel(task.task_id)
+    assert deps.tasks.get(task.task_id).cancel_requested is False
+
+
+def test_a_conversation_is_only_its_owners(deps: Deps) -> None:
+    # GIVEN a conversation of Alice's with one turn
+    alice, bob = user("alice"), user("bob")
+    sid = uuid.uuid4().hex
+    deps.sessions.start(alice.sub, sid, "My secret bank PIN is 4321.", time.time())
+    first = task_of(deps, alice, sid, "My secret bank PIN is 4321.")
+    # THEN Bob can neither read it, continue it, list it nor delete it
+    with pytest.raises(SessionNotFound):
+        chat.session(deps, bob, sid)
+    with pytest.raises(SessionNotFound):
+        deps.sessions.touch(bob.sub, sid, time.time())
+    with pytest.raises(SessionNotFound):
+        chat.delete_session(deps, bob, sid)
+    assert deps.tasks.session(bob.sub, sid) == []  # the index is keyed by owner too
+    assert chat.sessions(deps, bob).sessions == []
+    # AND Alice can
+    assert [t.task_id for t in chat.session(deps, alice, sid).turns] == [first.task_id]
+    [mine] = chat.sessions(deps, alice).sessions
+    assert (mine.session_id, mine.title, mine.turns) == (sid, "My secret bank PIN is 4321.", 1)
+
+
+def test_conversations_are_listed_most_recently_active_first(deps: Deps) -> None:
+    alice = user("alice")
+    older, newer = uuid.uuid4().hex, uuid.uuid4().hex
+    deps.sessions.start(alice.sub, older, "older", 1000.0)
+    deps.sessions.start(alice.sub, newer, "newer", 2000.0)
+    deps.sessions.touch(alice.sub, older, 3000.0)  # a new turn in the older one
+    listed = chat.sessions(deps, alice).sessions
+    assert [s.session_id for s in listed] == [older, newer]
+    assert listed[0].turns == 2
+
+
+def test_deleting_a_conversation_removes_its_turns_and_answers(deps: Deps) -> None:
+    # GIVEN a conversation of two turns, one finished with an answer in the chunk log
+    alice = user("alice")
+    sid = uuid.uuid4().hex
+    deps.sessions.start(alice.sub, sid, "first", time.time())
+    done, queued = task_of(deps, alice, sid, "first"), task_of(deps, alice, sid, "second")
+    deps.log.append(done.task_id, 1, "chunk", {"chunk": "answer"})
+    deps.log.append(done.task_id, 2, "done", {"type": "done"})
+    # WHEN Alice deletes it
+    chat.delete_session(deps, alice, sid)
+    # THEN nothing of it is left
+    with pytest.raises(SessionNotFound):
+        chat.session(deps, alice, sid)
+    for task in (done, queued):
+        with pytest.raises(TaskNotFound):
+            deps.tasks.owned_by(alice.sub).get(task.task_id)
+        assert deps.log.read(task.task_id, 0, 10) == []
+        # what is left is a tombstone without text, that no worker will run
+        tombstone = deps.tasks.get(task.task_id)
+        assert tombstone.deleted and tombstone.message == "" and tombstone.status == "cancelled"
+
+
+def quotas(deps: Deps, rpm: int = 0, tokens_per_day: int = 0) -> UserQuotas:
+    return UserQuotas(
+        TokenBuckets(deps.settings.rate_limit_table, deps.dynamodb),
+        deps.dynamodb,
+        deps.settings.rate_limit_table,
+        requests_per_minute=rpm,
+        tokens_per_day=tokens_per_day,
+    )
+
+
+def test_concurrent_requests_take_exactly_the_users_minute(deps: Deps) -> None:
+    # GIVEN 5 requests a minute per user, and 12 requests of one user at once
+    q = quotas(deps, rpm=5)
+    alice = user("alice")
+
+    def admit(_: int) -> float | None:
+        try:
+            q.admit(alice.sub)
+        except QuotaExceeded as e:
+            return e.retry_after
+        return None
+
+    with ThreadPoolExecutor(12) as pool:
+        outcomes = list(pool.map(admit, range(12)))
+    # THEN exactly 5 are admitted, and the others are told how long to wait
+    assert sum(o is None for o in outcomes) == 5
+    assert all(o is not None and 0 < o <= 12 for o in outcomes if o is not None)
+    # AND another user's minute is untouched
+    q.admit(user("bob").sub)
+
+
+def test_the_daily_token_quota_counts_what_answers_used(deps: Deps) -> None:
+    q = quotas(deps, tokens_per_day=100)
+    alice = user("alice")
+    q.admit(alice.sub)
+    q.charge(alice.sub, 60)
+    q.admit(alice.sub)  # 60 of 100: still admitted
+    q.charge(alice.sub, 45)
+    with pytest.raises(QuotaExceeded, match="105 of 100") as refused:
+        q.admit(alice.sub)
+    assert 0 < refused.value.retry_after <= 86400
+    assert q.used_today(user("bob").sub) == 0
