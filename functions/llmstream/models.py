@@ -25,7 +25,9 @@ class ChatRequest(BaseModel):
 
     message: str = Field(min_length=1, max_length=32_000, description="The user's message")
     session_id: str | None = Field(
-        default=None, pattern=ID_PATTERN, description="Conversation id; a new one if absent"
+        default=None,
+        pattern=ID_PATTERN,
+        description="One of your conversations (from a 202 or GET /sessions); a new one if absent",
     )
     priority: int = Field(default=0, ge=-10, le=10, description="-10 (low) .. 10 (high)")
     model: str | None = Field(

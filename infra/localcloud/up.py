@@ -267,6 +267,8 @@ class Stack:
             }
             if "OPENAI_BASE_URL" in self.openai_env:
                 env["OPENAI_BASE_URL"] = self.openai_env["OPENAI_BASE_URL"]
+            if not env.get("AUTH_JWKS_URL") and self.pool is not None:
+                env["AUTH_JWKS_URL"] = self._jwks_url()
             out[logical_id] = env
         return out
 
@@ -433,14 +435,16 @@ class Stack:
         if self.opts.function_aws_endpoint:
             env["AWS_ENDPOINT_URL"] = self.opts.function_aws_endpoint
         if not env.get("AUTH_JWKS_URL") and self.pool is not None:
-            # The issuer is Cognito's form (moto signs it so), the keys are the emulator's.
-            env["AUTH_JWKS_URL"] = (
-                f"{self.urls['aws'].rstrip('/')}/{self.pool.pool_id}/.well-known/jwks.json"
-            )
+            env["AUTH_JWKS_URL"] = self._jwks_url()
         env.pop("AWS_LWA_INVOKE_MODE", None)
         env.pop("AWS_LAMBDA_EXEC_WRAPPER", None)
         self.env[logical_id] = env
         return env
+
+    def _jwks_url(self) -> str:
+        """The issuer is Cognito's form (moto signs it so); the keys are the emulator's."""
+        assert self.pool is not None
+        return f"{self.urls['aws'].rstrip('/')}/{self.pool.pool_id}/.well-known/jwks.json"
 
     def _functions(self) -> str:
         o = self.opts

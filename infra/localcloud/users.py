@@ -9,6 +9,7 @@ token NAME`` signs the same user in again.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import secrets
 from dataclasses import dataclass
@@ -44,7 +45,19 @@ class UserPool:
     passwords_file: Path
 
     def ensure_user(self, name: str, *, admin: bool = False) -> LocalUser:
-        """Sign ``name`` in, creating the user (and the admins membership) when missing."""
+        """Sign ``name`` in, creating the user (and the admins membership) when missing.
+        One process or thread at a time (a file lock): two that created the same user at
+        once would each set a password and one would then fail to sign in."""
+        self.passwords_file.parent.mkdir(parents=True, exist_ok=True)
+        lock = self.passwords_file.with_suffix(".lock")
+        with lock.open("a") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)
+            try:
+                return self._ensure_user(name, admin=admin)
+            finally:
+                fcntl.flock(held, fcntl.LOCK_UN)
+
+    def _ensure_user(self, name: str, *, admin: bool) -> LocalUser:
         passwords = self._passwords()
         password = passwords.get(name)
         if password is None or not self._exists(name):
