@@ -47,7 +47,7 @@ class TokenBuckets:
         for _ in range(_CONTENTION_TRIES):
             at = time.time() if now is None else now
             tokens, updated, version = self._read(bucket, at)
-            available = min(bucket.per_minute, tokens + (at - updated) * bucket.rate)
+            available = min(bucket.per_minute, tokens + max(0.0, at - updated) * bucket.rate)
             if available < cost:
                 return (cost - available) / bucket.rate
             if self._write(bucket, available - cost, at, version):
@@ -62,7 +62,7 @@ class TokenBuckets:
         for _ in range(_CONTENTION_TRIES):
             at = time.time() if now is None else now
             tokens, updated, version = self._read(bucket, at)
-            available = min(bucket.per_minute, tokens + (at - updated) * bucket.rate)
+            available = min(bucket.per_minute, tokens + max(0.0, at - updated) * bucket.rate)
             if self._write(bucket, min(bucket.per_minute, available + amount), at, version):
                 return
         logger.warning("could not settle %s bucket by %.0f after contention", bucket.name, amount)
@@ -164,7 +164,9 @@ class UserQuotas:
                 )
         if self.requests_per_minute > 0:
             bucket = Bucket(f"user-rpm#{owner}", self.requests_per_minute)
-            wait = self._buckets.take(bucket, 1, now=at)
+            # The bucket reads the clock on each try: a try that lost to a concurrent
+            # writer must not price its retry at the moment it first read.
+            wait = self._buckets.take(bucket, 1, now=now)
             if wait > 0:
                 raise QuotaExceeded(
                     f"request quota spent ({self.requests_per_minute} a minute); "

@@ -45,6 +45,19 @@ def test_concurrent_takes_never_overspend(buckets: TokenBuckets) -> None:
     assert sum(1 for w in waits if w == 0) == 10
 
 
+def test_a_clock_behind_the_last_writer_waits_no_longer_than_a_refill(
+    buckets: TokenBuckets,
+) -> None:
+    # GIVEN an empty bucket last written at t=2000 (by a caller whose clock runs ahead,
+    # or who read the clock later than us)
+    b = bucket(60)
+    assert buckets.take(b, 60, now=2000.0) == 0
+    # WHEN a caller whose clock says 1990 asks for one
+    wait = buckets.take(b, 1, now=1990.0)
+    # THEN it is told one refill (1 s), not the 11 s its clock's lag would add
+    assert wait == pytest.approx(1.0)
+
+
 def test_no_limit_means_no_store_calls(buckets: TokenBuckets) -> None:
     assert buckets.take(Bucket("unused", 0), 10**9) == 0
 
