@@ -9,7 +9,8 @@
 #                                 operator); the access token is the last line
 #   ./run.sh dlq [redrive]        list the dead-letter queue, or send its messages back
 #   ./run.sh test [pytest args]   lint, type-check, and every test tier
-#   ./run.sh bench [--quick|--full] the pipeline against direct streaming, side by side
+#   ./run.sh bench [--quick|--full|--chaos] the pipeline against direct streaming, side by
+#                                 side; --chaos: recovery from killed workers
 #   ./run.sh deploy [--env prod]  sam build + sam deploy, then publish the chat page
 #   ./run.sh install              create .venv and install everything (the others do it too)
 #   ./run.sh lock                 pin pyproject.toml's dependencies, with hashes, into

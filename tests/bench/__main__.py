@@ -1,4 +1,5 @@
-"""`./run.sh bench [--quick|--full]`: the pipeline against direct streaming, side by side.
+"""`./run.sh bench [--quick|--full|--chaos]`: the pipeline against direct streaming, side by
+side; or, with --chaos, how fast answers recover from killed workers.
 
 Starts its own local stack (the fake OpenAI at a fixed pace, every function's AWS calls
 through a counting proxy, users of its local pool signed in), then measures in one run,
@@ -8,6 +9,11 @@ level after level of concurrency:
             (DynamoDB, then Redis Streams: the functions restarted on the same stack)
 checking that every answer arrived whole (text, dense seqs, one terminal event). Writes
 bench/results/latest.json, latest.md and PNG plots; prints the table.
+
+--chaos: a stack with the deployed heartbeat window (WORKER_HEARTBEAT_SECONDS, or
+--heartbeat), 30 answers with live viewers while a running worker environment is killed
+every ~2 s (tests/chaos.py); reports death -> "worker lost" / reset / done at the viewer,
+p50 and p95, beside an undisturbed answer's duration. Writes bench/results/chaos.json.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from localcloud.up import Options, Ports, Stack, free_port
 from tests.bench.cost import PerAnswer, cost_per_1000
 from tests.bench.proxy import CountingProxy
 from tests.bench.report import markdown, plots, table
+from tests.chaos import Chaos
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results"
@@ -586,11 +593,72 @@ def measure(
     return p
 
 
+def chaos(say: Any, heartbeat: int | None, out: Path) -> int:
+    """`--chaos`: recovery from killed worker environments, on a stack of its own."""
+    opts = Options(
+        stack=f"bench-chaos-{uuid.uuid4().hex[:6]}",
+        ports=Ports(
+            aws=free_port(),
+            api=free_port(),
+            stream=free_port(),
+            openai=free_port(),
+            frontend=free_port(),
+        ),
+        workers=4,
+        state_dir=ROOT / ".localcloud" / "bench-chaos",
+        extra_env={
+            **NO_USER_QUOTAS,
+            **({"WORKER_HEARTBEAT_SECONDS": str(heartbeat)} if heartbeat else {}),
+        },
+    )
+    stack = Stack(opts, progress=lambda m: say(f"  {m}"))
+    say("starting a local stack (4 worker environments) ...")
+    with stack:
+        users = [stack.ensure_user(f"bench-chaos-{u}").headers for u in range(5)]
+        run = Chaos(answers=30, tokens=240, tps=40)
+        say(
+            f"{run.answers} answers ({run.tokens} tokens at {run.tps}/s) with a viewer each; "
+            f"killing a running worker environment every {run.every:.0f} s ..."
+        )
+        report = run.run(stack, users)
+        stack.check()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "chaos.json").write_text(json.dumps(report, indent=2))
+    rec = report["recovery_seconds"]
+    rows = [
+        "| | p50 (s) | p95 (s) |",
+        "|---|---|---|",
+        *(
+            f"| {label} | {rec[key]['p50']} | {rec[key]['p95']} |"
+            for key, label in (
+                ("death_to_worker_lost_seen", "death -> viewer told 'worker lost'"),
+                ("death_to_reset_seen", "death -> new attempt's reset at the viewer"),
+                ("death_to_done_seen", "death -> answer done at the viewer"),
+                ("undisturbed_answer", "an answer nobody killed (first event -> done)"),
+            )
+        ),
+    ]
+    print(  # noqa: T201 - the command's result
+        f"\nheartbeat window {report['heartbeat_seconds']} s; answers {report['answers']}, "
+        f"kills {report['kills']}: done {report['done']}, lost {report['lost']}, "
+        f"duplicated {report['duplicated']}, hung {report['hung']}, "
+        f"retried {report['retried']}\n\n" + "\n".join(rows) + "\n",
+        flush=True,
+    )
+    say(f"written: {out / 'chaos.json'}")
+    ok = report["done"] == report["answers"] and report["duplicated"] == 0
+    return 0 if ok else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__)
     size = parser.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="concurrency 1 and 10 (~2 min)")
     size.add_argument("--full", action="store_true", help="concurrency 1 to 200")
+    size.add_argument("--chaos", action="store_true", help="recovery from killed workers (~2 min)")
+    parser.add_argument(
+        "--heartbeat", type=int, help="--chaos: the worker's heartbeat window in seconds"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
     parser.add_argument(
         "--levels", type=lambda v: [int(c) for c in v.split(",")], help="e.g. 1,5,20"
@@ -616,6 +684,8 @@ def main(argv: list[str] | None = None) -> int:
     def say(msg: str) -> None:
         print(f"[{time.monotonic() - started:5.0f}s] {msg}", flush=True)  # noqa: T201
 
+    if args.chaos:
+        return chaos(say, args.heartbeat, args.out)
     results = run(name, say, args.levels, args.answers, args.backends)
     results["setup"]["seconds"] = round(time.monotonic() - started, 1)
     args.out.mkdir(parents=True, exist_ok=True)

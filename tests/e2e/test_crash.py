@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import boto3
@@ -22,9 +20,17 @@ import psutil
 import pytest
 
 from localcloud.up import Stack
+from tests.chaos import (
+    Chaos,
+    environments,
+    read_events,
+    running_tasks,
+    status_of,
+    wait_final,
+    whole,
+)
 from tests.conftest import ARTIFACTS, ROOT
 from tests.e2e.conftest import auth, stack_options
-from tests.e2e.test_chat_flow import read_stream
 
 pytestmark = pytest.mark.e2e
 HEARTBEAT = 6  # seconds: the message's visibility window while a worker runs
@@ -48,74 +54,14 @@ def poller_pid(stack: Stack) -> int:
     return stack.procs["worker"].pid
 
 
-def environments(stack: Stack) -> list[dict[str, Any]]:
-    path = stack.opts.dir / "poller-WorkerFunction.envs.json"
-    if not path.exists():
-        return []
-    envs: list[dict[str, Any]] = json.loads(path.read_text())["environments"]
-    return envs
-
-
 def running_environments(stack: Stack, busy_for: float) -> list[int]:
-    """Environments running an invocation for at least ``busy_for`` seconds (past the
-    handler's first heartbeat: a death before it waits for the queue's own timeout)."""
     return list(running_tasks(stack, busy_for))
 
 
-def running_tasks(stack: Stack, busy_for: float) -> dict[int, str | None]:
-    """The same, each with the task id of the message it runs."""
-    now = time.time()
-    out: dict[int, str | None] = {}
-    for e in environments(stack):
-        if e["busy_since"] is not None and now - e["busy_since"] >= busy_for:
-            try:
-                out[e["pid"]] = json.loads(e["messages"][0])["task_id"]
-            except (IndexError, ValueError, KeyError):
-                out[e["pid"]] = None
-    return out
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 2)
-
-
-def status_of(stack: Stack, task_id: str, headers: dict[str, str]) -> dict[str, Any]:
-    got: dict[str, Any] = httpx.get(
-        f"{stack.urls['api']}/chat/{task_id}", headers=headers, timeout=10
-    ).json()
-    return got
-
-
-def wait_final(
-    stack: Stack, task_id: str, headers: dict[str, str], limit: float = 90
-) -> dict[str, Any]:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        status = status_of(stack, task_id, headers)
-        if status["status"] in ("done", "error", "cancelled"):
-            return status
-        time.sleep(0.3)
-    raise AssertionError(f"task {task_id} hung: {status_of(stack, task_id, headers)}")
-
-
-def whole(stack: Stack, status: dict[str, Any]) -> tuple[bool, int]:
-    """The stream read from 0: dense seqs, one terminal event, and the text after its
-    last reset equal to the status's text. Returns (whole, resets)."""
-    events = read_stream(status["stream_url"])
-    seqs = [int(e.id) for e in events]
-    datas = [json.loads(e.data) for e in events]
-    resets = [i for i, d in enumerate(datas) if d.get("type") == "reset"]
-    after = datas[resets[-1] + 1 :] if resets else datas
-    text = "".join(d.get("chunk", "") for d in after)
-    ok = (
-        seqs == list(range(1, len(seqs) + 1))
-        and datas[-1].get("type") == status["status"]
-        and text == status["text"]
-    )
-    return ok, len(resets)
+def whole_from_zero(stack: Stack, status: dict[str, Any]) -> tuple[bool, int]:
+    """The stream read from 0 after the end: dense seqs, one terminal event, and the text
+    after its last reset equal to the status's text. Returns (whole, resets)."""
+    return whole(read_events(status["stream_url"]), status)
 
 
 def test_killing_every_worker_environment_mid_answer_keeps_the_stack_up(
@@ -144,7 +90,7 @@ def test_killing_every_worker_environment_mid_answer_keeps_the_stack_up(
     recovered = time.monotonic() - killed_at
     crash_stack.check()  # raises if any component died
     assert final["status"] == "done" and final["attempt"] >= 2, final
-    ok, resets = whole(crash_stack, final)
+    ok, resets = whole_from_zero(crash_stack, final)
     assert ok and resets >= 1
     # AND it came back within the heartbeat window (plus a new environment's start and the
     # rest of the answer: 400 tokens at 50/s)
@@ -156,92 +102,18 @@ def test_killing_every_worker_environment_mid_answer_keeps_the_stack_up(
 def test_chaos_every_answer_ends_whole_while_environments_are_killed(
     crash_stack: Stack,
 ) -> None:
-    api = crash_stack.urls["api"]
+    # GIVEN 30 answers of about six seconds at once, each with a viewer on its stream
     users = [auth(crash_stack, f"chaos-{i}") for i in range(5)]
-
-    # GIVEN 30 answers of about six seconds, at once
-    def post(i: int) -> tuple[str, dict[str, str]]:
-        headers = users[i % len(users)]
-        resp = httpx.post(
-            f"{api}/chat",
-            json={"message": f"chaos {i} [[fake tokens=240 tps=40]]"},
-            headers=headers,
-            timeout=30,
-        )
-        assert resp.status_code == 202, resp.text
-        return resp.json()["task_id"], headers
-
-    with ThreadPoolExecutor(10) as pool:
-        tasks = list(pool.map(post, range(30)))
     # WHEN, every ~2 s for 20 s, one running worker environment is killed
-    kills: list[tuple[int, str | None, float]] = []  # pid, task, when (epoch)
-    rng = random.Random(7)
-    # (on a loaded machine answers start late: go on past the 20 s until 5 deaths, at most
-    # a minute)
-    began = time.monotonic()
-    while time.monotonic() - began < 20 or (len(kills) < 5 and time.monotonic() - began < 60):
-        time.sleep(2)
-        # One death per answer: the third death of the same answer is the queue's
-        # maxReceiveCount (3), which sends it to the DLQ, as designed for a poison answer.
-        hit = {task for _pid, task, _at in kills}
-        running = {
-            pid: task
-            for pid, task in running_tasks(crash_stack, busy_for=1.0).items()
-            if task not in hit
-        }
-        if running:
-            victim = rng.choice(sorted(running))
-            try:
-                os.kill(victim, signal.SIGKILL)
-                kills.append((victim, running[victim], time.time()))
-            except ProcessLookupError:
-                pass
-    # THEN every answer ends done, whole, with the text after its last reset
-    outcomes = {"done": 0, "lost": 0, "duplicated": 0, "hung": 0, "retried": 0}
-    hung: list[dict[str, Any]] = []
-    for task_id, headers in tasks:
-        try:
-            final = wait_final(crash_stack, task_id, headers, limit=60)
-        except AssertionError:
-            outcomes["hung"] += 1
-            hung.append(status_of(crash_stack, task_id, headers))
-            continue
-        if final["status"] != "done":
-            outcomes["lost"] += 1
-            continue
-        ok, _resets = whole(crash_stack, final)
-        outcomes["done"] += 1
-        outcomes["retried"] += final["attempt"] > 1
-        outcomes["duplicated"] += not ok
-    # Recovery of each killed answer: death -> its next attempt claimed the task (the reset
-    # is that attempt's first write), and death -> done.
-    to_claim, to_done = [], []
-    by_task = dict(tasks)
-    for _pid, task_id, at in kills:
-        if task_id in by_task:
-            final = status_of(crash_stack, task_id, by_task[task_id])
-            if final["started_at"] and final["started_at"] > at:
-                to_claim.append(final["started_at"] - at)
-            if final["finished_at"]:
-                to_done.append(final["finished_at"] - at)
-    report = {
-        "answers": len(tasks),
-        "kills": len(kills),
-        **outcomes,
-        "hung_tasks": hung,
-        "recovery_seconds": {
-            "heartbeat_window": HEARTBEAT,
-            "death_to_new_attempt_p50": percentile(to_claim, 0.5),
-            "death_to_new_attempt_p95": percentile(to_claim, 0.95),
-            "death_to_done_p50": percentile(to_done, 0.5),
-            "death_to_done_p95": percentile(to_done, 0.95),
-        },
-    }
+    report = Chaos(answers=30, tokens=240, tps=40).run(crash_stack, users)
     (ARTIFACTS / "chaos.json").write_text(json.dumps(report, indent=2))
-    assert len(kills) >= 5, report
-    assert outcomes["done"] == 30 and outcomes["lost"] == outcomes["hung"] == 0, report
-    assert outcomes["duplicated"] == 0, report
-    assert outcomes["retried"] >= 1, report
+    # THEN every answer ends done, whole at its viewer, with the text after its last reset
+    assert report["kills"] >= 5, report
+    assert report["done"] == 30 and report["lost"] == report["hung"] == 0, report
+    assert report["duplicated"] == 0, report
+    assert report["retried"] >= 1, report
+    # AND each killed answer's viewer saw the new attempt's reset
+    assert report["recoveries_measured"]["reset"] >= 1, report
     crash_stack.check()
 
 
@@ -323,7 +195,7 @@ def test_a_redriven_dead_letter_completes(crash_stack: Stack) -> None:
     # THEN the answer completes, whole
     final = wait_final(crash_stack, body["task_id"], alice)
     assert final["status"] == "done" and final["attempt"] >= 4, final
-    assert whole(crash_stack, final)[0]
+    assert whole_from_zero(crash_stack, final)[0]
     assert (
         client.get_queue_attributes(
             QueueUrl=dlq_url, AttributeNames=["ApproximateNumberOfMessages"]
