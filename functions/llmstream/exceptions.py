@@ -73,6 +73,10 @@ class QuotaExceeded(LlmStreamError):
         self.retry_after = retry_after
 
 
+class ModelNotAllowed(LlmStreamError):
+    """The request names a model the deployment does not offer (ALLOWED_MODELS): 422."""
+
+
 class ModelUnavailable(LlmStreamError):
     """The model API refused or failed a call the api function makes itself."""
 

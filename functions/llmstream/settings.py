@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from llmstream.exceptions import ModelNotAllowed
+
 
 class Settings(BaseSettings):
     """What every function needs. The template's Globals set these for all three."""
@@ -32,6 +34,9 @@ class Settings(BaseSettings):
     llm_tpm: int = Field(default=0, ge=0, description="Model tokens per minute")
     idempotency_ttl_seconds: int = Field(default=86400, gt=0)
     model_id: str
+    # The models a request may name besides MODEL_ID (comma-separated; "*": any). A deployer
+    # pays for every model call, so by default a request can only have the default model.
+    allowed_models: str = Field(default="", description="Comma-separated model ids, or *")
     # Sign-in: JWTs of one issuer (the template's Cognito user pool, or another OIDC issuer).
     # The JWKS URL defaults to the issuer's own; locally it differs (the emulator's address).
     auth_issuer: str = Field(min_length=1, description="iss of accepted tokens")
@@ -164,3 +169,14 @@ def get_settings() -> Settings:
 @lru_cache(maxsize=1)
 def get_api_settings() -> ApiSettings:
     return ApiSettings()  # type: ignore[call-arg]
+
+
+def choose_model(settings: Settings, requested: str | None) -> str:
+    """The model a request gets: MODEL_ID unless it names one that ALLOWED_MODELS offers."""
+    if requested is None or requested == settings.model_id:
+        return settings.model_id
+    allowed = [m.strip() for m in settings.allowed_models.split(",") if m.strip()]
+    if "*" in allowed or requested in allowed:
+        return requested
+    offered = ", ".join([settings.model_id, *allowed])
+    raise ModelNotAllowed(f"model {requested!r} is not offered here; choose one of: {offered}")

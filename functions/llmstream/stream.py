@@ -28,7 +28,7 @@ from llmstream.exceptions import StoreUnavailable, TaskNotFound, TokenMissing
 from llmstream.follow import Pacer, follow, watched
 from llmstream.llm import direct_pieces, make_async_client
 from llmstream.models import ID_PATTERN, ChatRequest, ErrorBody, Health
-from llmstream.settings import get_settings
+from llmstream.settings import choose_model, get_settings
 from llmstream.tasks import Task, worker_lost
 from llmstream.web import CurrentUser
 
@@ -174,6 +174,7 @@ async def direct(body: ChatRequest, user: CurrentUser) -> StreamingResponse:
     Nothing is recorded: no resume, no status; a disconnect stops the model call."""
     if not settings.direct_mode_enabled:
         raise HTTPException(404, "direct mode is disabled (template parameter EnableDirectMode)")
+    model = choose_model(settings, body.model)  # ModelNotAllowed: 422, before any quota
     deps = get_deps()
     await anyio.to_thread.run_sync(deps.quotas.admit, user.sub)
     session_id = body.session_id or uuid.uuid4().hex
@@ -181,7 +182,7 @@ async def direct(body: ChatRequest, user: CurrentUser) -> StreamingResponse:
         task_id=uuid.uuid4().hex,
         session_id=session_id,
         status="running",
-        model=body.model or settings.model_id,
+        model=model,
         message=body.message,
         system=body.system,
         max_tokens=min(body.max_tokens or settings.max_tokens_limit, settings.max_tokens_limit),

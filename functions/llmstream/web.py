@@ -16,6 +16,7 @@ from llmstream.exceptions import (
     Forbidden,
     IdempotencyConflict,
     LlmStreamError,
+    ModelNotAllowed,
     ModelUnavailable,
     QueueUnavailable,
     QuotaExceeded,
@@ -61,6 +62,7 @@ _STATUS: dict[type[LlmStreamError], int] = {
     AuthUnavailable: 503,
     QueueUnavailable: 503,
     ModelUnavailable: 502,
+    ModelNotAllowed: 422,
     StoreUnavailable: 503,
 }
 

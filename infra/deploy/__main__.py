@@ -11,6 +11,7 @@ from pathlib import Path
 import boto3
 
 from llmstream_deploy.publish import invalidate, stack_outputs, store_openai_key, sync_frontend
+from localcloud import dotenv_file
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     log = logging.getLogger("llmstream_deploy")
 
     outputs = stack_outputs(boto3.client("cloudformation"), args.stack)
-    key = os.environ.get("OPENAI_API_KEY")
+    key = os.environ.get("OPENAI_API_KEY") or dotenv_file.read(ROOT / ".env").get("OPENAI_API_KEY")
     if key and outputs.openai_secret_arn:
         store_openai_key(boto3.client("secretsmanager"), outputs.openai_secret_arn, key)
         log.info("stored OPENAI_API_KEY in %s", outputs.openai_secret_arn)

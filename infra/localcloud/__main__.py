@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from localcloud import TARGETS
 from localcloud.template import ROOT
 from localcloud.users import UserPool
 
@@ -25,7 +26,13 @@ def _interrupt(*_: object) -> None:
 
 
 def _up(args: argparse.Namespace) -> int:
+    from localcloud import dotenv_file
     from localcloud.up import Options, Ports, Stack, StartError
+
+    env_file = Path(args.env_file)
+    taken = dotenv_file.load(env_file)  # before anything reads the environment
+    if taken:
+        say(f"{env_file.name}: {', '.join(sorted(taken))}")
 
     opts = Options(
         stack=args.stack,
@@ -36,7 +43,10 @@ def _up(args: argparse.Namespace) -> int:
             openai=args.openai_port + args.port_offset,
             frontend=args.frontend_port + args.port_offset,
             redis=args.redis_port + args.port_offset,
+            dynamodb=args.dynamodb_port + args.port_offset,
+            moto=args.moto_port + args.port_offset,
         ),
+        aws=args.aws,
         workers=args.workers,
         fake_tokens=args.fake_tokens,
         fake_tps=args.fake_tps,
@@ -57,11 +67,14 @@ def _up(args: argparse.Namespace) -> int:
         say(f"  chat page     {u['frontend']}")
         say(f"  api           {u['api']}   (POST /chat, GET /chat/{{task_id}}, /docs)")
         say(f"  stream        {u['stream']}   (GET /stream/{{task_id}}?token=...)")
-        say(f"  aws endpoint  {u['aws']}")
+        for service, url in sorted(stack.endpoints.items()):
+            say(f"  {service:<13} {url or 'AWS'}")
         if "redis" in u:
             say(f"  chunk log     {u['redis']}   (Redis Streams)")
         if "openai" in u:
             say(f"  fake openai   {u['openai']}")
+        if "model" in u:
+            say(f"  model         {u['model']}   (OPENAI_BASE_URL)")
         say(f"  logs          {opts.dir / 'logs'}")
         say(f"  sign in as    {demo.name} / {demo.password}   (in the admins group)")
         say("")
@@ -111,16 +124,10 @@ def _state(args: argparse.Namespace) -> dict[str, object] | None:
 
 def _pool(args: argparse.Namespace, state: dict[str, Any]) -> UserPool:
     """The running stack's user pool, as its state file names it."""
-    import boto3
+    from localcloud import endpoints
 
     auth = state["auth"]
-    cognito = boto3.client(
-        "cognito-idp",
-        endpoint_url=auth["endpoint"],
-        region_name=auth["region"],
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-    )
+    cognito = endpoints.client("cognito-idp", state["aws"]["env"])
     return UserPool(
         cognito=cognito,
         pool_id=auth["userPoolId"],
@@ -299,22 +306,14 @@ def _poll(args: argparse.Namespace) -> int:
 
 
 def _dlq(args: argparse.Namespace) -> int:
-    import boto3
-
-    from localcloud import dlq
+    from localcloud import dlq, endpoints
 
     state = _state(args)
     if state is None or not _alive(int(state["pid"])):  # type: ignore[call-overload]
         say(f"{args.stack}: not running; ./run.sh start first")
         return 1
     queues: dict[str, str] = state["queues"]  # type: ignore[assignment]
-    sqs = boto3.client(
-        "sqs",
-        endpoint_url=state["urls"]["aws"],  # type: ignore[index]
-        region_name=state["auth"]["region"],  # type: ignore[index]
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-    )
+    sqs = endpoints.client("sqs", state["aws"]["env"])  # type: ignore[index]
     dlq_url = queues["DeadLetterQueue"]
     if args.action == "redrive":
         sources = {k: v for k, v in queues.items() if k != "DeadLetterQueue"}
@@ -354,6 +353,17 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--openai-port", type=int, default=8009)
     up.add_argument("--frontend-port", type=int, default=3000)
     up.add_argument("--redis-port", type=int, default=6380)
+    up.add_argument("--dynamodb-port", type=int, default=8000, help="DynamoDB Local")
+    up.add_argument("--moto-port", type=int, default=4567, help="moto beside LocalStack")
+    up.add_argument(
+        "--aws",
+        choices=["auto", *TARGETS],
+        default="auto",
+        help="where the AWS services run: moto (the default), dynamodb-local (moto with "
+        "DynamoDB Local), localstack (LocalStack with DynamoDB Local; sign-in on moto), or "
+        "external (what AWS_ENDPOINT_URL[_<SERVICE>] say; AWS itself if nothing); auto: "
+        "external if those variables are set, else moto",
+    )
     up.add_argument(
         "--chunk-log",
         choices=["dynamodb", "redis"],
@@ -361,6 +371,11 @@ def main(argv: list[str] | None = None) -> int:
         help="where answers are written and streamed from (redis: Redis Streams)",
     )
     up.add_argument("--workers", type=int, default=4, help="concurrent local worker invocations")
+    up.add_argument(
+        "--env-file",
+        default=str(ROOT / ".env"),
+        help="settings read before starting, where the environment has none (see .env.example)",
+    )
     up.add_argument("--fake-tokens", type=int, default=60)
     up.add_argument("--fake-tps", type=float, default=50.0)
     up.add_argument("--fake-ttft-ms", type=float, default=200.0)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import threading
 import time
 import uuid
@@ -34,7 +35,10 @@ class LambdaContext:
     memory_limit_in_mb: int
     timeout_seconds: int
     region: str = "us-east-1"
-    account: str = "123456789012"
+    # The stack's account (from its endpoint's STS), which `up` gives its functions.
+    account: str = field(
+        default_factory=lambda: os.environ.get("LOCALCLOUD_ACCOUNT_ID", "123456789012")
+    )
     function_version: str = "$LATEST"
     aws_request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     _deadline: float = field(default=0.0, repr=False)

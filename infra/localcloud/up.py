@@ -1,7 +1,8 @@
 """``up``: the whole stack on one machine, from template.yaml, with no keys and no Docker.
 
-AWS endpoint (moto server unless AWS_ENDPOINT_URL points elsewhere) -> Redis, when the chunk
-log is Redis Streams (redis-server unless REDIS_URL is set) -> provision from the
+AWS endpoints (the target: moto server; or moto with DynamoDB Local; or LocalStack with
+DynamoDB Local; or whatever the standard AWS_ENDPOINT_URL variables say) -> Redis, when the
+chunk log is Redis Streams (redis-server unless REDIS_URL is set) -> provision from the
 template -> fake OpenAI (unless OPENAI_API_KEY is set) -> api and stream apps (uvicorn),
 the SQS poller for the worker, and the frontend. Each runs as its own process with the
 environment the template gives its function; logs go to ``.localcloud/<stack>/logs``.
@@ -22,10 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import boto3
 import httpx
 
-from localcloud import processes
+from localcloud import TARGETS, emulators, endpoints, processes
 from localcloud.provision import provision
 from localcloud.template import ROOT, LocalTemplate
 from localcloud.users import LocalUser, UserPool
@@ -51,6 +51,8 @@ class Ports:
     openai: int = 8009
     frontend: int = 3000
     redis: int = 6380  # not Redis's own 6379, which a system redis-server may hold
+    dynamodb: int = 8000  # DynamoDB Local's own default (targets dynamodb-local, localstack)
+    moto: int = 4567  # moto beside LocalStack, for what LocalStack's free edition lacks
 
 
 @dataclass
@@ -64,14 +66,17 @@ class Options:
     fake_ttft_ms: float = 200.0
     state_dir: Path | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
-    # The functions' AWS endpoint, when it differs from the emulator's own address (the
-    # benchmark puts a request-counting proxy in between).
-    function_aws_endpoint: str | None = None
+    # The functions' AWS endpoint variables, where they differ from the emulators' own
+    # addresses (the benchmark puts a request-counting proxy in between).
+    function_endpoints: dict[str, str] = field(default_factory=dict)
     # Run ``workers`` invocations per queue even above the template's MaximumConcurrency
     # (the benchmark measures the pipeline at a concurrency, not the queue's cap).
     ignore_concurrency_caps: bool = False
     # The chunk log's backend: "dynamodb" (the template's table) or "redis" (Redis Streams).
     chunk_log: str = "dynamodb"
+    # Where the AWS services run (TARGETS); "auto": "external" when the standard endpoint
+    # variables name an endpoint, else "moto".
+    aws: str = "auto"
 
     @property
     def dir(self) -> Path:
@@ -95,6 +100,14 @@ class Stack:
         self.fake_openai = False
         self.chunk_env: dict[str, str] = {}
         self.pool: UserPool | None = None
+        self.aws_env: dict[str, str] = {}
+        self.endpoints: dict[str, str | None] = {}
+        if options.aws == "auto":
+            self.target = "external" if endpoints.configured(os.environ) else "moto"
+        elif options.aws in TARGETS:
+            self.target = options.aws
+        else:
+            raise StartError(f"unknown AWS target {options.aws!r}: {', '.join(TARGETS)}")
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> Stack:
@@ -105,7 +118,7 @@ class Stack:
         except processes.PortInUse as e:
             raise StartError(str(e)) from None
         self._processes_file().unlink(missing_ok=True)
-        steps: list[tuple[str, Callable[[], str]]] = [("AWS endpoint", self._endpoint)]
+        steps: list[tuple[str, Callable[[], str]]] = [(f"AWS ({self.target})", self._aws)]
         if o.chunk_log == "redis":
             steps.append(("Redis (the chunk log)", self._redis))
         elif o.chunk_log != "dynamodb":
@@ -129,9 +142,16 @@ class Stack:
     def _ports_to_bind(self) -> dict[str, int]:
         o = self.opts
         ports = {"api": o.ports.api, "stream": o.ports.stream, "frontend": o.ports.frontend}
-        if not os.environ.get("AWS_ENDPOINT_URL"):
+        target = self.target
+        if target in ("moto", "dynamodb-local") or (
+            target == "localstack" and not emulators.localstack_answers(self._localstack_url())
+        ):
             ports["aws"] = o.ports.aws
-        if not os.environ.get("OPENAI_API_KEY"):
+        if target == "localstack":
+            ports["moto"] = o.ports.moto
+        if target in ("dynamodb-local", "localstack"):
+            ports["dynamodb"] = o.ports.dynamodb
+        if not os.environ.get("OPENAI_API_KEY") and not os.environ.get("OPENAI_BASE_URL"):
             ports["openai"] = o.ports.openai
         if o.chunk_log == "redis" and not os.environ.get("REDIS_URL"):
             ports["redis"] = o.ports.redis
@@ -153,7 +173,7 @@ class Stack:
     def stop(self) -> None:
         # The functions first (the pollers finish their long polls and invocations against a
         # live emulator), then the stores.
-        stores = ("aws", "redis")
+        stores = ("aws", "moto", "dynamodb", "redis")
         first = {n: p for n, p in self.procs.items() if n not in stores}
         last = {n: p for n, p in self.procs.items() if n in stores}
         for group in (first, last):
@@ -225,6 +245,7 @@ class Stack:
             "pid": os.getpid(),
             "workers": self.opts.workers,
             "urls": self.urls,
+            "aws": {"target": self.target, "env": endpoints.public(self.aws_env)},
             "pids": {name: p.pid for name, p in self.procs.items()},
             "logs": str(self.opts.dir / "logs"),
             "fake_openai": self.fake_openai,
@@ -241,7 +262,7 @@ class Stack:
             "region": self.aws_env["AWS_DEFAULT_REGION"],
             "userPoolId": self.pool.pool_id,
             "clientId": self.pool.client_id,
-            "endpoint": self.urls["aws"].rstrip("/") + "/",
+            "endpoint": self._cognito_url() + "/",
         }
 
     def ensure_user(self, name: str, *, admin: bool = False) -> LocalUser:
@@ -261,7 +282,8 @@ class Stack:
         for logical_id, spec in self.template.functions().items():
             env = {
                 **spec.environment,
-                **self.aws_env,
+                # an emulator's placeholder credentials; never a real account's
+                **(self.aws_env if self.target != "external" else endpoints.public(self.aws_env)),
                 **self.chunk_env,
                 "POWERTOOLS_TRACE_DISABLED": "true",
             }
@@ -288,37 +310,98 @@ class Stack:
         detail = fn()
         self.progress(f"[{n}/{of}] {what}: {detail} ({time.monotonic() - started:.1f}s)")
 
-    def _endpoint(self) -> str:
-        o = self.opts
-        self.aws_env = {
-            "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
-            "AWS_REGION": os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
-        }
-        external = os.environ.get("AWS_ENDPOINT_URL")
-        if external:
-            self.urls["aws"] = external
-            self.aws_env["AWS_ENDPOINT_URL"] = external
+    def client(self, service: str) -> Any:
+        """A boto3 client for ``service`` on this stack's endpoints, as its functions have."""
+        return endpoints.client(service, self.aws_env)
+
+    def _aws(self) -> str:
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        env = self.aws_env = {"AWS_DEFAULT_REGION": region, "AWS_REGION": region}
+        if self.target == "external":
+            # Exactly what the user's variables say; no endpoint at all means AWS itself, with
+            # the credentials boto3 finds (never a placeholder).
+            for var in ["AWS_ENDPOINT_URL", *(endpoints.env_var(s) for s in endpoints.SERVICES)]:
+                if os.environ.get(var):
+                    env[var] = os.environ[var]
+            for var in (
+                "AWS_PROFILE",
+                "AWS_ACCESS_KEY_ID",
+                "AWS_SECRET_ACCESS_KEY",
+                "AWS_SESSION_TOKEN",
+            ):
+                if os.environ.get(var):
+                    env[var] = os.environ[var]
+            if endpoints.configured(env):
+                self._local_credentials_if_missing()
+            detail = ", ".join(
+                f"{s} {endpoints.endpoint(s, env) or 'AWS'}" for s in endpoints.SERVICES
+            )
+        else:
             self._local_credentials_if_missing()
-            return f"using {external} (AWS_ENDPOINT_URL)"
-        url = f"http://{o.host}:{o.ports.aws}"
-        self.urls["aws"] = url
-        self.aws_env["AWS_ENDPOINT_URL"] = url
-        self._local_credentials_if_missing()
+            try:
+                detail = self._start_emulators()
+            except emulators.NotInstalled as e:
+                raise StartError(str(e)) from None
+        self.endpoints = {s: endpoints.endpoint(s, env) for s in endpoints.SERVICES}
+        self.urls["aws"] = self.endpoints["sqs"] or f"https://sqs.{region}.amazonaws.com"
+        try:
+            self.account = endpoints.account_id(env)
+        except Exception as e:
+            raise StartError(f"STS GetCallerIdentity failed on {self.endpoints['sts']}: {e}") from e
+        return f"{detail}; account {self.account}"
+
+    def _start_emulators(self) -> str:
+        """The emulators of a local target, each a child of this stack."""
+        o, env = self.opts, self.aws_env
+        parts = []
+        moto_port = o.ports.moto if self.target == "localstack" else o.ports.aws
+        moto_url = f"http://{o.host}:{moto_port}"
         self._spawn(
-            "aws",
-            [
-                sys.executable,
-                "-m",
-                "localcloud",
-                "aws",
-                "--host",
-                o.host,
-                "--port",
-                str(o.ports.aws),
-            ],
+            "aws" if self.target != "localstack" else "moto",
+            emulators.moto_command(o.host, moto_port),
         )
-        self._wait_http("aws", f"{url}/moto-api/data.json")
-        return f"moto server at {url} (DynamoDB requests one at a time)"
+        self._wait_http(
+            "aws" if self.target != "localstack" else "moto", f"{moto_url}/moto-api/data.json"
+        )
+        if self.target == "localstack":
+            url = self._localstack_url()
+            if emulators.localstack_answers(url):
+                parts.append(f"LocalStack at {url} (already running)")
+            else:
+                self._spawn(
+                    "aws",
+                    emulators.localstack_command(o.host, o.ports.aws, o.dir / "localstack"),
+                    env=emulators.localstack_env(o.host, o.ports.aws, o.dir / "localstack"),
+                )
+                self._wait("aws", lambda: emulators.localstack_answers(url), timeout=120)
+                parts.append(f"LocalStack at {url}")
+            env["AWS_ENDPOINT_URL"] = url
+            # What LocalStack's free edition does not serve: sign-in (cognito-idp) on moto.
+            env[endpoints.env_var("cognito-idp")] = moto_url
+            parts.append(f"cognito-idp on moto at {moto_url}")
+        else:
+            env["AWS_ENDPOINT_URL"] = moto_url
+            parts.append(f"moto server at {moto_url}")
+        if self.target in ("dynamodb-local", "localstack"):
+            url = f"http://{o.host}:{o.ports.dynamodb}"
+            self._spawn(
+                "dynamodb",
+                emulators.dynamodb_local_command(o.host, o.ports.dynamodb),
+                cwd=o.dir,  # where it writes its metadata file
+            )
+            self._wait("dynamodb", lambda: emulators.dynamodb_local_answers(url), timeout=60)
+            env[endpoints.env_var("dynamodb")] = url
+            parts.append(f"DynamoDB Local at {url}")
+        return ", ".join(parts)
+
+    def _localstack_url(self) -> str:
+        return f"http://{self.opts.host}:{self.opts.ports.aws}"
+
+    def _cognito_url(self) -> str:
+        url = self.endpoints.get("cognito-idp") or (
+            f"https://cognito-idp.{self.aws_env['AWS_DEFAULT_REGION']}.amazonaws.com"
+        )
+        return url.rstrip("/")
 
     def _redis(self) -> str:
         o = self.opts
@@ -351,14 +434,9 @@ class Stack:
             region=self.aws_env["AWS_DEFAULT_REGION"],
         )
         tpl.overrides[f"{STREAM_FUNCTION}Url.FunctionUrl"] = f"http://{o.host}:{o.ports.stream}/"
+        tpl.account = self.account
         clients = {
-            name.replace("-idp", ""): boto3.client(
-                name,
-                endpoint_url=self.aws_env["AWS_ENDPOINT_URL"],
-                region_name=self.aws_env["AWS_DEFAULT_REGION"],
-                aws_access_key_id=self.aws_env["AWS_ACCESS_KEY_ID"],
-                aws_secret_access_key=self.aws_env["AWS_SECRET_ACCESS_KEY"],
-            )
+            name.replace("-idp", ""): self.client(name)
             for name in ("sqs", "dynamodb", "s3", "secretsmanager", "cognito-idp")
         }
         provision(tpl, **clients)
@@ -378,10 +456,16 @@ class Stack:
 
     def _model(self) -> str:
         o = self.opts
-        if os.environ.get("OPENAI_API_KEY"):
-            self.openai_env: dict[str, str] = {}
-            self._store_openai_key(os.environ["OPENAI_API_KEY"])
-            return "OPENAI_API_KEY is set: the real OpenAI API"
+        base_url = os.environ.get("OPENAI_BASE_URL", "").strip()
+        key = os.environ.get("OPENAI_API_KEY", "").strip()
+        if base_url or key:
+            # A real model: OpenAI, or any OpenAI-compatible API (a local Ollama or vLLM
+            # server needs no key, but the SDK wants one).
+            self.openai_env: dict[str, str] = {"OPENAI_BASE_URL": base_url} if base_url else {}
+            self._store_openai_key(key or "sk-no-key-needed")
+            if base_url:
+                self.urls["model"] = base_url
+            return f"{base_url or 'the OpenAI API'} (OPENAI_BASE_URL / OPENAI_API_KEY)"
         url = f"http://{o.host}:{o.ports.openai}"
         self._spawn(
             "openai",
@@ -421,19 +505,19 @@ class Stack:
         assert self.template is not None
         spec = self.template.functions()[logical_id]
         env = {
-            **os.environ,
+            **_environ(),
             **self.aws_env,
             **spec.environment,
             **self.openai_env,
             **self.chunk_env,
             "AWS_LAMBDA_FUNCTION_NAME": spec.name,
             "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(spec.memory),
+            "LOCALCLOUD_ACCOUNT_ID": self.account,
             # X-Ray has no daemon locally.
             "POWERTOOLS_TRACE_DISABLED": "true",
             **self.opts.extra_env,
         }
-        if self.opts.function_aws_endpoint:
-            env["AWS_ENDPOINT_URL"] = self.opts.function_aws_endpoint
+        env.update(self.opts.function_endpoints)
         if not env.get("AUTH_JWKS_URL") and self.pool is not None:
             env["AUTH_JWKS_URL"] = self._jwks_url()
         env.pop("AWS_LWA_INVOKE_MODE", None)
@@ -444,7 +528,7 @@ class Stack:
     def _jwks_url(self) -> str:
         """The issuer is Cognito's form (moto signs it so); the keys are the emulator's."""
         assert self.pool is not None
-        return f"{self.urls['aws'].rstrip('/')}/{self.pool.pool_id}/.well-known/jwks.json"
+        return f"{self._cognito_url()}/{self.pool.pool_id}/.well-known/jwks.json"
 
     def _functions(self) -> str:
         o = self.opts
@@ -557,14 +641,20 @@ class Stack:
         elif name in self.urls and name != "aws":
             self._wait_http(name, f"{self.urls[name]}/health")
 
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+    def _spawn(
+        self,
+        name: str,
+        argv: list[str],
+        env: dict[str, str] | None = None,
+        cwd: Path = ROOT,
+    ) -> None:
         self._commands[name] = (argv, env)
         logfile = self.log(name).open("ab")
         self._logs.append(logfile)
         self.procs[name] = subprocess.Popen(
             argv,
-            cwd=ROOT,
-            env=env or {**os.environ, **self.aws_env},
+            cwd=cwd,
+            env=env or {**_environ(), **self.aws_env},
             stdout=logfile,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -600,6 +690,17 @@ class Stack:
                 return False
 
         self._wait(name, ready)
+
+
+def _environ() -> dict[str, str]:
+    """This process's environment without its AWS endpoint settings: a child gets the
+    stack's own (``Stack.aws_env``), never a per-service variable left in the shell that
+    would send one service elsewhere."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("AWS_ENDPOINT_URL") and k != "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS"
+    }
 
 
 def redis_server_command(host: str, port: int, directory: Path) -> list[str]:

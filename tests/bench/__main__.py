@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import boto3
 import httpx
 import psutil
 from httpx_sse import connect_sse
@@ -40,7 +39,7 @@ from localcloud.fake_openai import Behaviour, answer_tokens, request_key
 from localcloud.up import Options, Ports, Stack, free_port
 from tests.bench.cost import PerAnswer, cost_per_1000
 from tests.bench.proxy import CountingProxy
-from tests.bench.report import markdown, plots, table
+from tests.bench.report import markdown, paths, plots, table
 from tests.chaos import Chaos
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -390,38 +389,86 @@ def run(
     levels: list[int] | None = None,
     answers: int | None = None,
     backends: list[str] | None = None,
+    aws_targets: list[str] | None = None,
 ) -> dict[str, Any]:
     """Measure at each level; ``levels`` and ``answers`` (per level) override the size's.
     The baseline runs once per level; the pipeline once per chunk-log backend, the stack's
-    functions restarted on the next backend in between (same emulator, model, machine)."""
+    functions restarted on the next backend in between (same emulator, model, machine),
+    and all of it once per AWS target (``aws_targets``: a stack of its own each)."""
     levels = levels or SIZES[size][0]
     backends = backends or list(PATHS)
     answers_at = SIZES[size][1] if answers is None else (lambda _c: answers)
-    aws_port = free_port()
     results: dict[str, Any] = {"levels": {str(c): {} for c in levels}}
-    with CountingProxy(aws_port) as proxy:
+    for t, target in enumerate(aws_targets or ["moto"]):
+        _run_on(target, t == 0, levels, backends, answers_at, say, results)
+    results["setup"] = {
+        "size": size,
+        "levels": levels,
+        "answers": {str(c): answers_at(c) for c in levels},
+        "fake_model": {"tokens": FAKE.tokens, "tokens_per_second": TPS, "ttft_ms": TTFT_MS},
+        "chunk_logs": {
+            PATHS[b]: {
+                "dynamodb": "DynamoDB (moto server)",
+                "redis": "Redis Streams (redis-server " + _redis_version() + ")",
+            }[b]
+            for b in backends
+        },
+        "aws_targets": aws_targets or ["moto"],
+        "cpus": psutil.cpu_count(),
+        "python": sys.version.split()[0],
+        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    return results
+
+
+def _run_on(
+    target: str,
+    first: bool,
+    levels: list[int],
+    backends: list[str],
+    answers_at: Callable[[int], int],
+    say: Any,
+    results: dict[str, Any],
+) -> None:
+    """Every level on a stack whose AWS services run on ``target``; the baseline only on
+    the ``first`` target."""
+    ports = Ports(
+        aws=free_port(),
+        api=free_port(),
+        stream=free_port(),
+        openai=free_port(),
+        frontend=free_port(),
+        redis=free_port(),
+        dynamodb=free_port(),
+        moto=free_port(),
+    )
+    with CountingProxy(ports.aws) as proxy:
+        # The functions reach every store through the proxy (DynamoDB Local apart from the
+        # rest on targets that have it), so their calls are counted on every target.
+        function_env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}"}
+        if target in ("dynamodb-local", "localstack"):
+            function_env["AWS_ENDPOINT_URL_DYNAMODB"] = (
+                f"http://127.0.0.1:{proxy.add(ports.dynamodb)}"
+            )
         opts = Options(
             stack=f"bench-{uuid.uuid4().hex[:6]}",
-            ports=Ports(
-                aws=aws_port,
-                api=free_port(),
-                stream=free_port(),
-                openai=free_port(),
-                frontend=free_port(),
-                redis=free_port(),
-            ),
+            ports=ports,
+            aws=target,
             workers=max(levels),
             ignore_concurrency_caps=True,
             fake_tokens=FAKE.tokens,
             fake_tps=TPS,
             fake_ttft_ms=TTFT_MS,
-            function_aws_endpoint=f"http://127.0.0.1:{proxy.port}",
+            function_endpoints=function_env,
             state_dir=ROOT / ".localcloud" / "bench",
             chunk_log=backends[0],
             extra_env=dict(NO_USER_QUOTAS),
         )
         stack = Stack(opts, progress=lambda m: say(f"  {m}"))
-        say(f"starting a local stack (workers: {max(levels)}, chunk log: {backends[0]}) ...")
+        say(
+            f"starting a local stack on {target} (workers: {max(levels)}, "
+            f"chunk log: {backends[0]}) ..."
+        )
         with stack:
             fake = stack.urls["openai"].removesuffix("/v1")
             env = stack.env["WorkerFunction"]
@@ -437,13 +484,7 @@ def run(
                 "worker": fns["WorkerFunction"].memory,
                 "stream": fns["StreamFunction"].memory,
             }
-            ddb = boto3.client(
-                "dynamodb",
-                endpoint_url=f"http://127.0.0.1:{aws_port}",
-                region_name="us-east-1",
-                aws_access_key_id="bench",
-                aws_secret_access_key="bench",
-            )
+            ddb = stack.client("dynamodb")
             for i, backend in enumerate(backends):
                 if i:
                     say(f"restarting the functions on the {backend} chunk log ...")
@@ -464,13 +505,14 @@ def run(
                 for level in levels:
                     n = answers_at(level)
                     out = results["levels"][str(level)]
-                    if i == 0:
+                    if i == 0 and first:
                         say(f"concurrency {level}: baseline, {n} answers ...")
                         with ThreadPoolExecutor(level) as pool:
                             base = list(pool.map(lambda k: baseline(fake, k), range(n)))
                         out["baseline"] = summarize(base)
-                    say(f"concurrency {level}: pipeline on {backend}, {n} answers ...")
-                    out[PATHS[backend]] = measure(
+                    key = PATHS[backend] if target == "moto" else f"{PATHS[backend]}@{target}"
+                    say(f"concurrency {level}: pipeline on {backend} ({target}), {n} answers ...")
+                    out[key] = measure(
                         backend,
                         level,
                         n,
@@ -485,7 +527,7 @@ def run(
                         memory,
                         out["baseline"],
                     )
-                    p, b = out[PATHS[backend]], out["baseline"]
+                    p, b = out[key], out["baseline"]
                     say(
                         f"  whole: pipeline {p['whole']}/{n}, baseline {b['whole']}/{n}; "
                         f"TTFT p50 {p['ttft_ms_p50']:.0f} ms vs {b['ttft_ms_p50']:.0f} ms; "
@@ -493,23 +535,6 @@ def run(
                         f"stores busy {p['emulator_cpu_utilisation']:.0%} of a core, "
                         f"machine {p['machine_cpu_utilisation']:.0%}"
                     )
-    results["setup"] = {
-        "size": size,
-        "levels": levels,
-        "answers": {str(c): answers_at(c) for c in levels},
-        "fake_model": {"tokens": FAKE.tokens, "tokens_per_second": TPS, "ttft_ms": TTFT_MS},
-        "chunk_logs": {
-            PATHS[b]: {
-                "dynamodb": "DynamoDB (moto server)",
-                "redis": "Redis Streams (redis-server " + _redis_version() + ")",
-            }[b]
-            for b in backends
-        },
-        "cpus": psutil.cpu_count(),
-        "python": sys.version.split()[0],
-        "when": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
-    return results
 
 
 def _redis_version() -> str:
@@ -563,7 +588,7 @@ def measure(
         chunk_writes = calls[("PutItem", tables["chunks"])]
         chunk_reads = sum(calls[(op, tables["chunks"])] for op in reads_by)
         chunk_read_units = sum(units[(op, tables["chunks"])] for op in reads_by)
-    stores = cpu.get("aws", 0.0) + cpu.get("redis", 0.0)
+    stores = sum(cpu.get(k, 0.0) for k in ("aws", "moto", "dynamodb", "redis"))
     functions_cpu = sum(cpu.get(k, 0.0) for k in ("api", "worker", "stream"))
     per_answer = usage(pipe, rows, calls, units, tables, memory, redis_used)
     p.update(
@@ -671,7 +696,17 @@ def main(argv: list[str] | None = None) -> int:
         default=list(PATHS),
         help="chunk logs to measure, e.g. dynamodb or dynamodb,redis (the default)",
     )
+    parser.add_argument(
+        "--aws",
+        type=lambda v: v.split(","),
+        default=["moto"],
+        help="where the AWS services run, side by side: e.g. moto,localstack "
+        "(moto, dynamodb-local, localstack)",
+    )
     args = parser.parse_args(argv)
+    bad = set(args.aws) - {"moto", "dynamodb-local", "localstack"}
+    if bad:
+        parser.error(f"unknown --aws target(s) {', '.join(sorted(bad))}")
     unknown = set(args.backends) - set(PATHS)
     if unknown:
         parser.error(f"unknown backend(s) {', '.join(sorted(unknown))}: dynamodb, redis")
@@ -686,7 +721,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.chaos:
         return chaos(say, args.heartbeat, args.out)
-    results = run(name, say, args.levels, args.answers, args.backends)
+    results = run(name, say, args.levels, args.answers, args.backends, args.aws)
     results["setup"]["seconds"] = round(time.monotonic() - started, 1)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "latest.json").write_text(json.dumps(results, indent=2))
@@ -698,8 +733,7 @@ def main(argv: list[str] | None = None) -> int:
     whole = all(
         r[key]["whole"] == r[key]["answers"]
         for r in results["levels"].values()
-        for key in PATHS.values()
-        if key in r
+        for key in paths(results)
     )
     return 0 if whole else 1
 

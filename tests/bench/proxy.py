@@ -14,11 +14,19 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class CountingProxy:
+    """Listens on ``port`` for ``upstream_port``; ``add`` puts one more listener in front of
+    another upstream (DynamoDB Local beside LocalStack), counted together."""
+
     def __init__(self, upstream_port: int) -> None:
         self.counts: Counter[tuple[str, str]] = Counter()  # calls by (operation, table)
         self.units: Counter[tuple[str, str]] = Counter()  # keys/items they touched
         self.latency: dict[tuple[str, str], list[float]] = {}  # the emulator's answer times
         self._lock = threading.Lock()
+        self.servers: list[ThreadingHTTPServer] = []
+        self.port = self.add(upstream_port, start=False)
+
+    def add(self, upstream_port: int, start: bool = True) -> int:
+        """One more listener, forwarding to ``upstream_port``; returns its port."""
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -79,10 +87,12 @@ class CountingProxy:
 
             do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = _forward
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        self.servers.append(server)
+        if start:
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+        return int(server.server_address[1])
 
     def _count(self, target: str, body: bytes, answer: bytes, seconds: float) -> None:
         service, _, operation = target.partition(".")
@@ -112,11 +122,12 @@ class CountingProxy:
                 self.latency.setdefault((operation, name), []).append(seconds)
 
     def __enter__(self) -> CountingProxy:
-        self.thread.start()
+        threading.Thread(target=self.servers[0].serve_forever, daemon=True).start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
+        for server in self.servers:
+            server.shutdown()
 
     def latency_ms(self, since: dict[tuple[str, str], int] | None = None) -> dict[str, float]:
         """Median time the emulator took per (operation, table), over calls after ``since``

@@ -31,10 +31,35 @@ def _f(v: float | None, d: int = 1) -> str:
     return "-" if v is None else f"{v:.{d}f}"
 
 
+# Where the AWS services ran (`--aws`): a results key "pipeline@localstack" is the path on
+# that target; a plain key is on the default (moto).
+ON = {
+    "moto": "moto",
+    "dynamodb-local": "moto + DynamoDB Local",
+    "localstack": "LocalStack + DynamoDB Local",
+    "external": "external endpoints",
+}
+
+
+def split(key: str) -> tuple[str, str | None]:
+    path, _, target = key.partition("@")
+    return path, target or None
+
+
+def label(key: str) -> str:
+    path, target = split(key)
+    return PATHS[path] + (f" on {ON[target]}" if target else "")
+
+
+def short(key: str) -> str:
+    path, target = split(key)
+    return SHORT[path] + (f" {target}" if target else "")
+
+
 def paths(results: dict[str, Any]) -> list[str]:
-    """The pipeline paths this run measured, in PATHS order."""
+    """The pipeline paths this run measured, in the order measured."""
     first = next(iter(results["levels"].values()))
-    return [k for k in PATHS if k in first]
+    return [k for k in first if split(k)[0] in PATHS]
 
 
 def _columns(results: dict[str, Any]) -> list[tuple[str, str]]:
@@ -46,7 +71,7 @@ def _columns(results: dict[str, Any]) -> list[tuple[str, str]]:
 def _head(results: dict[str, Any], what: str) -> list[str]:
     cols = _columns(results)
     several = len(paths(results)) > 1
-    names = [f"c={c} {SHORT[k]}" if several else f"c={c}" for c, k in cols]
+    names = [f"c={c} {short(k)}" if several else f"c={c}" for c, k in cols]
     return [f"| {what} | " + " | ".join(names) + " |", "|---|" + "---|" * len(cols)]
 
 
@@ -65,7 +90,7 @@ def table(results: dict[str, Any]) -> str:
             f"| {_f(b['chunk_delay_ms_p50'])} / {_f(b['chunk_delay_ms_p95'])} | - | - | - |"
         )
         for key in paths(results):
-            rows.append(_pipeline_row(level, PATHS[key], r[key]))
+            rows.append(_pipeline_row(level, label(key), r[key]))
     return "\n".join(rows)
 
 
@@ -214,15 +239,15 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     for i, c in enumerate(levels):
         color = f"C{i}"
-        styles = {"baseline": ":", "pipeline": "-", "pipeline_redis": "--"}
-        for kind in ["baseline", *paths(results)]:
-            style = styles[kind]
+        styles = ["-", "--", "-.", (0, (1, 1)), (0, (5, 1, 1, 1))]
+        for j, kind in enumerate(["baseline", *paths(results)]):
+            style = ":" if kind == "baseline" else styles[(j - 1) % len(styles)]
             r = results["levels"][c][kind]
             for ax, key in ((ax1, "ttft_ms"), (ax2, "chunk_delay_ms_sample")):
                 xs = [max(x, 0.1) for x in r[key]]  # log axis; clocks can differ by <1 ms
                 if xs:
                     ys = [(k + 1) / len(xs) for k in range(len(xs))]
-                    label = f"{SHORT.get(kind, kind)}, c={c}"
+                    label = f"{short(kind) if kind != 'baseline' else kind}, c={c}"
                     ax.step(xs, ys, style, color=color, where="post", label=label)
     ax1.set(title="Time to first token", xlabel="ms (log)", ylabel="fraction of answers")
     ax2.set(title="Per-chunk delay (model emitted -> client read)", xlabel="ms (log)")
@@ -240,7 +265,7 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
         return [results["levels"][c][kind][key] or 0.0 for c in levels]
 
     for i, path in enumerate(paths(results)):
-        name, color = SHORT[path], f"C{i}"
+        name, color = short(path), f"C{i}"
         ax.plot(
             xs, series(path, "chunk_delay_ms_p95"), "o-", color=color, label=f"{name} delay p95"
         )

@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.processes]
 
 
 def test_bench_measures_both_paths_and_writes_its_report(tmp_path: Path) -> None:

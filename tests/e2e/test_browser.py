@@ -16,7 +16,7 @@ from localcloud.up import Stack
 from localcloud.users import LocalUser
 from tests.conftest import ARTIFACTS, unique
 
-pytestmark = [pytest.mark.e2e, pytest.mark.browser]
+pytestmark = [pytest.mark.e2e, pytest.mark.browser, pytest.mark.processes]
 SHOTS = ARTIFACTS / "screenshots"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 DESKTOP = {"width": 1280, "height": 800}

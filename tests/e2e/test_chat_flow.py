@@ -6,7 +6,6 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import boto3
 import httpx
 import pytest
 import redis
@@ -17,11 +16,6 @@ from localcloud.up import Stack
 from tests.e2e.conftest import DEFAULT_USER, FAKE_TOKENS, auth
 
 pytestmark = pytest.mark.e2e
-LOCAL_CREDENTIALS = {
-    "region_name": "us-east-1",
-    "aws_access_key_id": "test",
-    "aws_secret_access_key": "test",
-}
 ADMIN_USER = "e2e-admin"
 
 
@@ -174,7 +168,7 @@ def test_on_redis_the_answer_is_in_a_redis_stream_not_dynamodb(redis_stack: Stac
     # and nothing to the chunks table
     assert redis_stack.template is not None
     table = redis_stack.template.functions()["WorkerFunction"].environment["CHUNKS_TABLE"]
-    ddb = boto3.client("dynamodb", endpoint_url=redis_stack.urls["aws"], **LOCAL_CREDENTIALS)
+    ddb = redis_stack.client("dynamodb")
     got = ddb.get_item(TableName=table, Key={"task_id": {"S": body["task_id"]}, "seq": {"N": "1"}})
     assert "Item" not in got
     # The health check looks at Redis for the chunk log

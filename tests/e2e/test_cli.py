@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -19,7 +20,7 @@ import pytest
 from localcloud.up import free_port
 from tests.conftest import ROOT, unique
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.processes]
 JWT = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
 
 
@@ -117,4 +118,96 @@ def test_start_status_scale_stop(tmp_path: Path) -> None:
         if up.poll() is None:
             up.terminate()
             up.wait(30)
+        shutil.rmtree(ROOT / ".localcloud" / stack, ignore_errors=True)
+
+
+def wait_up(up: subprocess.Popen[bytes], log: Path, state: Path, limit: float = 90) -> str:
+    """`up`'s output once it says it is up (it has written state.json by then)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        assert up.poll() is None, "up exited early:\n" + log.read_text()
+        text = log.read_text()
+        if state.exists() and "llmstream is up" in text:
+            return text
+        time.sleep(0.2)
+    raise AssertionError("up did not come up:\n" + log.read_text())
+
+
+def test_a_dotenv_file_saved_on_windows_points_start_at_another_model(tmp_path: Path) -> None:
+    # GIVEN an OpenAI-compatible server of our own (a second fake model, 7 tokens an answer)
+    model_port = free_port()
+    model = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "localcloud",
+            "fake-openai",
+            "--port",
+            str(model_port),
+            "--tokens",
+            "7",
+            "--ttft-ms",
+            "10",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    # AND a .env with CRLF line ends and stray blanks naming it
+    env_file = tmp_path / ".env"
+    env_file.write_bytes(
+        b"# written on Windows\r\n"
+        + f"OPENAI_BASE_URL = http://127.0.0.1:{model_port}/v1 \r\n".encode()
+        + b"OPENAI_API_KEY=sk-from-dotenv\r\n"
+    )
+    stack = unique("dotenv")
+    state = ROOT / ".localcloud" / stack / "state.json"
+    ports = [f"--{name}-port={free_port()}" for name in ("aws", "api", "stream", "frontend")]
+    log = tmp_path / "up.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    up = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "localcloud",
+            "up",
+            "--stack",
+            stack,
+            "--workers",
+            "1",
+            "--env-file",
+            str(env_file),
+            *ports,
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        # WHEN the stack starts with it
+        out = wait_up(up, log, state)
+        # THEN it names what it took from the file (never the values), runs no fake model
+        # of its own, and its answers come from the server the file names
+        assert ".env: OPENAI_API_KEY, OPENAI_BASE_URL" in out
+        assert "sk-from-dotenv" not in out
+        assert "fake openai" not in out
+        assert f"model         http://127.0.0.1:{model_port}/v1" in out
+        api = json.loads(state.read_text())["urls"]["api"]
+        alice = {"Authorization": f"Bearer {token(stack, 'dotenv-alice')}"}
+        before = httpx.get(f"http://127.0.0.1:{model_port}/fake/stats").json()
+        body = httpx.post(f"{api}/chat", json={"message": "hi"}, headers=alice).json()
+        with httpx.stream("GET", body["stream_url"], timeout=30) as resp:
+            datas = [json.loads(x[5:]) for x in resp.iter_lines() if x.startswith("data:")]
+        assert datas[-1]["type"] == "done"
+        assert sum(1 for d in datas if d.get("chunk")) >= 1
+        after = httpx.get(f"http://127.0.0.1:{model_port}/fake/stats").json()
+        assert after["chat_requests"] == before["chat_requests"] + 1, (before, after)
+    finally:
+        cli("stop", "--stack", stack)
+        if up.poll() is None:
+            up.terminate()
+        up.wait(30)
+        model.terminate()
+        model.wait(10)
         shutil.rmtree(ROOT / ".localcloud" / stack, ignore_errors=True)

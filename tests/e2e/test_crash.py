@@ -14,7 +14,6 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import httpx
 import psutil
 import pytest
@@ -64,6 +63,7 @@ def whole_from_zero(stack: Stack, status: dict[str, Any]) -> tuple[bool, int]:
     return whole(read_events(status["stream_url"]), status)
 
 
+@pytest.mark.processes
 def test_killing_every_worker_environment_mid_answer_keeps_the_stack_up(
     crash_stack: Stack,
 ) -> None:
@@ -99,6 +99,7 @@ def test_killing_every_worker_environment_mid_answer_keeps_the_stack_up(
     assert not now & {c.pid for c in children}  # fresh environments took over
 
 
+@pytest.mark.processes
 def test_chaos_every_answer_ends_whole_while_environments_are_killed(
     crash_stack: Stack,
 ) -> None:
@@ -118,13 +119,7 @@ def test_chaos_every_answer_ends_whole_while_environments_are_killed(
 
 
 def sqs(stack: Stack) -> Any:
-    return boto3.client(
-        "sqs",
-        endpoint_url=stack.urls["aws"],
-        region_name="us-east-1",
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-    )
+    return stack.client("sqs")
 
 
 def cli(stack: Stack, *args: str) -> str:

@@ -215,3 +215,20 @@ def test_idempotency_key_returns_the_same_task_and_one_model_call(local_stack: S
     read_stream(theirs.json()["stream_url"])
     bad = post_chat(local_stack, body, me, {"Idempotency-Key": "has space"})
     assert bad.status_code == 422
+
+
+def test_a_model_the_deployment_does_not_offer_is_refused_with_the_list(
+    local_stack: Stack,
+) -> None:
+    # The template's AllowedModels is empty by default: every request gets ModelId.
+    for path, body in (
+        ("/chat", {"message": "hi", "model": "o3-pro"}),
+        ("/direct", {"message": "hi", "model": "o3-pro"}),
+    ):
+        base = local_stack.urls["api" if path == "/chat" else "stream"]
+        resp = httpx.post(f"{base}{path}", json=body, headers=auth(local_stack), timeout=30)
+        assert resp.status_code == 422, (path, resp.text)
+        assert "'o3-pro' is not offered here; choose one of: gpt-4o-mini" in resp.text
+    # naming the default model itself is fine
+    resp = post_chat(local_stack, {"message": "hi", "model": "gpt-4o-mini"})
+    assert resp.status_code == 202, resp.text

@@ -17,7 +17,7 @@ from tests.conftest import ROOT
 from tests.e2e.conftest import auth
 from tests.unit.test_template import sam
 
-pytestmark = [pytest.mark.e2e, pytest.mark.docker]
+pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.processes]
 
 
 def docker_engine() -> bool:

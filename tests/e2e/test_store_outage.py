@@ -13,7 +13,7 @@ from localcloud.up import Stack
 from tests.e2e.conftest import auth
 from tests.e2e.test_chat_flow import post_chat, read_stream
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.processes]
 
 
 def test_a_redis_outage_ends_streams_cleanly_and_the_answer_still_finishes(

@@ -21,7 +21,7 @@ from localcloud.up import Stack, free_port
 from tests.conftest import ROOT, unique
 from tests.e2e.conftest import stack_options
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.processes]
 
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
