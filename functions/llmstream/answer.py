@@ -338,7 +338,7 @@ def run_task(
         deps.log,
         task_id,
         next_seq=next_seq,
-        interval=settings.chunk_flush_interval_ms / 1000,
+        interval=settings.flush_interval_seconds,
         max_chars=settings.chunk_max_chars,
         attempt=task.attempt,
         still_mine=lambda: deps.tasks.get(task_id).attempt == task.attempt,

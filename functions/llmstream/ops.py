@@ -8,7 +8,6 @@ from collections import Counter
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
-from openai import OpenAIError
 
 from llmstream.auth import Principal
 from llmstream.deps import Deps
@@ -54,6 +53,10 @@ def queue_depth(deps: Deps, url: str) -> QueueDepth:
 
 
 def _timed(fn: Any) -> tuple[Any, float, str | None]:
+    # openai is imported here, not at the module's top: POST /chat never calls the model,
+    # and importing the SDK is most of the api function's cold start.
+    from openai import OpenAIError
+
     started = time.perf_counter()
     try:
         value, error = fn(), None

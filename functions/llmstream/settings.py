@@ -14,6 +14,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from llmstream.exceptions import ModelNotAllowed
 
+# The chunk-log write interval per backend, when CHUNK_FLUSH_INTERVAL_MS does not set one.
+DEFAULT_FLUSH_INTERVAL_MS = {"dynamodb": 110, "redis": 0}
+
 
 class Settings(BaseSettings):
     """What every function needs. The template's Globals set these for all three."""
@@ -70,7 +73,11 @@ class Settings(BaseSettings):
 
     # Worker: coalescing of model tokens into chunk-log writes. The first token is written at
     # once (time to first token matters most); after that at most one write per interval.
-    chunk_flush_interval_ms: int = Field(default=110, ge=0)
+    # Unset: per backend. DynamoDB bills every write (a write unit each), so tokens are
+    # coalesced for 110 ms (under 10 writes per stream-second); a Redis write costs a
+    # fraction of an ECPU and wakes the stream at once, so each token is written as it
+    # comes (tokens that arrive during a write go out together in the next).
+    chunk_flush_interval_ms: int | None = Field(default=None, ge=0)
     chunk_max_chars: int = Field(default=2048, gt=0)
     # OpenAI SDK: its own retries (exponential backoff, honours Retry-After) and timeout.
     openai_max_retries: int = Field(default=2, ge=0)
@@ -153,6 +160,13 @@ class Settings(BaseSettings):
     @property
     def cors_origins(self) -> list[str]:
         return [o.strip() for o in self.cors_allow_origins.split(",") if o.strip()]
+
+    @property
+    def flush_interval_seconds(self) -> float:
+        """The chunk-log write interval in effect (CHUNK_FLUSH_INTERVAL_MS, else per backend)."""
+        if self.chunk_flush_interval_ms is not None:
+            return self.chunk_flush_interval_ms / 1000
+        return DEFAULT_FLUSH_INTERVAL_MS[self.chunklog_backend] / 1000
 
 
 class ApiSettings(Settings):

@@ -13,12 +13,11 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from functools import lru_cache
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import anyio
 from fastapi import FastAPI, Header, HTTPException, Path, Query
 from fastapi.responses import StreamingResponse
-from openai import AsyncOpenAI, OpenAIError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from llmstream import tokens, web
@@ -26,11 +25,13 @@ from llmstream.auth import get_authenticator
 from llmstream.deps import get_deps
 from llmstream.exceptions import StoreUnavailable, TaskNotFound, TokenMissing
 from llmstream.follow import Pacer, follow, watched
-from llmstream.llm import direct_pieces, make_async_client
 from llmstream.models import ID_PATTERN, ChatRequest, ErrorBody, Health
 from llmstream.settings import choose_model, get_settings
 from llmstream.tasks import Task, worker_lost
 from llmstream.web import CurrentUser
+
+if TYPE_CHECKING:
+    from openai import AsyncOpenAI
 
 settings = get_settings()
 logger = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ async def stream(
             pacer=Pacer(
                 interval=settings.stream_poll_interval_ms / 1000,
                 max_interval=settings.stream_poll_max_interval_ms / 1000,
-                write_interval=settings.chunk_flush_interval_ms / 1000,
+                write_interval=settings.flush_interval_seconds,
             ),
             max_seconds=settings.stream_max_seconds,
         )
@@ -154,6 +155,10 @@ async def stream(
 
 @lru_cache(maxsize=1)
 def _async_model() -> AsyncOpenAI:
+    # The openai SDK only for direct mode: a stream of the chunk log never calls the model,
+    # and importing the SDK is a third of this function's cold start.
+    from llmstream.llm import make_async_client
+
     return make_async_client(settings)
 
 
@@ -190,6 +195,9 @@ async def direct(body: ChatRequest, user: CurrentUser) -> StreamingResponse:
         owner=user.sub,
     )
     client = await anyio.to_thread.run_sync(_async_model)  # reads the key secret once
+    from openai import OpenAIError
+
+    from llmstream.llm import direct_pieces
 
     async def text() -> AsyncIterator[str]:
         said = 0

@@ -77,6 +77,9 @@ class Options:
     # Where the AWS services run (TARGETS); "auto": "external" when the standard endpoint
     # variables name an endpoint, else "moto".
     aws: str = "auto"
+    # For "external": the endpoint variables (and credentials) to use instead of this
+    # process's environment (the e2e tier shares one set of emulators between its stacks).
+    external_env: dict[str, str] | None = None
 
     @property
     def dir(self) -> Path:
@@ -137,6 +140,25 @@ class Stack:
             raise
         (o.dir / "state.json").write_text(json.dumps(self.state(), indent=2))
         self.sam_local_env_file().write_text(json.dumps(self.sam_local_env(), indent=2))
+        return self
+
+    def start_aws(self) -> Stack:
+        """Only the target's AWS emulators, until ``stop``: stacks of target "external"
+        given their ``aws_env`` share them (each stack's resources are named after it)."""
+        (self.opts.dir / "logs").mkdir(parents=True, exist_ok=True)
+        ports = self._ports_to_bind()
+        try:
+            processes.check_ports(
+                {k: v for k, v in ports.items() if k in ("aws", "moto", "dynamodb")},
+                self.opts.host,
+            )
+        except processes.PortInUse as e:
+            raise StartError(str(e)) from None
+        try:
+            self._step(1, 1, f"AWS ({self.target})", self._aws)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def _ports_to_bind(self) -> dict[str, int]:
@@ -320,17 +342,18 @@ class Stack:
         if self.target == "external":
             # Exactly what the user's variables say; no endpoint at all means AWS itself, with
             # the credentials boto3 finds (never a placeholder).
+            source = os.environ if self.opts.external_env is None else self.opts.external_env
             for var in ["AWS_ENDPOINT_URL", *(endpoints.env_var(s) for s in endpoints.SERVICES)]:
-                if os.environ.get(var):
-                    env[var] = os.environ[var]
+                if source.get(var):
+                    env[var] = source[var]
             for var in (
                 "AWS_PROFILE",
                 "AWS_ACCESS_KEY_ID",
                 "AWS_SECRET_ACCESS_KEY",
                 "AWS_SESSION_TOKEN",
             ):
-                if os.environ.get(var):
-                    env[var] = os.environ[var]
+                if source.get(var):
+                    env[var] = source[var]
             if endpoints.configured(env):
                 self._local_credentials_if_missing()
             detail = ", ".join(

@@ -22,6 +22,7 @@ import argparse
 import json
 import statistics
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -37,9 +38,10 @@ from openai import OpenAI
 
 from localcloud.fake_openai import Behaviour, answer_tokens, request_key
 from localcloud.up import Options, Ports, Stack, free_port
+from tests.bench import coldstart
 from tests.bench.cost import PerAnswer, cost_per_1000
 from tests.bench.proxy import CountingProxy
-from tests.bench.report import markdown, paths, plots, table
+from tests.bench.report import cold_start, markdown, memory, paths, plots, table
 from tests.chaos import Chaos
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,6 +55,8 @@ SIZES: dict[str, tuple[list[int], Callable[[int], int]]] = {
     "default": ([1, 10, 100], lambda c: max(c * 2 if c < 100 else c, 8)),
     "full": ([1, 2, 5, 10, 20, 50, 100, 200], lambda c: max(c, 8)),
 }
+# Cold starts of each function (and of the boto3 floor) per run; the median is reported.
+COLD_START_ROUNDS = 3
 # The clients are this many users of the stack's pool, answer i asked by user i % USERS.
 USERS = 10
 # The benchmark measures the pipeline, not the per-user quotas: they are off on its stack
@@ -202,6 +206,91 @@ def warm_up(api: str, fake: str, k: int, user: dict[str, str]) -> None:
         with connect_sse(http, "GET", body["stream_url"]) as source:
             for _ in source.iter_sse():
                 pass
+
+
+def finished_answer(api: str, user: dict[str, str]) -> dict[str, str]:
+    """A short answer, followed to its end: its POST /chat body (task id, stream URL)."""
+    with httpx.Client(timeout=60) as http:
+        resp = http.post(f"{api}/chat", json={"message": "cold [[fake tokens=3]]"}, headers=user)
+        resp.raise_for_status()
+        body: dict[str, str] = resp.json()
+        with connect_sse(http, "GET", body["stream_url"]) as source:
+            for _ in source.iter_sse():
+                pass
+    return body
+
+
+def cold_starts(
+    stack: Stack, user: dict[str, str], say: Any, rounds: int
+) -> dict[str, dict[str, float]]:
+    """Each function's cold start beside the boto3 floor (tests/bench/coldstart.py)."""
+    say(f"cold starts: api, stream, worker and the boto3 floor, {rounds} each ...")
+    body = finished_answer(stack.urls["api"], user)
+    url = httpx.URL(body["stream_url"])
+    worker = stack.env["WorkerFunction"]
+    # The worker's record comes from a queue no poller reads, standing in for its low
+    # priority queue, so its heartbeat has a real receipt handle to extend.
+    sqs = stack.client("sqs")
+    queue = sqs.create_queue(QueueName=f"{stack.opts.stack}-coldstart")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+
+    def worker_record() -> dict[str, Any]:
+        sqs.send_message(QueueUrl=queue, MessageBody=json.dumps({"task_id": body["task_id"]}))
+        got = sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=5)["Messages"][0]
+        return {
+            "task_id": body["task_id"],
+            "queue_arn": queue_arn,
+            "receipt_handle": got["ReceiptHandle"],
+        }
+
+    envs = {
+        "floor": worker,
+        "api": stack.env["ApiFunction"],
+        "stream": stack.env["StreamFunction"],
+        "worker": {**worker, "QUEUE_URL_LOW": queue},
+    }
+    args = {
+        "floor": lambda: {"table": worker["REQUESTS_TABLE"]},
+        "api": lambda: {"auth": user["Authorization"]},
+        "stream": lambda: {"path": url.path, "query": url.query.decode()},
+        "worker": worker_record,
+    }
+    return coldstart.measure(envs, args, rounds)
+
+
+class PeakMemory:
+    """Each function's peak RSS while a level runs, sampled every 0.2 s: the api and stream
+    apps' processes, and the largest of the worker's execution environments (each one
+    Lambda instance, so each is what the worker's MemorySize must hold)."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = {k: v for k, v in pids.items() if k in ("api", "stream", "worker")}
+        self.peak_mb: dict[str, float] = dict.fromkeys(self.pids, 0.0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            for name, pid in self.pids.items():
+                try:
+                    proc = psutil.Process(pid)
+                    # the worker's poller holds no answer: its environments do
+                    procs = proc.children() if name == "worker" else [proc]
+                    rss = max((p.memory_info().rss for p in procs), default=0) / 2**20
+                except psutil.Error:
+                    continue
+                self.peak_mb[name] = max(self.peak_mb[name], round(rss, 1))
+            self._stop.wait(0.2)
 
 
 def pct(values: list[float], p: float) -> float | None:
@@ -535,6 +624,9 @@ def _run_on(
                         f"stores busy {p['emulator_cpu_utilisation']:.0%} of a core, "
                         f"machine {p['machine_cpu_utilisation']:.0%}"
                     )
+            if first:
+                # After the levels: the machine as quiet as the run leaves it, the stack up.
+                results["cold_start"] = cold_starts(stack, users[0], say, COLD_START_ROUNDS)
 
 
 def _redis_version() -> str:
@@ -568,7 +660,7 @@ def measure(
     redis_url = redis_url if backend == "redis" else None
     (calls0, units0), cpu0, wall0 = proxy.snapshot(), cpu_seconds(pids), time.time()
     r0 = redis_calls(redis_url)
-    with ThreadPoolExecutor(level) as pool:
+    with PeakMemory(pids) as memory_used, ThreadPoolExecutor(level) as pool:
         pipe = list(pool.map(lambda i: pipeline(api, fake, i, users[i % len(users)]), range(n)))
     wall = time.time() - wall0
     calls1, units1 = proxy.snapshot()
@@ -603,6 +695,8 @@ def measure(
             # the stores: the AWS emulator, and redis-server on the Redis path
             "cpu_seconds_per_answer_emulator": stores / n,
             "cpu_seconds_per_answer_by_process": {k: round(v / n, 4) for k, v in cpu.items()},
+            "peak_rss_mb": memory_used.peak_mb,
+            "memory_size_mb": memory,  # the template's MemorySize of each
             "emulator_cpu_utilisation": stores / wall,
             # every process of the run, the benchmark's own clients included
             "machine_cpu_utilisation": sum(cpu.values()) / wall / (psutil.cpu_count() or 1),
@@ -703,7 +797,12 @@ def main(argv: list[str] | None = None) -> int:
         help="where the AWS services run, side by side: e.g. moto,localstack "
         "(moto, dynamodb-local, localstack)",
     )
+    parser.add_argument(
+        "--cold-starts", type=int, default=3, help="cold starts of each function (median)"
+    )
     args = parser.parse_args(argv)
+    global COLD_START_ROUNDS
+    COLD_START_ROUNDS = max(1, args.cold_starts)
     bad = set(args.aws) - {"moto", "dynamodb-local", "localstack"}
     if bad:
         parser.error(f"unknown --aws target(s) {', '.join(sorted(bad))}")
@@ -727,7 +826,9 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "latest.json").write_text(json.dumps(results, indent=2))
     images = plots(results, args.out)
     (args.out / "latest.md").write_text(markdown(results, images))
-    print(f"\n{table(results)}\n", flush=True)  # noqa: T201 - the command's result
+    print(  # noqa: T201 - the command's result
+        f"\n{table(results)}\n\n{cold_start(results)}\n\n{memory(results)}\n", flush=True
+    )
     written = [args.out / "latest.json", args.out / "latest.md", *images]
     say(f"written: {', '.join(str(p) for p in written)}")
     whole = all(

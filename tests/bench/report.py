@@ -195,6 +195,55 @@ def _logs(setup: dict[str, Any]) -> str:
     return "chunk logs: " + "; ".join(logs.values())
 
 
+def memory(results: dict[str, Any]) -> str:
+    """Each function's peak RSS under each level, beside the template's MemorySize."""
+    cols = _columns(results)
+    if not cols or "peak_rss_mb" not in results["levels"][cols[0][0]][cols[0][1]]:
+        return ""
+    rows = _head(results, "peak RSS, MB")
+    rows[0] = rows[0].rstrip(" |") + " | MemorySize MB |"
+    rows[1] += "---|"
+    for fn in ("api", "stream", "worker"):
+        cells = [_f(results["levels"][c][k]["peak_rss_mb"].get(fn), 0) for c, k in cols]
+        size = results["levels"][cols[0][0]][cols[0][1]]["memory_size_mb"][fn]
+        rows.append(f"| {fn} | " + " | ".join(cells) + f" | {size} |")
+    return "\n".join(rows)
+
+
+# Cold start target: each function's first answer within this many times the boto3 floor.
+COLD_START_TARGET = 1.3
+
+
+def cold_start(results: dict[str, Any]) -> str:
+    """Each function's cold start (new process -> first answer) beside the boto3 floor."""
+    cs = results.get("cold_start")
+    if not cs:
+        return ""
+    rounds = cs.get("rounds", "?")
+    rows = [
+        f"| cold start (median of {rounds}) | init s | first answer s | x floor "
+        f"(target <= {COLD_START_TARGET:g}) | peak RSS MB |",
+        "|---|---|---|---|---|",
+    ]
+    for name, what in (
+        ("floor", "floor: boto3 + one client + one call"),
+        ("api", "api (Mangum): GET /sessions"),
+        ("stream", "stream (uvicorn app): GET /stream/{id}, whole"),
+        ("worker", "worker (SQS handler): one record"),
+    ):
+        c = cs[name]
+        mark = (
+            ""
+            if name == "floor"
+            else (" met" if c["x_floor"] <= COLD_START_TARGET else " **missed**")
+        )
+        rows.append(
+            f"| {what} | {c['init_s']:.2f} | {c['first_answer_s']:.2f} | "
+            f"{c['x_floor']:.2f}{mark} | {c['rss_mb']:.0f} |"
+        )
+    return "\n".join(rows)
+
+
 def markdown(results: dict[str, Any], images: list[Path]) -> str:
     s = results["setup"]
     fake = s["fake_model"]
@@ -220,6 +269,14 @@ def markdown(results: dict[str, Any], images: list[Path]) -> str:
         "## Cost model",
         "",
         costs(results),
+        "",
+        "## Cold starts",
+        "",
+        cold_start(results),
+        "",
+        "## Memory",
+        "",
+        memory(results),
         "",
     ]
     if images:

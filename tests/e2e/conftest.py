@@ -14,6 +14,10 @@ from tests.conftest import ARTIFACTS, unique
 # "external", the standard AWS_ENDPOINT_URL variables say where (each stack's resources
 # are named after it, apart from anything else there).
 AWS_TARGET = os.environ.get("LLMSTREAM_AWS") or "moto"
+# On the targets with emulators of their own besides moto (LocalStack, DynamoDB Local), the
+# stacks of a test session share one set, started once (each stack's resources are named
+# after it, as they would be in one account): the endpoints' variables.
+SHARED_AWS: dict[str, str] = {}
 FAKE_TOKENS = 40
 DEFAULT_USER = "e2e-user"
 _users: dict[tuple[str, str, bool], LocalUser] = {}
@@ -35,7 +39,8 @@ def auth(stack: Stack, name: str = DEFAULT_USER, *, admin: bool = False) -> dict
 def stack_options(name: str, **overrides: Any) -> Options:
     """A stack of the tests' own: unique name, free ports, a fast fake model."""
     defaults: dict[str, Any] = {
-        "aws": AWS_TARGET,
+        "aws": "external" if SHARED_AWS else AWS_TARGET,
+        "external_env": dict(SHARED_AWS) if SHARED_AWS else None,
         "workers": 4,
         "fake_tps": 100.0,
         "fake_ttft_ms": 50.0,
@@ -51,6 +56,30 @@ def stack_options(name: str, **overrides: Any) -> Options:
         moto=free_port(),
     )
     return Options(stack=unique(name), ports=ports, **{**defaults, **overrides})
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_emulators() -> Iterator[None]:
+    """LocalStack and DynamoDB Local (or DynamoDB Local beside moto) once for the session."""
+    if AWS_TARGET not in ("localstack", "dynamodb-local"):
+        yield
+        return
+    ports = Ports(aws=free_port(), dynamodb=free_port(), moto=free_port())
+    emulators = Stack(
+        Options(
+            stack=unique("e2e-aws"),
+            ports=ports,
+            aws=AWS_TARGET,
+            state_dir=ARTIFACTS / "e2e-aws-stack",
+        )
+    )
+    emulators.start_aws()
+    SHARED_AWS.update(emulators.aws_env)
+    try:
+        yield
+    finally:
+        SHARED_AWS.clear()
+        emulators.stop()
 
 
 @pytest.fixture(scope="session")

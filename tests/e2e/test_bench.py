@@ -28,6 +28,8 @@ def test_bench_measures_both_paths_and_writes_its_report(tmp_path: Path) -> None
             "2",
             "--tokens",
             "20",
+            "--cold-starts",
+            "1",
             "--out",
             str(tmp_path),
         ],
@@ -57,6 +59,13 @@ def test_bench_measures_both_paths_and_writes_its_report(tmp_path: Path) -> None
     assert not any(k.endswith(pipe_table(pipe)) for k in on_redis["calls"])
     assert on_redis["cost"]["fixed_usd_per_month"]["nat_gateway_one_zone"] > 0
     assert "## Cost model" in (tmp_path / "latest.md").read_text()
+    # each function's cold start beside the boto3 floor, and its peak memory
+    cold = results["cold_start"]
+    assert {"floor", "api", "stream", "worker"} <= set(cold)
+    fns = ("floor", "api", "stream", "worker")
+    assert all(cold[f]["first_answer_s"] > cold[f]["init_s"] > 0 for f in fns)
+    assert "x floor" in run.stdout and "peak RSS, MB" in run.stdout
+    assert pipe["peak_rss_mb"]["api"] > 0 and pipe["peak_rss_mb"]["worker"] > 0
     for png in ("latency_cdf.png", "delay_vs_concurrency.png"):
         assert (tmp_path / png).read_bytes().startswith(b"\x89PNG")
 

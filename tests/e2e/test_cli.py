@@ -21,6 +21,8 @@ from localcloud.up import free_port
 from tests.conftest import ROOT, unique
 
 pytestmark = [pytest.mark.e2e, pytest.mark.processes]
+UP = [sys.executable, "-m", "localcloud", "up"]
+FAKE_MODEL = [sys.executable, "-m", "localcloud", "fake-openai"]
 JWT = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
 
 
@@ -56,37 +58,48 @@ def token(stack: str, name: str, *flags: str) -> str:
 
 
 def test_start_status_scale_stop(tmp_path: Path) -> None:
+    # GIVEN an OpenAI-compatible server of our own (a second fake model, 7 tokens an answer)
+    model_port = free_port()
+    model = subprocess.Popen(
+        [*FAKE_MODEL, "--port", str(model_port), "--tokens", "7", "--ttft-ms", "10"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    # AND a .env naming it, saved on Windows (CRLF line ends) with stray blanks
+    env_file = tmp_path / ".env"
+    env_file.write_bytes(
+        b"# written on Windows\r\n"
+        + f"OPENAI_BASE_URL = http://127.0.0.1:{model_port}/v1 \r\n".encode()
+        + b"OPENAI_API_KEY=sk-from-dotenv\r\n"
+    )
     stack = unique("cli")
     state = ROOT / ".localcloud" / stack / "state.json"
-    ports = [
-        f"--{name}-port={free_port()}" for name in ("aws", "api", "stream", "openai", "frontend")
-    ]
+    ports = [f"--{name}-port={free_port()}" for name in ("aws", "api", "stream", "frontend")]
+    log = tmp_path / "up.log"
     up = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "localcloud",
-            "up",
-            "--stack",
-            stack,
-            "--workers",
-            "2",
-            "--fake-ttft-ms",
-            "20",
-            *ports,
-        ],
+        [*UP, "--stack", stack, "--workers", "2", "--env-file", str(env_file), *ports],
         cwd=ROOT,
-        stdout=(tmp_path / "up.log").open("w"),
+        env={k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")},
+        stdout=log.open("w"),
         stderr=subprocess.STDOUT,
     )
     try:
-        # `up` is ready when it says so (after state.json, it signs its demo user in)
+        # WHEN it starts: `up` is ready when it says so (after state.json, it signs its
+        # demo user in)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
-            assert up.poll() is None, "up exited early:\n" + (tmp_path / "up.log").read_text()
-            if state.exists() and "llmstream is up" in (tmp_path / "up.log").read_text():
+            assert up.poll() is None, "up exited early:\n" + log.read_text()
+            if state.exists() and "llmstream is up" in log.read_text():
                 break
             time.sleep(0.2)
+        # THEN it names what it took from .env (never the values), runs no fake model of
+        # its own, and its answers come from the server the file names (below)
+        out = log.read_text()
+        assert ".env: OPENAI_API_KEY, OPENAI_BASE_URL" in out
+        assert "sk-from-dotenv" not in out and "fake openai" not in out
+        assert f"model         http://127.0.0.1:{model_port}/v1" in out
+        asked = httpx.get(f"http://127.0.0.1:{model_port}/fake/stats").json()["chat_requests"]
         # status: every component running, health ok, queue depths shown
         status = cli("status", "--stack", stack)
         assert status.returncode == 0, status.stdout + status.stderr
@@ -110,6 +123,8 @@ def test_start_status_scale_stop(tmp_path: Path) -> None:
         with httpx.stream("GET", body["stream_url"], timeout=30) as resp:
             last = [line for line in resp.iter_lines() if line.startswith("data:")][-1]
         assert json.loads(last[5:])["type"] == "done"
+        stats = httpx.get(f"http://127.0.0.1:{model_port}/fake/stats").json()
+        assert stats["chat_requests"] == asked + 1  # the answer came from the .env's model
         # stop: everything ends, and status says so
         assert cli("stop", "--stack", stack).returncode == 0
         up.wait(timeout=30)
@@ -118,96 +133,6 @@ def test_start_status_scale_stop(tmp_path: Path) -> None:
         if up.poll() is None:
             up.terminate()
             up.wait(30)
-        shutil.rmtree(ROOT / ".localcloud" / stack, ignore_errors=True)
-
-
-def wait_up(up: subprocess.Popen[bytes], log: Path, state: Path, limit: float = 90) -> str:
-    """`up`'s output once it says it is up (it has written state.json by then)."""
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        assert up.poll() is None, "up exited early:\n" + log.read_text()
-        text = log.read_text()
-        if state.exists() and "llmstream is up" in text:
-            return text
-        time.sleep(0.2)
-    raise AssertionError("up did not come up:\n" + log.read_text())
-
-
-def test_a_dotenv_file_saved_on_windows_points_start_at_another_model(tmp_path: Path) -> None:
-    # GIVEN an OpenAI-compatible server of our own (a second fake model, 7 tokens an answer)
-    model_port = free_port()
-    model = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "localcloud",
-            "fake-openai",
-            "--port",
-            str(model_port),
-            "--tokens",
-            "7",
-            "--ttft-ms",
-            "10",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )
-    # AND a .env with CRLF line ends and stray blanks naming it
-    env_file = tmp_path / ".env"
-    env_file.write_bytes(
-        b"# written on Windows\r\n"
-        + f"OPENAI_BASE_URL = http://127.0.0.1:{model_port}/v1 \r\n".encode()
-        + b"OPENAI_API_KEY=sk-from-dotenv\r\n"
-    )
-    stack = unique("dotenv")
-    state = ROOT / ".localcloud" / stack / "state.json"
-    ports = [f"--{name}-port={free_port()}" for name in ("aws", "api", "stream", "frontend")]
-    log = tmp_path / "up.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
-    up = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "localcloud",
-            "up",
-            "--stack",
-            stack,
-            "--workers",
-            "1",
-            "--env-file",
-            str(env_file),
-            *ports,
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        # WHEN the stack starts with it
-        out = wait_up(up, log, state)
-        # THEN it names what it took from the file (never the values), runs no fake model
-        # of its own, and its answers come from the server the file names
-        assert ".env: OPENAI_API_KEY, OPENAI_BASE_URL" in out
-        assert "sk-from-dotenv" not in out
-        assert "fake openai" not in out
-        assert f"model         http://127.0.0.1:{model_port}/v1" in out
-        api = json.loads(state.read_text())["urls"]["api"]
-        alice = {"Authorization": f"Bearer {token(stack, 'dotenv-alice')}"}
-        before = httpx.get(f"http://127.0.0.1:{model_port}/fake/stats").json()
-        body = httpx.post(f"{api}/chat", json={"message": "hi"}, headers=alice).json()
-        with httpx.stream("GET", body["stream_url"], timeout=30) as resp:
-            datas = [json.loads(x[5:]) for x in resp.iter_lines() if x.startswith("data:")]
-        assert datas[-1]["type"] == "done"
-        assert sum(1 for d in datas if d.get("chunk")) >= 1
-        after = httpx.get(f"http://127.0.0.1:{model_port}/fake/stats").json()
-        assert after["chat_requests"] == before["chat_requests"] + 1, (before, after)
-    finally:
-        cli("stop", "--stack", stack)
-        if up.poll() is None:
-            up.terminate()
-        up.wait(30)
         model.terminate()
         model.wait(10)
         shutil.rmtree(ROOT / ".localcloud" / stack, ignore_errors=True)

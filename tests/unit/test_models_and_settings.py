@@ -128,3 +128,14 @@ def test_auth_settings_default_the_jwks_to_the_issuers(monkeypatch: pytest.Monke
     assert Settings().jwks_url.endswith("/pool/.well-known/jwks.json")  # type: ignore[call-arg]
     monkeypatch.setenv("AUTH_JWKS_URL", "http://127.0.0.1:4566/pool/.well-known/jwks.json")
     assert Settings().jwks_url.startswith("http://127.0.0.1:4566/")  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(
+    ("backend", "setting", "seconds"),
+    [("dynamodb", None, 0.11), ("redis", None, 0.0), ("redis", 50, 0.05), ("dynamodb", 0, 0.0)],
+)
+def test_the_write_interval_follows_the_backend_unless_set(
+    backend: str, setting: int | None, seconds: float
+) -> None:
+    s = Settings.model_construct(chunklog_backend=backend, chunk_flush_interval_ms=setting)
+    assert s.flush_interval_seconds == pytest.approx(seconds)
