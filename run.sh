@@ -403,7 +403,12 @@ case "$cmd" in
     say "mypy --strict functions/"
     mypy
     say "pytest (unit, integration, e2e${aws_target:+; AWS target: $aws_target})"
-    exec python -m pytest tests ${args[@]+"${args[@]}"}
+    # Every tier, unless the arguments name tests of their own.
+    where=(tests)
+    for a in ${args[@]+"${args[@]}"}; do
+      case "$a" in tests/*) where=() ;; esac
+    done
+    exec python -m pytest ${where[@]+"${where[@]}"} ${args[@]+"${args[@]}"}
     ;;
   bench)
     ensure_venv local
