@@ -165,7 +165,8 @@ def test_a_port_held_by_a_stranger_fails_at_once_and_starts_nothing(stack_name: 
 
 
 def test_every_component_ends_within_5s_of_sigterm_with_the_endpoint_gone() -> None:
-    stack = Stack(stack_options("e2e-sigterm", workers=2))
+    # an emulator of its own to kill (never one a test session shares between stacks)
+    stack = Stack(stack_options("e2e-sigterm", workers=2, aws="moto", external_env=None))
     stack.start()
     try:
         # GIVEN the AWS endpoint gone (the pollers' long polls and retries fail)
