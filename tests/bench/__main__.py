@@ -55,6 +55,9 @@ SIZES: dict[str, tuple[list[int], Callable[[int], int]]] = {
     "default": ([1, 10, 100], lambda c: max(c * 2 if c < 100 else c, 8)),
     "full": ([1, 2, 5, 10, 20, 50, 100, 200], lambda c: max(c, 8)),
 }
+# Worker execution environments warmed before measuring: levels above this include the
+# cold starts of the environments they add (each ~120 MB here, as Lambda would scale out).
+WARM_LIMIT = 20
 # Cold starts of each function (and of the boto3 floor) per run; the median is reported.
 COLD_START_ROUNDS = 3
 # The clients are this many users of the stack's pool, answer i asked by user i % USERS.
@@ -193,7 +196,8 @@ _RECONNECTS = 3
 def warm_up(api: str, fake: str, k: int, user: dict[str, str]) -> None:
     """A short answer each way (not measured): connections, caches, imports, the issuer's
     keys."""
-    message = f"warm up {k} [[fake tokens=3]]"
+    # two seconds long, so concurrent warm-ups overlap and each takes an environment
+    message = f"warm up {k} [[fake tokens=40 tps=20]]"
     client = OpenAI(base_url=f"{fake}/v1", api_key="sk-bench", max_retries=0)
     for _ in client.chat.completions.create(
         model="gpt-4o-mini", messages=[{"role": "user", "content": message}], stream=True
@@ -583,12 +587,18 @@ def _run_on(
                 pids[SELF] = psutil.Process().pid
                 # Signed in afresh for each backend (access tokens last an hour).
                 users = [stack.ensure_user(f"bench-{u}").headers for u in range(USERS)]
-                say("warming up ...")
-                with ThreadPoolExecutor(2) as pool:  # connections, caches, threads
+                # As many overlapping answers as the levels run at once (up to WARM_LIMIT):
+                # each worker execution environment is a process of its own with a cold
+                # start, as on Lambda; a level measures warm ones (connections, caches).
+                warm = min(max(levels), WARM_LIMIT)
+                say(f"warming up ({warm} worker environments) ...")
+                with ThreadPoolExecutor(warm) as pool:
                     list(
                         pool.map(
-                            lambda k, api=api, users=users: warm_up(api, fake, k, users[k]),
-                            range(2),
+                            lambda k, api=api, users=users: warm_up(
+                                api, fake, k, users[k % len(users)]
+                            ),
+                            range(warm),
                         )
                     )
                 for level in levels:

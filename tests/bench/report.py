@@ -305,7 +305,7 @@ def plots(results: dict[str, Any], out: Path) -> list[Path]:
                 if xs:
                     ys = [(k + 1) / len(xs) for k in range(len(xs))]
                     label = f"{short(kind) if kind != 'baseline' else kind}, c={c}"
-                    ax.step(xs, ys, style, color=color, where="post", label=label)
+                    ax.step(xs, ys, linestyle=style, color=color, where="post", label=label)
     ax1.set(title="Time to first token", xlabel="ms (log)", ylabel="fraction of answers")
     ax2.set(title="Per-chunk delay (model emitted -> client read)", xlabel="ms (log)")
     ax2.axvline(150, color="grey", lw=0.8, ls="--")
