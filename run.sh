@@ -270,6 +270,28 @@ ensure_lambda_python() {
   echo "warning: python3.12 not found; sam build needs it (pyenv install 3.12)" >&2
 }
 
+# .venv-lambda: the functions as Lambda runs them, for the benchmark's cold starts: the
+# template's runtime (Python 3.12) with exactly functions/requirements.txt (what `sam build`
+# ships), compiled to bytecode as pip leaves a package (Lambda's /var/task is read-only, so
+# a missing .pyc would be compiled at every cold start), and none of the tools.
+ensure_lambda_venv() {
+  local hash
+  hash=$(files_hash functions/requirements.txt "$LOCK/uv.txt")
+  if [ ! -f ".venv-lambda/.installed-$hash" ]; then
+    say "installing the functions' dependencies (functions/requirements.txt) into .venv-lambda"
+    if [ -x .venv-lambda/bin/python ] &&
+      ! .venv-lambda/bin/python -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))'; then
+      rm -rf .venv-lambda
+    fi
+    ensure_uv .venv-lambda 12
+    VIRTUAL_ENV="$PWD/.venv-lambda" .venv-lambda/bin/uv pip sync --quiet \
+      --python .venv-lambda/bin/python --require-hashes --compile-bytecode \
+      functions/requirements.txt "$LOCK/uv.txt"
+    find .venv-lambda -maxdepth 1 -name '.installed-*' -delete
+    touch ".venv-lambda/.installed-$hash"
+  fi
+}
+
 # Debian packages a later tier needs (redis-server, chromium), installed when missing.
 ensure_apt() {
   local missing=()
@@ -397,6 +419,7 @@ case "$cmd" in
     ensure_apt chromium fonts-dejavu-core redis-server
     ensure_checkov
     ensure_lambda_python
+    ensure_lambda_venv  # the benchmark test's cold starts
     say "ruff"
     ruff check functions infra tests
     ruff format --check functions infra tests >/dev/null || { ruff format --diff functions infra tests; exit 1; }
@@ -412,6 +435,7 @@ case "$cmd" in
     ;;
   bench)
     ensure_venv local
+    ensure_lambda_venv
     ensure_apt redis-server  # the benchmark measures every chunk-log backend
     ensure_aws_target "$@"
     exec python -m tests.bench "$@"

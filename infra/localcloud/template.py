@@ -38,6 +38,7 @@ class FunctionSpec:
     timeout: int
     memory: int
     environment: dict[str, str]
+    snapstart: bool = False  # SnapStart on its published versions
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,8 @@ class LocalTemplate:
                 handler=p["Handler"],
                 timeout=int(p.get("Timeout", 3)),
                 memory=int(p.get("MemorySize", 128)),
+                snapstart=self.resolve((p.get("SnapStart") or {}).get("ApplyOn"))
+                == "PublishedVersions",
                 environment={
                     k: str(value)
                     for k, v in env.items()
@@ -168,7 +171,7 @@ class LocalTemplate:
         for logical_id, res in self.of_type("AWS::Lambda::EventSourceMapping").items():
             p = res["Properties"]
             queue = p["EventSourceArn"]["Fn::GetAtt"][0]
-            function = p["FunctionName"]["Ref"]
+            function = self.function_behind(p["FunctionName"]["Ref"])
             scaling = p.get("ScalingConfig") or {}
             out.append(
                 EventSourceSpec(
@@ -183,6 +186,15 @@ class LocalTemplate:
                 )
             )
         return out
+
+    def function_behind(self, logical_id: str) -> str:
+        """The function a reference names: itself, or the function of an alias (SAM points
+        event sources at the alias of AutoPublishAlias; locally every alias is the code as
+        it is)."""
+        res = self.resources.get(logical_id, {})
+        if res.get("Type") == "AWS::Lambda::Alias":
+            return self.function_behind(res["Properties"]["FunctionName"]["Ref"])
+        return logical_id
 
     # -------------------------------------------------------------- intrinsics
     def resolve(self, value: Any) -> Any:

@@ -224,9 +224,7 @@ def finished_answer(api: str, user: dict[str, str]) -> dict[str, str]:
     return body
 
 
-def cold_starts(
-    stack: Stack, user: dict[str, str], say: Any, rounds: int
-) -> dict[str, dict[str, float]]:
+def cold_starts(stack: Stack, user: dict[str, str], say: Any, rounds: int) -> dict[str, Any]:
     """Each function's cold start beside the boto3 floor (tests/bench/coldstart.py)."""
     say(f"cold starts: api, stream, worker and the boto3 floor, {rounds} each ...")
     body = finished_answer(stack.urls["api"], user)
@@ -261,7 +259,20 @@ def cold_starts(
         "stream": lambda: {"path": url.path, "query": url.query.decode()},
         "worker": worker_record,
     }
-    return coldstart.measure(envs, args, rounds)
+    assert stack.template is not None
+    fns = stack.template.functions()
+    return {
+        **coldstart.measure(envs, args, rounds),
+        "snapstart": [
+            k
+            for k, logical in (
+                ("api", "ApiFunction"),
+                ("stream", "StreamFunction"),
+                ("worker", "WorkerFunction"),
+            )
+            if fns[logical].snapstart
+        ],
+    }
 
 
 class PeakMemory:
@@ -342,13 +353,24 @@ def _sample(values: list[float], n: int = 400) -> list[float]:
     return [values[int(i * step)] for i in range(n)] + [values[-1]]
 
 
+POLLER = "event source (poller)"
+
+
 def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds of each process with its children. The worker's are its execution
+    environments (what Lambda bills); the poller above them stands in for the event source
+    mapping (AWS's, not billed) and is counted apart."""
     out = {}
     for name, pid in pids.items():
         try:
             proc = psutil.Process(pid)
             kids = [] if name == SELF else proc.children(recursive=True)  # the stack is ours
-            times = [proc.cpu_times(), *(c.cpu_times() for c in kids)]
+            own = proc.cpu_times()
+            if name == "worker":
+                out[POLLER] = own.user + own.system
+                times = [c.cpu_times() for c in kids]
+            else:
+                times = [own, *(c.cpu_times() for c in kids)]
             out[name] = sum(t.user + t.system for t in times)
         except psutil.Error:
             out[name] = 0.0
@@ -395,6 +417,7 @@ def usage(
     tables: dict[str, str],
     memory: dict[str, int],
     redis_used: dict[str, int],
+    snapstart: dict[str, int],
 ) -> PerAnswer:
     n = len(answers)
     writes = sum(u for (op, t), u in units.items() if t in tables.values() and op in _DDB_WRITES)
@@ -406,6 +429,7 @@ def usage(
         worker_seconds=statistics.mean(worker) if worker else 0.0,
         stream_seconds=statistics.mean(a.sse_seconds for a in answers),
         memory_mb=memory,
+        snapstart_mb=snapstart,
         stream_connections=1.0,
         dynamodb_write_units=writes / n,
         dynamodb_read_units=reads / n,
@@ -572,11 +596,13 @@ def _run_on(
             }
             assert stack.template is not None
             fns = stack.template.functions()
-            memory = {
-                "api": fns["ApiFunction"].memory,
-                "worker": fns["WorkerFunction"].memory,
-                "stream": fns["StreamFunction"].memory,
+            by_name = {
+                "api": fns["ApiFunction"],
+                "worker": fns["WorkerFunction"],
+                "stream": fns["StreamFunction"],
             }
+            memory = {k: f.memory for k, f in by_name.items()}
+            snapstart = {k: f.memory for k, f in by_name.items() if f.snapstart}
             ddb = stack.client("dynamodb")
             for i, backend in enumerate(backends):
                 if i:
@@ -624,6 +650,7 @@ def _run_on(
                         ddb,
                         tables,
                         memory,
+                        snapstart,
                         out["baseline"],
                     )
                     p, b = out[key], out["baseline"]
@@ -663,6 +690,7 @@ def measure(
     ddb: Any,
     tables: dict[str, str],
     memory: dict[str, int],
+    snapstart: dict[str, int],
     b: dict[str, Any],
 ) -> dict[str, Any]:
     """``n`` answers through the pipeline, ``level`` at a time, asked by ``users`` (their
@@ -692,7 +720,7 @@ def measure(
         chunk_read_units = sum(units[(op, tables["chunks"])] for op in reads_by)
     stores = sum(cpu.get(k, 0.0) for k in ("aws", "moto", "dynamodb", "redis"))
     functions_cpu = sum(cpu.get(k, 0.0) for k in ("api", "worker", "stream"))
-    per_answer = usage(pipe, rows, calls, units, tables, memory, redis_used)
+    per_answer = usage(pipe, rows, calls, units, tables, memory, redis_used, snapstart)
     p.update(
         {
             "chunk_log": backend,
@@ -706,6 +734,12 @@ def measure(
             "cpu_seconds_per_answer_emulator": stores / n,
             "cpu_seconds_per_answer_by_process": {k: round(v / n, 4) for k, v in cpu.items()},
             "peak_rss_mb": memory_used.peak_mb,
+            # Each function's CPU while it is billed, as a share of one core: what its
+            # MemorySize must buy (Lambda gives a function MemorySize / 1769 of a vCPU).
+            "cpu_share_used": {
+                fn: round(cpu.get(fn, 0.0) / n / max(getattr(per_answer, f"{fn}_seconds"), 1e-9), 4)
+                for fn in ("api", "worker", "stream")
+            },
             "memory_size_mb": memory,  # the template's MemorySize of each
             "emulator_cpu_utilisation": stores / wall,
             # every process of the run, the benchmark's own clients included

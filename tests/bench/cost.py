@@ -10,7 +10,7 @@ out too (it does not depend on this pipeline). Update the table when AWS changes
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 PRICES_AS_OF = "2026-11-21"
@@ -18,6 +18,10 @@ PRICES_USD = {
     "lambda_arm64_gb_second": 0.0000133334,  # first 7.5 billion GB-s a month
     "lambda_request": 0.20 / 1e6,
     "lambda_streamed_gb_over_6mb": 0.008,  # response streaming, beyond 6 MB per request
+    # SnapStart (Python): the snapshot cached per version while active, and each restore,
+    # both by the function's MemorySize.
+    "lambda_snapstart_cache_gb_second": 0.0000015046,
+    "lambda_snapstart_restore_gb": 0.0001397998,
     "sqs_standard_request": 0.40 / 1e6,  # per 64 KB chunk of a request
     "dynamodb_write_request_unit": 0.625 / 1e6,  # on-demand, item up to 1 KB
     "dynamodb_read_request_unit": 0.125 / 1e6,  # on-demand, strongly consistent, up to 4 KB
@@ -47,6 +51,7 @@ class PerAnswer:
     sqs_requests: float
     bytes_out: float  # POST answer plus the SSE stream, to the client
     cache_ecpus: float = 0.0  # Redis commands (each moves under 1 KB: one ECPU)
+    snapstart_mb: dict[str, int] = field(default_factory=dict)  # the functions with SnapStart
 
 
 def cost_per_1000(use: PerAnswer) -> dict[str, Any]:
@@ -78,12 +83,23 @@ def cost_per_1000(use: PerAnswer) -> dict[str, Any]:
             "elasticache_minimum_storage": 0.1 * p["elasticache_valkey_gb_hour"] * HOURS_A_MONTH,
             "nat_gateway_one_zone": p["nat_gateway_hour"] * HOURS_A_MONTH,
         }
+    for fn, mb in use.snapstart_mb.items():
+        # one cached version per function (the alias's), all month
+        fixed[f"snapstart_cache_{fn}"] = (
+            mb / 1024 * p["lambda_snapstart_cache_gb_second"] * HOURS_A_MONTH * 3600
+        )
     per_1000 = {k: round(v * 1000, 5) for k, v in items.items()}
     return {
         "usd_per_1000_answers": round(sum(per_1000.values()), 4),
         "items_usd_per_1000": per_1000,
         # Paid whether answers come or not (the Redis path only): USD a month.
         "fixed_usd_per_month": {k: round(v, 2) for k, v in fixed.items()},
+        # What a cold start adds: the restore of a SnapStart function; else its init, billed
+        # as duration (not measured on Lambda here, so left out).
+        "usd_per_restore": {
+            fn: round(mb / 1024 * p["lambda_snapstart_restore_gb"], 9)
+            for fn, mb in use.snapstart_mb.items()
+        },
         "per_answer": asdict(use),
         "prices_usd": PRICES_USD,
         "prices_as_of": PRICES_AS_OF,

@@ -171,9 +171,17 @@ def costs(results: dict[str, Any]) -> str:
     if fixed:
         rows.append("")
         rows.append(
-            "Fixed, whatever the traffic, on the Redis path only (USD a month): "
+            "Fixed, whatever the traffic (USD a month; ElastiCache and the NAT gateway on the "
+            "Redis path only): "
             + ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in fixed.items())
-            + f"; {sum(fixed.values()):.2f} in all. The DynamoDB path has no fixed cost."
+            + f"; {sum(fixed.values()):.2f} in all."
+        )
+    restores = first.get("usd_per_restore") or {}
+    if restores:
+        rows.append(
+            "A cold start of a SnapStart function adds its restore (USD): "
+            + ", ".join(f"{k} {v:.5f}" for k, v in restores.items())
+            + "."
         )
     use = first["per_answer"]
     rows.append("")
@@ -195,18 +203,44 @@ def _logs(setup: dict[str, Any]) -> str:
     return "chunk logs: " + "; ".join(logs.values())
 
 
+# Lambda gives a function a share of a vCPU in proportion to its memory: a whole one at
+# 1,769 MB (the Lambda developer guide's "Memory and computing power").
+MB_PER_VCPU = 1769
+
+
 def memory(results: dict[str, Any]) -> str:
-    """Each function's peak RSS under each level, beside the template's MemorySize."""
+    """Each function's peak RSS and CPU under each level, beside what its MemorySize in
+    template.yaml gives it: memory, and a share of a vCPU."""
     cols = _columns(results)
     if not cols or "peak_rss_mb" not in results["levels"][cols[0][0]][cols[0][1]]:
         return ""
+    first = results["levels"][cols[0][0]][cols[0][1]]
     rows = _head(results, "peak RSS, MB")
     rows[0] = rows[0].rstrip(" |") + " | MemorySize MB |"
     rows[1] += "---|"
     for fn in ("api", "stream", "worker"):
         cells = [_f(results["levels"][c][k]["peak_rss_mb"].get(fn), 0) for c, k in cols]
-        size = results["levels"][cols[0][0]][cols[0][1]]["memory_size_mb"][fn]
-        rows.append(f"| {fn} | " + " | ".join(cells) + f" | {size} |")
+        rows.append(f"| {fn} | " + " | ".join(cells) + f" | {first['memory_size_mb'][fn]} |")
+    if "cpu_share_used" not in first:
+        return "\n".join(rows)
+    rows += ["", *_head(results, "CPU while billed, share of a core")]
+    rows[-2] = rows[-2].rstrip(" |") + " | MemorySize buys |"
+    rows[-1] += "---|"
+    for fn in ("api", "stream", "worker"):
+        cells = [
+            f"{results['levels'][c][k]['cpu_share_used'][fn]:.1%}"
+            if "cpu_share_used" in results["levels"][c][k]
+            else "-"
+            for c, k in cols
+        ]
+        buys = first["memory_size_mb"][fn] / MB_PER_VCPU
+        rows.append(f"| {fn} | " + " | ".join(cells) + f" | {buys:.1%} |")
+    rows.append("")
+    rows.append(
+        "On Lambda each environment serves one request at a time: the worker's figures are "
+        "its largest environment's; the api and stream apps here serve a level's requests "
+        "in one process, so their c=1 figures are the ones a Lambda environment sees."
+    )
     return "\n".join(rows)
 
 
@@ -219,11 +253,12 @@ def cold_start(results: dict[str, Any]) -> str:
     cs = results.get("cold_start")
     if not cs:
         return ""
-    rounds = cs.get("rounds", "?")
+    by = cs["by_function"]
+    snapstart = set(cs.get("snapstart", []))
     rows = [
-        f"| cold start (median of {rounds}) | init s | first answer s | x floor "
-        f"(target <= {COLD_START_TARGET:g}) | peak RSS MB |",
-        "|---|---|---|---|---|",
+        f"| cold start (median of {cs['rounds']}) | init s | first request s | first answer s "
+        f"| x floor (target <= {COLD_START_TARGET:g}) | peak RSS MB |",
+        "|---|---|---|---|---|---|",
     ]
     for name, what in (
         ("floor", "floor: boto3 + one client + one call"),
@@ -231,15 +266,30 @@ def cold_start(results: dict[str, Any]) -> str:
         ("stream", "stream (uvicorn app): GET /stream/{id}, whole"),
         ("worker", "worker (SQS handler): one record"),
     ):
-        c = cs[name]
+        c = by[name]
         mark = (
             ""
             if name == "floor"
             else (" met" if c["x_floor"] <= COLD_START_TARGET else " **missed**")
         )
+        what += " (SnapStart)" if name in snapstart else ""
         rows.append(
-            f"| {what} | {c['init_s']:.2f} | {c['first_answer_s']:.2f} | "
-            f"{c['x_floor']:.2f}{mark} | {c['rss_mb']:.0f} |"
+            f"| {what} | {c['init_s']:.2f} | {c['after_init_s']:.2f} | "
+            f"{c['first_answer_s']:.2f} | {c['x_floor']:.2f}{mark} | {c['rss_mb']:.0f} |"
+        )
+    if snapstart:
+        floor = by["floor"]["first_answer_s"]
+        rows.append("")
+        rows.append(
+            "Each in a fresh Python 3.12 with only the functions' locked packages "
+            "(.venv-lambda). On Lambda a SnapStart function skips init at a cold start: it "
+            "resumes from a snapshot taken after init and pays Lambda's restore (not "
+            "measurable here) and the first request: "
+            + ", ".join(
+                f"{n} {by[n]['after_init_s']:.2f} s ({by[n]['after_init_s'] / floor:.2f}x floor)"
+                for n in sorted(snapstart)
+            )
+            + "."
         )
     return "\n".join(rows)
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from localcloud.template import LocalTemplate
 from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.processes]
@@ -60,12 +61,29 @@ def test_bench_measures_both_paths_and_writes_its_report(tmp_path: Path) -> None
     assert on_redis["cost"]["fixed_usd_per_month"]["nat_gateway_one_zone"] > 0
     assert "## Cost model" in (tmp_path / "latest.md").read_text()
     # each function's cold start beside the boto3 floor, and its peak memory
-    cold = results["cold_start"]
+    cold = results["cold_start"]["by_function"]
     assert {"floor", "api", "stream", "worker"} <= set(cold)
     fns = ("floor", "api", "stream", "worker")
     assert all(cold[f]["first_answer_s"] > cold[f]["init_s"] > 0 for f in fns)
+    assert all(0 < cold[f]["after_init_s"] < cold[f]["first_answer_s"] for f in fns)
     assert "x floor" in run.stdout and "peak RSS, MB" in run.stdout
     assert pipe["peak_rss_mb"]["api"] > 0 and pipe["peak_rss_mb"]["worker"] > 0
+    # what each function uses beside what its MemorySize buys, and the cost model on the
+    # template's MemorySize and SnapStart (not a copy of them)
+    assert "MemorySize buys" in run.stdout
+    assert set(pipe["cpu_share_used"]) == {"api", "worker", "stream"}
+    tpl = LocalTemplate.load("bench-test")
+    props = {k: tpl.props(f"{k.title()}Function") for k in ("api", "worker", "stream")}
+    size = {k: p["MemorySize"] for k, p in props.items()}
+    assert pipe["cost"]["per_answer"]["memory_mb"] == size
+    snap = {
+        k
+        for k, p in props.items()
+        if tpl.resolve(p.get("SnapStart", {}).get("ApplyOn")) == "PublishedVersions"
+    }
+    assert snap  # the template's default
+    assert set(results["cold_start"]["snapstart"]) == snap
+    assert {k.removeprefix("snapstart_cache_") for k in pipe["cost"]["fixed_usd_per_month"]} == snap
     for png in ("latency_cdf.png", "delay_vs_concurrency.png"):
         assert (tmp_path / png).read_bytes().startswith(b"\x89PNG")
 

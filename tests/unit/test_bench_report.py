@@ -51,6 +51,22 @@ def test_a_longer_answer_costs_more_and_memory_scales_duration_cost() -> None:
     )
 
 
+def test_snapstart_costs_a_cached_snapshot_a_month_and_each_restore() -> None:
+    plain = cost_per_1000(use())
+    snap = cost_per_1000(use(snapstart_mb={"api": 1024, "worker": 256}))
+    # per answer nothing changes: the snapshot is paid by the month and by the cold start
+    assert snap["usd_per_1000_answers"] == plain["usd_per_1000_answers"]
+    month = 730 * 3600 * PRICES_USD["lambda_snapstart_cache_gb_second"]
+    assert snap["fixed_usd_per_month"]["snapstart_cache_api"] == pytest.approx(month, abs=0.01)
+    assert snap["fixed_usd_per_month"]["snapstart_cache_worker"] == pytest.approx(
+        month / 4, abs=0.01
+    )
+    assert snap["usd_per_restore"]["worker"] == pytest.approx(
+        0.25 * PRICES_USD["lambda_snapstart_restore_gb"], rel=1e-3
+    )
+    assert plain["fixed_usd_per_month"] == {} and plain["usd_per_restore"] == {}
+
+
 def level(added: float, delay95: float) -> dict[str, Any]:
     base = {
         "answers": 4,
@@ -144,4 +160,5 @@ def test_a_second_backend_gets_its_own_rows_columns_and_fixed_costs(tmp_path: Pa
     # and the costs the cache's ECPUs and the Redis path's fixed monthly costs
     md = markdown(r, plots(r, tmp_path))
     assert "| elasticache ecpus |" in md
-    assert "Fixed, whatever the traffic, on the Redis path only" in md
+    assert "Fixed, whatever the traffic (USD a month" in md
+    assert "nat gateway one zone 32.85" in md
