@@ -8,6 +8,7 @@
 #   ./run.sh token NAME [--admin] sign local user NAME in (created if missing; --admin: an
 #                                 operator); the access token is the last line
 #   ./run.sh dlq [redrive]        list the dead-letter queue, or send its messages back
+#   ./run.sh metrics [--since M]  the stack's metrics, from the EMF lines its functions log
 #   ./run.sh test [--aws T] [pytest args] lint, type-check, and every test tier (--aws: the
 #                                 e2e stacks on moto, dynamodb-local, localstack or external)
 #   ./run.sh bench [--quick|--full|--chaos] the pipeline against direct streaming, side by
@@ -389,6 +390,10 @@ case "$cmd" in
   scale)
     ensure_venv local
     exec "$VENV/bin/python" -m localcloud scale "$@"
+    ;;
+  metrics)
+    ensure_venv local
+    exec "$VENV/bin/python" -m localcloud metrics "$@"
     ;;
   logs)
     dir=.localcloud/llmstream-local/logs

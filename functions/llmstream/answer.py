@@ -35,7 +35,8 @@ from llmstream.exceptions import (
 from llmstream.limits import estimate_tokens
 from llmstream.llm import Finished, build_messages, open_stream, pieces
 from llmstream.models import EventKind
-from llmstream.settings import Settings
+from llmstream.observe import Record, Unit
+from llmstream.settings import Settings, priority_name
 from llmstream.tasks import Task
 
 logger = logging.getLogger(__name__)
@@ -92,6 +93,8 @@ class ChunkWriter:
         self._thread: threading.Thread | None = None
         self.chunks_written = 0
         self.text: list[str] = []  # this attempt's answer, for the session history
+        self.write_ms: list[float] = []  # each chunk-log write's latency
+        self.first_chunk_at: float | None = None  # wall clock, when the first text was written
 
     @property
     def seq(self) -> int:
@@ -160,8 +163,12 @@ class ChunkWriter:
             self._seq = last.seq if last else 0
 
     def _write(self, kind: EventKind, data: dict[str, Any]) -> None:
+        began = time.perf_counter()
         try:
             self._log.append(self._task_id, self._seq + 1, kind, data)
+            self.write_ms.append((time.perf_counter() - began) * 1000)
+            if kind == "chunk" and self.first_chunk_at is None:
+                self.first_chunk_at = time.time()
         except SeqConflict:
             if self._still_mine is None or not self._still_mine():
                 raise  # a newer attempt owns the task (SeqConflict is a ClaimLost)
@@ -298,6 +305,17 @@ def _transient(error: Exception) -> bool:
     return isinstance(error, APIStatusError) and error.status_code >= 500
 
 
+# The metrics of an attempt's outcome (observe.py): exactly one per attempt that claimed
+# its task, beside AnswersDeadLettered, which the worker counts for a poison message.
+DONE, ERROR, CANCELLED, TIMED_OUT = (
+    "AnswersDone",
+    "AnswersError",
+    "AnswersCancelled",
+    "AnswersTimedOut",
+)
+RETRIED, RATE_LIMITED, DEAD_LETTERED = "AnswersRetried", "AnswersRateLimited", "AnswersDeadLettered"
+
+
 def run_task(
     deps: Deps,
     task_id: str,
@@ -305,6 +323,7 @@ def run_task(
     receive_count: int = 1,
     remaining_seconds: Callable[[], float] | None = None,
     keep_alive: Callable[[], None] | None = None,
+    metrics: Record | None = None,
 ) -> None:
     """Claim ``task_id`` and stream its answer into the chunk log.
 
@@ -314,7 +333,12 @@ def run_task(
     when a newer attempt took the task over (leave the message alone: it is that attempt's
     now), and other exceptions only when the outcome could not be recorded (store
     unreachable), so that SQS redelivers the message. Every other ending is a terminal event.
+
+    ``metrics`` collects the attempt's figures (time in queue, the model's and the
+    pipeline's time to first token, tokens per second, duration, chunk-log write latency,
+    the outcome); the caller flushes it.
     """
+    metrics = metrics if metrics is not None else Record("worker")
     try:
         task = deps.tasks.claim(task_id)
     except TaskNotFound as e:
@@ -324,6 +348,12 @@ def run_task(
         return
 
     settings = deps.settings
+    metrics.dimension(
+        priority=priority_name(task.priority), backend=settings.chunklog_backend, model=task.model
+    )
+    metrics.property(task_id=task_id, attempt=task.attempt, trace_id=task.trace_id)
+    if task.attempt == 1 and task.started_at:
+        metrics.measure("QueueTime", (task.started_at - task.created_at) * 1000, Unit.Milliseconds)
     next_seq = 1
     if task.attempt > 1:
         # A previous attempt died mid-answer (the message came back after its visibility
@@ -344,9 +374,11 @@ def run_task(
         still_mine=lambda: deps.tasks.get(task_id).attempt == task.attempt,
     )
     try:
-        _answer(deps, task, writer, next_seq, remaining_seconds, receive_count, keep_alive)
+        _answer(deps, task, writer, next_seq, remaining_seconds, receive_count, keep_alive, metrics)
     finally:
         writer.close()
+        for ms in writer.write_ms:
+            metrics.measure("ChunkLogWriteLatency", ms, Unit.Milliseconds)
 
 
 def _control(deps: Deps, task: Task) -> str | None:
@@ -365,11 +397,13 @@ def _answer(
     remaining_seconds: Callable[[], float] | None,
     receive_count: int,
     keep_alive: Callable[[], None] | None = None,
+    metrics: Record | None = None,
 ) -> None:
     settings = deps.settings
     task_id = task.task_id
+    metrics = metrics if metrics is not None else Record("worker")
     if task.cancel_requested:
-        _end(deps, writer, task, "cancelled", {"type": "cancelled"})
+        _end(deps, writer, task, "cancelled", {"type": "cancelled"}, metrics)
         return
     history = (
         deps.tasks.session(task.owner, task.session_id)
@@ -387,6 +421,7 @@ def _answer(
             time.time() + wait,
             f"rate limited: waiting {wait:.0f}s for model capacity",
         )
+        metrics.count(RATE_LIMITED)
         raise Throttled(wait)
     budget = settings.answer_timeout_seconds
     if remaining_seconds is not None:
@@ -395,6 +430,7 @@ def _answer(
     try:
         if next_seq > 1:
             writer.event("reset", {"type": "reset", "attempt": task.attempt})
+        asked = time.time()
         stream = open_stream(deps.openai, task, messages)
         writer.start()
 
@@ -412,7 +448,7 @@ def _answer(
             beat_every=settings.worker_heartbeat_seconds / 4,
         )
         finished: Finished | None = None
-        first = True
+        first, first_at = True, 0.0
         with watchdog:
             try:
                 for piece in pieces(stream):
@@ -424,15 +460,30 @@ def _answer(
                     writer.add(piece)
                     if first:
                         first = False
-                        deps.tasks.mark_first_token(task_id, task.attempt, time.time())
+                        first_at = time.time()
+                        model_ms = (first_at - asked) * 1000
+                        metrics.measure("ModelTimeToFirstToken", model_ms, Unit.Milliseconds)
+                        if task.attempt == 1 and writer.first_chunk_at is not None:
+                            # From the request to its first text in the log, and what of
+                            # that the pipeline added (the queue, the claim, the history,
+                            # the first write) to the model's own wait.
+                            waited = (writer.first_chunk_at - task.created_at) * 1000
+                            metrics.measure("TimeToFirstToken", waited, Unit.Milliseconds)
+                            metrics.measure(
+                                "PipelineTimeToFirstToken",
+                                max(0.0, waited - model_ms),
+                                Unit.Milliseconds,
+                            )
+                        deps.tasks.mark_first_token(task_id, task.attempt, first_at)
             except Exception:
                 if not watchdog.reason:  # closing the stream makes the loop raise: expected
                     raise
         if watchdog.reason == "claim lost":
             raise ClaimLost(f"task {task_id}: attempt {task.attempt} was superseded")
         if watchdog.reason == "cancelled":
-            _end(deps, writer, task, "cancelled", {"type": "cancelled"})
+            _end(deps, writer, task, "cancelled", {"type": "cancelled"}, metrics)
         elif watchdog.reason == "timeout":
+            metrics.count(TIMED_OUT)
             _fail(deps, writer, task_id, task.attempt, f"timeout: no answer within {budget:.0f}s")
         else:
             usage = finished.usage if finished else None
@@ -440,7 +491,12 @@ def _answer(
             data: dict[str, Any] = {"type": "done", "usage": usage}
             if finished and finished.finish_reason:
                 data["finish_reason"] = finished.finish_reason
-            _end(deps, writer, task, "done", data)
+            _end(deps, writer, task, "done", data, metrics)
+            completion = (usage or {}).get("completion_tokens")
+            if completion and not first:
+                seconds = time.time() - first_at
+                if seconds > 0:
+                    metrics.measure("TokensPerSecond", completion / seconds, Unit.CountPerSecond)
             logger.info("task %s done: %d chunks", task_id, writer.chunks_written)
     except ClaimLost as e:
         # Another attempt owns the task now; it will write the terminal event. The message
@@ -452,7 +508,9 @@ def _answer(
         if _transient(e) and receive_count < settings.max_receive_count:
             delay = _backoff(settings, receive_count)
             deps.tasks.defer(task_id, task.attempt, time.time() + delay, reason)
+            metrics.count(RETRIED)
             raise RetryLater(delay, reason) from e
+        metrics.count(ERROR)
         _fail(deps, writer, task_id, task.attempt, reason)
     except StoreUnavailable as e:
         # The chunk log or the request table did not answer (the SDK's and redis-py's own
@@ -460,12 +518,17 @@ def _answer(
         # visibility timeout: the next attempt continues the log after its last event.
         reason = f"store unavailable: {e}"
         if receive_count < settings.max_receive_count:
+            metrics.count(RETRIED)
             raise RetryLater(_backoff(settings, receive_count), reason) from e
+        metrics.count(ERROR)
         _fail(deps, writer, task_id, task.attempt, reason)  # if it is still down: the DLQ
     except Exception as e:  # a bug must still end the stream, not leave it hanging
         logger.exception("task %s failed", task_id)
+        metrics.count(ERROR)
         _fail(deps, writer, task_id, task.attempt, f"internal error: {type(e).__name__}")
     finally:
+        if task.started_at and any(metrics.has(m) for m in (DONE, ERROR, CANCELLED, TIMED_OUT)):
+            metrics.measure("AnswerDuration", time.time() - task.started_at, Unit.Seconds)
         # The estimate was taken from the token bucket; settle it with what was used.
         actual = int(
             used.get("total_tokens")
@@ -481,9 +544,15 @@ def _answer(
 
 
 def _end(
-    deps: Deps, writer: ChunkWriter, task: Task, kind: EventKind, data: dict[str, Any]
+    deps: Deps,
+    writer: ChunkWriter,
+    task: Task,
+    kind: EventKind,
+    data: dict[str, Any],
+    metrics: Record,
 ) -> None:
     writer.event(kind, data)
+    metrics.count(DONE if kind == "done" else CANCELLED)
     if kind == "done":
         answer = "".join(writer.text)[: deps.settings.answer_max_chars]
         deps.tasks.finish(

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+from aws_lambda_powertools.utilities.typing import LambdaContext
 from fastapi import Depends, FastAPI, Header, Path, Response
 from mangum import Mangum
 
-from llmstream import chat, ops, web
+from llmstream import chat, observe, ops, web
 from llmstream.deps import Deps, get_deps
 from llmstream.models import (
     ID_PATTERN,
@@ -28,6 +29,8 @@ from llmstream.models import (
 from llmstream.settings import ApiSettings, get_api_settings
 from llmstream.web import AdminUser, CurrentUser
 
+observe.setup("api")
+logger = observe.logger
 settings = get_api_settings()  # fails at cold start when misconfigured, not on a request
 
 app = FastAPI(
@@ -154,4 +157,9 @@ def post_embeddings(
     return ops.embeddings(deps, user, body)
 
 
-handler = Mangum(app, lifespan="off")
+_mangum = Mangum(app, lifespan="off")
+
+
+@logger.inject_lambda_context  # cold_start, function_name and request id on every line
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return _mangum(event, context)  # type: ignore[arg-type]  # Mangum's event union

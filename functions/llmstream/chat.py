@@ -23,10 +23,10 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
 )
 from botocore.exceptions import BotoCoreError, ClientError
 
-from llmstream import tokens
+from llmstream import observe, tokens
 from llmstream.auth import Principal
 from llmstream.deps import Deps
-from llmstream.exceptions import IdempotencyConflict, QueueUnavailable
+from llmstream.exceptions import IdempotencyConflict, QueueUnavailable, QuotaExceeded
 from llmstream.models import (
     CancelResult,
     ChatAccepted,
@@ -39,7 +39,7 @@ from llmstream.models import (
     TaskStatus,
     Usage,
 )
-from llmstream.settings import ApiSettings, choose_model
+from llmstream.settings import ApiSettings, choose_model, priority_name
 from llmstream.tasks import Task, worker_lost
 
 
@@ -110,8 +110,15 @@ def _enqueue(
 ) -> dict[str, str]:
     now = time.time()
     model = choose_model(settings, request.model)  # ModelNotAllowed: 422, before any quota
-    deps.quotas.admit(user.sub, now)  # QuotaExceeded: 429 with Retry-After
+    metrics = observe.Record("api", priority=priority_name(request.priority), model=model)
+    try:
+        deps.quotas.admit(user.sub, now)  # QuotaExceeded: 429 with Retry-After
+    except QuotaExceeded:
+        metrics.count("RequestsRateLimited")
+        metrics.flush()
+        raise
     task_id = uuid.uuid4().hex
+    trace = observe.current_trace()
     if request.session_id:
         # Continuing a conversation: only its owner may (another user's id is not found).
         session_id = request.session_id
@@ -133,6 +140,7 @@ def _enqueue(
         cancel_on_disconnect=request.cancel_on_disconnect,
         created_at=now,
         new_session=request.session_id is None,
+        trace_id=observe.trace_id(trace),
     )
     # The row first, then the message: a worker that receives the id always finds the row.
     deps.tasks.create(task)
@@ -140,9 +148,18 @@ def _enqueue(
         deps.sqs.send_message(
             QueueUrl=settings.queue_url_for(request.priority),
             MessageBody=TaskMessage(task_id=task_id).model_dump_json(),
+            **observe.trace_attribute(trace),
         )
     except (ClientError, BotoCoreError) as e:
         raise QueueUnavailable(f"could not enqueue task: {e}") from e
+    observe.correlate(task_id=task_id)
+    observe.logger.info(
+        "chat accepted",
+        extra={"priority": request.priority, "model": model, "new_session": task.new_session},
+    )
+    metrics.count("ChatAccepted")
+    metrics.property(task_id=task_id, trace_id=task.trace_id)
+    metrics.flush()
     return {"task_id": task_id, "session_id": session_id}
 
 

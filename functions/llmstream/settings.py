@@ -185,6 +185,11 @@ def get_api_settings() -> ApiSettings:
     return ApiSettings()  # type: ignore[call-arg]
 
 
+def priority_name(priority: int) -> str:
+    """The queue a priority goes to (Settings.queue_url_for), as a metric dimension."""
+    return "high" if priority >= 5 else "low" if priority <= -5 else "default"
+
+
 def choose_model(settings: Settings, requested: str | None) -> str:
     """The model a request gets: MODEL_ID unless it names one that ALLOWED_MODELS offers."""
     if requested is None or requested == settings.model_id:

@@ -8,7 +8,6 @@ locally under plain uvicorn. Each event carries ``id: <seq>``; a reconnect with
 from __future__ import annotations
 
 import json
-import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -20,7 +19,7 @@ from fastapi import FastAPI, Header, HTTPException, Path, Query
 from fastapi.responses import StreamingResponse
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from llmstream import tokens, web
+from llmstream import observe, tokens, web
 from llmstream.auth import get_authenticator
 from llmstream.deps import get_deps
 from llmstream.exceptions import StoreUnavailable, TaskNotFound, TokenMissing
@@ -33,8 +32,10 @@ from llmstream.web import CurrentUser
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
 
+observe.setup("stream")
 settings = get_settings()
-logger = logging.getLogger(__name__)
+logger = observe.logger
+_cold = [True]  # the first request of this environment is its cold start
 
 app = FastAPI(
     title="llmstream stream",
@@ -93,6 +94,15 @@ async def stream(
         # The key comes from Secrets Manager on first use (a blocking call): off the loop.
         key = await anyio.to_thread.run_sync(lambda: deps.token_key)
         tokens.verify(key, task_id, task.owner, token)  # another owner's: 404
+    # This response's log lines carry the answer's trace (the api's), not the request's.
+    observe.correlate(task_id=task_id, user=task.owner, trace_id=task.trace_id)
+    metrics = observe.Record("stream", backend=settings.chunklog_backend)
+    metrics.count("StreamsOpened")
+    if start > 0:
+        metrics.count("StreamResumes")  # a reconnect that picks up after Last-Event-ID
+    metrics.property(task_id=task_id, trace_id=task.trace_id)
+    cold, _cold[0] = _cold[0], False
+    logger.info("stream opened", extra={"after": start, "cold_start": cold})
 
     window = settings.worker_heartbeat_seconds
     told = False
@@ -113,6 +123,7 @@ async def stream(
     async def events() -> AsyncIterator[ServerSentEvent]:
         nonlocal told
         left_early = True
+        sent, ending, opened = 0, "viewer left", time.monotonic()
         followed = follow(
             deps.log,
             task_id,
@@ -131,14 +142,29 @@ async def stream(
                     continue
                 told = False
                 yield ServerSentEvent(data=event.sse_data(), id=str(event.seq))
+                sent += 1
+                if event.terminal:
+                    ending = event.kind
             left_early = False  # the terminal event, or the end of this response's time
+            if ending == "viewer left":
+                ending = "time limit"  # STREAM_MAX_SECONDS: the client resumes
+                metrics.count("StreamsCutShort")
         except StoreUnavailable as e:
             # The chunk log does not answer: end this response cleanly; the client resumes
             # with Last-Event-ID, as after any disconnect (a cut body would look like an
             # error to it, and the viewer has not left: no cancel-on-disconnect).
             left_early = False
+            ending = "store unavailable"
+            metrics.count("StreamsCutShort")
             logger.warning("chunk log unavailable, ending the stream of %s: %s", task_id, e)
         finally:
+            seconds = time.monotonic() - opened
+            metrics.measure("StreamDuration", seconds, observe.Unit.Seconds)
+            metrics.flush()
+            logger.info(
+                "stream closed",
+                extra={"ending": ending, "events": sent, "seconds": round(seconds, 3)},
+            )
             if left_early and task.cancel_on_disconnect:
                 # The viewer went away and the request asked to stop then. The response is
                 # being torn down (cancelled): shield the call that records the cancel.

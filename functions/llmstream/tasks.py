@@ -53,6 +53,9 @@ class Task:
     # The request started its session (no session_id given): the worker has no history to
     # look up, which saves a query on the answer's critical path.
     new_session: bool = False
+    # The X-Ray trace of the request (observe.py): the worker's and the stream's log lines
+    # of this answer carry it too.
+    trace_id: str | None = None
 
     def to_item(self, expires_at: int) -> dict[str, Any]:
         raw = {k: v for k, v in self.__dict__.items() if v is not None}

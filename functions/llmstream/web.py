@@ -5,11 +5,14 @@ from __future__ import annotations
 import math
 from typing import Annotated
 
+import anyio
 from fastapi import Depends, FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from llmstream import observe
 from llmstream.auth import Principal, get_authenticator
 from llmstream.exceptions import (
     AuthUnavailable,
@@ -34,13 +37,16 @@ from llmstream.settings import Settings
 _bearer = HTTPBearer(auto_error=False, description="An access token of the user pool")
 
 
-def current_user(
+async def current_user(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
-    """The signed-in caller (401 otherwise). A sync dependency: FastAPI runs it in its
-    thread pool, so a first fetch of the issuer's keys never blocks the event loop."""
+    """The signed-in caller (401 otherwise). The check runs in a worker thread, so a first
+    fetch of the issuer's keys never blocks the event loop; the caller's sub then goes on
+    every log line of the request (set here, in the request's own context)."""
     header = f"{credentials.scheme} {credentials.credentials}" if credentials else None
-    return get_authenticator().authenticate(header)
+    user = await anyio.to_thread.run_sync(get_authenticator().authenticate, header)
+    observe.correlate(user=user.sub)
+    return user
 
 
 def admin_user(user: Annotated[Principal, Depends(current_user)]) -> Principal:
@@ -77,7 +83,27 @@ async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
 
 
+class Observed:
+    """ASGI middleware: each request's log lines carry its trace id (observe.py), and no
+    key of an earlier request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = next(
+            (v.decode("latin-1") for k, v in scope["headers"] if k == b"x-amzn-trace-id"), None
+        )
+        header = observe.trace_header(incoming)
+        with observe.request_scope(trace_id=observe.trace_id(header)), observe.tracing(header):
+            await self.app(scope, receive, send)
+
+
 def configure(app: FastAPI, settings: Settings, *, expose_headers: list[str] | None = None) -> None:
+    app.add_middleware(Observed)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,

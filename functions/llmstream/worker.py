@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.batch import (
     BatchProcessor,
     EventType,
@@ -15,13 +14,15 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
-from llmstream.answer import Poison, RetryLater, Throttled, run_task
+from llmstream import observe
+from llmstream.answer import DEAD_LETTERED, Poison, RetryLater, Throttled, run_task
 from llmstream.deps import Deps, get_deps
 from llmstream.exceptions import ClaimLost
 from llmstream.models import TaskMessage
+from llmstream.observe import Record, logger
 from llmstream.settings import Settings
 
-logger = Logger()
+observe.setup("worker")
 # The init phase builds settings and clients (as api.py does): a misconfiguration fails
 # at cold start, and an invocation's first step, its heartbeat, needs nothing built first.
 get_deps()
@@ -33,6 +34,20 @@ class Superseded(Exception):
 
 
 def record_handler(record: SQSRecord, lambda_context: LambdaContext) -> None:
+    # The api's trace header came with the message (AWSTraceHeader): this record's log
+    # lines and metrics carry the answer's trace id. Keys of an earlier record never do.
+    trace = record.attributes.aws_trace_header
+    metrics = Record("worker")
+    with observe.request_scope(trace_id=observe.trace_id(trace)):
+        try:
+            _handle(record, lambda_context, metrics, trace)
+        finally:
+            metrics.flush()
+
+
+def _handle(
+    record: SQSRecord, lambda_context: LambdaContext, metrics: Record, trace: str | None
+) -> None:
     deps = get_deps()
     queue_url = queue_url_of(deps.settings, record.event_source_arn)
 
@@ -48,11 +63,13 @@ def record_handler(record: SQSRecord, lambda_context: LambdaContext) -> None:
     try:
         message = TaskMessage.model_validate_json(record.body)
     except ValidationError as e:
+        metrics.count(DEAD_LETTERED)
+        metrics.property(message_id=record.message_id)
         dead_letter(deps, record, queue_url, f"not a task message: {e.error_count()} error(s)")
         return
     keep_alive()  # before anything else: a death from here on is noticed within the window
     # Thread-safe keys: the local poller runs several invocations in one process.
-    logger.thread_safe_append_keys(task_id=message.task_id)
+    observe.correlate(task_id=message.task_id)
     try:
         run_task(
             deps,
@@ -60,9 +77,12 @@ def record_handler(record: SQSRecord, lambda_context: LambdaContext) -> None:
             receive_count=int(record.attributes.approximate_receive_count),
             remaining_seconds=lambda: lambda_context.get_remaining_time_in_millis() / 1000,
             keep_alive=keep_alive,
+            metrics=metrics,
         )
     except Poison as poison:
         # Retrying cannot help: straight to the DLQ, where `./run.sh dlq` shows it.
+        metrics.count(DEAD_LETTERED)
+        metrics.property(message_id=record.message_id)
         dead_letter(deps, record, queue_url, str(poison))
     except ClaimLost as e:
         raise Superseded(str(e)) from e
@@ -74,6 +94,7 @@ def record_handler(record: SQSRecord, lambda_context: LambdaContext) -> None:
             QueueUrl=queue_url,
             MessageBody=record.body,
             DelaySeconds=min(900, max(1, math.ceil(throttled.delay))),
+            **observe.trace_attribute(trace),
         )
     except RetryLater as retry:
         # Back to the queue for the backoff delay instead of the queue's long visibility

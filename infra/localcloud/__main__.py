@@ -305,6 +305,17 @@ def _poll(args: argparse.Namespace) -> int:
     return 0
 
 
+def _metrics(args: argparse.Namespace) -> int:
+    from localcloud import metrics
+
+    logs = _dir(args) / "logs"
+    if not logs.is_dir():
+        say(f"{args.stack}: no logs yet; ./run.sh start first")
+        return 1
+    sys.stdout.write(metrics.report(logs, args.since) + "\n")
+    return 0
+
+
 def _dlq(args: argparse.Namespace) -> int:
     from localcloud import dlq, endpoints
 
@@ -424,6 +435,12 @@ def main(argv: list[str] | None = None) -> int:
     dead.add_argument("--stack", default="llmstream-local")
     dead.add_argument("--state-dir", help=argparse.SUPPRESS)
     dead.set_defaults(fn=_dlq)
+
+    metrics = sub.add_parser("metrics", help="the stack's metrics, from its functions' logs")
+    metrics.add_argument("--stack", default="llmstream-local")
+    metrics.add_argument("--since", type=float, help="only the last N minutes")
+    metrics.add_argument("--state-dir", help=argparse.SUPPRESS)
+    metrics.set_defaults(fn=_metrics)
 
     runtime = sub.add_parser("runtime", help="one execution environment (the poller starts it)")
     runtime.add_argument("--handler", required=True)

@@ -141,6 +141,9 @@ def _describe(code: int) -> str:
     return f"exit code {code}"
 
 
+_INITS = threading.BoundedSemaphore(max(1, os.cpu_count() or 1))
+
+
 class EnvironmentPool:
     """A function's execution environments: reused warm, at most ``size`` at once."""
 
@@ -262,6 +265,14 @@ class EnvironmentPool:
         tmp.replace(self._state_file)
 
     def _spawn(self) -> Environment:
+        # On Lambda every environment inits on hardware of its own; here they share the
+        # machine's cores, and 80 imports at once (a burst of load) would each take minutes
+        # and starve the answers already running. So at most a core's worth init at once:
+        # each waits its turn and then inits in about the time Lambda would take.
+        with _INITS:
+            return self._start()
+
+    def _start(self) -> Environment:
         req_r, req_w = os.pipe()
         res_r, res_w = os.pipe()
         proc = subprocess.Popen(

@@ -162,8 +162,13 @@ def _pipeline(api: str, fake_url: str, n: int, user: dict[str, str]) -> Answer:
                         bytes_in += 8
                         continue
                     bytes_in += len(sse.id) + len(sse.data) + 12  # "id: ", "data: ", newlines
+                    if sse.event != "message":  # `event: status` (worker lost): no seq
+                        continue
                     ids.append(int(sse.id))
                     data = json.loads(sse.data)
+                    if data.get("type") == "reset":  # a new attempt starts the text over
+                        text, arrivals = "", []
+                        continue
                     if "chunk" in data:
                         if first is None:
                             first, first_at = time.perf_counter(), time.time()

@@ -30,6 +30,7 @@ from tests.chaos import (
 )
 from tests.conftest import ARTIFACTS, ROOT
 from tests.e2e.conftest import auth, stack_options
+from tests.stacklogs import wait_records
 
 pytestmark = pytest.mark.e2e
 HEARTBEAT = 6  # seconds: the message's visibility window while a worker runs
@@ -143,8 +144,12 @@ def test_a_poison_message_goes_to_the_dlq_on_its_first_failure(crash_stack: Stac
     queue = crash_stack.template.queue_url("DefaultQueue")
     client = sqs(crash_stack)
     # WHEN the queue gets a body that is no task message, and one naming no task
-    client.send_message(QueueUrl=queue, MessageBody="not json at all")
-    client.send_message(QueueUrl=queue, MessageBody=json.dumps({"task_id": "0" * 32}))
+    sent = {
+        client.send_message(QueueUrl=queue, MessageBody="not json at all")["MessageId"],
+        client.send_message(QueueUrl=queue, MessageBody=json.dumps({"task_id": "0" * 32}))[
+            "MessageId"
+        ],
+    }
     # THEN both are in the DLQ within seconds, each delivered once, with the reason
     deadline = time.monotonic() + 30
     while len(letters := dead_letters(crash_stack)) < 2:
@@ -153,6 +158,9 @@ def test_a_poison_message_goes_to_the_dlq_on_its_first_failure(crash_stack: Stac
     text = "\n".join(letters)
     assert "not a task message" in text and "has no request row" in text
     assert "-DefaultQueue" in text
+    # AND the worker counted each (its metric records, as CloudWatch would read them)
+    counted = wait_records(crash_stack, "worker", "AnswersDeadLettered", 2, of=sent)
+    assert {r["message_id"] for r in counted} == sent and len(counted) == 2
     cli(crash_stack, "dlq", "redrive")  # they come back and go again: poison stays poison
     deadline = time.monotonic() + 30
     while len(dead_letters(crash_stack)) < 2:

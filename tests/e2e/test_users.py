@@ -16,6 +16,7 @@ import pytest
 from localcloud.up import Stack
 from tests.e2e.conftest import auth, stack_options, user
 from tests.e2e.test_chat_flow import read_stream
+from tests.stacklogs import wait_records
 
 pytestmark = pytest.mark.e2e
 PUBLIC = {("GET", "/health")}
@@ -193,6 +194,7 @@ def test_a_users_concurrent_requests_get_exactly_their_quota(quota_stack: Stack)
         return httpx.post(f"{api}/chat", json={"message": f"q{i}"}, headers=erin, timeout=30)
 
     # WHEN one user sends 12 requests at once
+    began = time.time()
     with ThreadPoolExecutor(12) as pool:
         answers = list(pool.map(post, range(12)))
     # THEN exactly 5 are accepted, the others are told why and when to come back
@@ -201,6 +203,8 @@ def test_a_users_concurrent_requests_get_exactly_their_quota(quota_stack: Stack)
     for refused in (r for r in answers if r.status_code == 429):
         assert int(refused.headers["retry-after"]) >= 1
         assert "request quota" in refused.json()["detail"]
+    # AND the api counted each refusal (its metric records, as CloudWatch would read them)
+    assert len(wait_records(quota_stack, "api", "RequestsRateLimited", 7, since=began)) == 7
     # AND another user is not held back by that
     frank = auth(quota_stack, "frank")
     assert httpx.post(f"{api}/chat", json={"message": "hi"}, headers=frank).status_code == 202

@@ -140,3 +140,48 @@ def test_the_redis_chunk_log_gets_a_tls_valkey_cache_that_only_the_functions_rea
         assert vpc["SecurityGroupIds"] == ["unit-FunctionSecurityGroup"]
         role = tpl.props(f"{spec.logical_id}Role")
         assert any("AWSLambdaVPCAccessExecutionRole" in arn for arn in role["ManagedPolicyArns"])
+
+
+def test_the_dashboard_and_alarms_read_only_metrics_the_functions_emit() -> None:
+    import json
+    import re
+
+    from llmstream.observe import METRICS
+
+    tpl = LocalTemplate.load("unit")
+    body = tpl.props("Dashboard")["DashboardBody"]["Fn::Sub"]
+    # ${Resource.Attr} and ${AWS::Region} are CloudFormation's; the rest must be JSON
+    widgets = json.loads(re.sub(r"\$\{[^}]+\}", "x", body))["widgets"]
+    ours = [
+        m[1]
+        for w in widgets
+        if w["type"] == "metric"
+        for m in w["properties"]["metrics"]
+        if isinstance(m[0], str) and m[0] == "llmstream"
+    ]
+    # every question of the README has its widgets: outcomes, the first token's wait split
+    # three ways, the chunk log and the streams
+    assert {"AnswersDone", "AnswersError", "QueueTime", "PipelineTimeToFirstToken"} <= set(ours)
+    assert {"ModelTimeToFirstToken", "ChunkLogWriteLatency", "StreamsCutShort"} <= set(ours)
+    assert set(ours) <= set(METRICS)
+    # the alarms: error rate, time to first token p95, dead letters, all to the topic
+    alarms = tpl.of_type("AWS::CloudWatch::Alarm")
+    names: set[str] = set()
+    for alarm in alarms.values():
+        p = alarm["Properties"]
+        assert p["AlarmActions"] == [{"Ref": "AlarmTopic"}]
+        names.add(p.get("MetricName", ""))
+        for q in p.get("Metrics", []):
+            if "MetricStat" in q:
+                metric = q["MetricStat"]["Metric"]
+                assert metric["Namespace"] == "llmstream" and metric["MetricName"] in METRICS
+                names.add(metric["MetricName"])
+    assert {"AnswersError", "AnswersTimedOut", "TimeToFirstToken"} <= names
+    assert "ApproximateNumberOfMessagesVisible" in names  # the dead-letter queue's depth
+
+
+def test_every_metric_is_explained_in_the_readme() -> None:
+    from llmstream.observe import METRICS
+
+    readme = (ROOT / "README.md").read_text()
+    assert [m for m in METRICS if f"`{m}`" not in readme] == []
