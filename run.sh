@@ -77,12 +77,13 @@ ensure_uv() {
   fi
 }
 
-# install_locked DIR LOCKFILE: exactly the lock's packages (others removed), each checked
-# against the lock's hashes.
+# install_locked DIR LOCKFILE [UV-OPTION ...]: exactly the lock's packages (others removed),
+# each checked against the lock's hashes.
 install_locked() {
   local dir=$1 lockfile=$2
+  shift 2
   VIRTUAL_ENV="$PWD/$dir" "$dir/bin/uv" pip sync --quiet --python "$dir/bin/python" \
-    --require-hashes "$lockfile" "$LOCK/uv.txt"
+    --require-hashes "$@" "$lockfile" "$LOCK/uv.txt"
 }
 
 # ensure_venv [local|dev]: the virtualenv with the project and an extra of its tools, as
@@ -285,9 +286,7 @@ ensure_lambda_venv() {
       rm -rf .venv-lambda
     fi
     ensure_uv .venv-lambda 12
-    VIRTUAL_ENV="$PWD/.venv-lambda" .venv-lambda/bin/uv pip sync --quiet \
-      --python .venv-lambda/bin/python --require-hashes --compile-bytecode \
-      functions/requirements.txt "$LOCK/uv.txt"
+    install_locked .venv-lambda functions/requirements.txt --compile-bytecode
     find .venv-lambda -maxdepth 1 -name '.installed-*' -delete
     touch ".venv-lambda/.installed-$hash"
   fi

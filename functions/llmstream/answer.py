@@ -396,12 +396,11 @@ def _answer(
     next_seq: int,
     remaining_seconds: Callable[[], float] | None,
     receive_count: int,
-    keep_alive: Callable[[], None] | None = None,
-    metrics: Record | None = None,
+    keep_alive: Callable[[], None] | None,
+    metrics: Record,
 ) -> None:
     settings = deps.settings
     task_id = task.task_id
-    metrics = metrics if metrics is not None else Record("worker")
     if task.cancel_requested:
         _end(deps, writer, task, "cancelled", {"type": "cancelled"}, metrics)
         return

@@ -83,6 +83,9 @@ async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
 
 
+_TRACE_HEADER = observe.TRACE_HEADER.encode()
+
+
 class Observed:
     """ASGI middleware: each request's log lines carry its trace id (observe.py), and no
     key of an earlier request."""
@@ -95,7 +98,7 @@ class Observed:
             await self.app(scope, receive, send)
             return
         incoming = next(
-            (v.decode("latin-1") for k, v in scope["headers"] if k == b"x-amzn-trace-id"), None
+            (v.decode("latin-1") for k, v in scope["headers"] if k == _TRACE_HEADER), None
         )
         header = observe.trace_header(incoming)
         with observe.request_scope(trace_id=observe.trace_id(header)), observe.tracing(header):
