@@ -206,6 +206,8 @@ pin_changes() {
 #   infra/lock/localstack.txt  the localstack group, for .venv-localstack (Python 3.13)
 #   functions/requirements.txt  the functions' dependencies for Lambda (Python 3.12, arm64;
 #                           checked to be the same set for x86_64), within dev.txt's pins
+#   infra/lock/lambda-runtime.txt  the runtime interface client in `sam local`'s image
+#                           (Python 3.12, x86_64), beside functions/requirements.txt
 #   infra/lock/uv.txt       uv itself, which pip installs hash-checked
 lock() {
   ensure_uv "$VENV"
@@ -214,7 +216,7 @@ lock() {
   tmp=$(mktemp -d)
   mkdir -p "$LOCK"
   local files=("$LOCK/dev.txt" "$LOCK/local.txt" "$LOCK/checkov.txt" "$LOCK/localstack.txt"
-    functions/requirements.txt "$LOCK/uv.txt")
+    functions/requirements.txt "$LOCK/lambda-runtime.txt" "$LOCK/uv.txt")
   local f
   for f in "${files[@]}"; do
     if [ -f "$f" ]; then cp "$f" "$old/$(echo "$f" | tr / _)"; fi
@@ -243,6 +245,9 @@ lock() {
     rm -rf "$old" "$tmp"
     return 1
   fi
+  compile "$@" --group pyproject.toml:lambda-runtime --python-version 3.12 \
+    --python-platform x86_64-manylinux_2_28 -c functions/requirements.txt \
+    -o "$LOCK/lambda-runtime.txt"
   echo "uv==$UV_VERSION" | compile - -o "$LOCK/uv.txt"
   if git rev-parse --git-dir >/dev/null 2>&1; then
     git diff --stat -- "${files[@]}"  # against the index: what a commit would change
@@ -314,6 +319,22 @@ wants_redis() {
   return 1
 }
 
+# True if the arguments ask for the functions in Lambda containers (`--lambda sam`).
+wants_sam() {
+  case " $* " in
+    *" --lambda sam "* | *" --lambda=sam "*) return 0 ;;
+  esac
+  return 1
+}
+
+# `--lambda sam`: sam (the dev venv), a Docker engine and debootstrap for the image.
+ensure_sam_local() {
+  ensure_venv
+  ensure_lambda_python
+  command -v dockerd >/dev/null 2>&1 || ensure_apt docker.io
+  ensure_apt debootstrap
+}
+
 # `start -d`: the stack in the background, its output in .localcloud/llmstream-local/up.log.
 start_detached() {
   local dir=.localcloud/llmstream-local
@@ -353,7 +374,7 @@ case "$cmd" in
     exec ./run.sh test "$@"
     ;;
   start)
-    ensure_venv local
+    if wants_sam "$@"; then ensure_sam_local; else ensure_venv local; fi
     wants_redis "$@" && ensure_apt redis-server
     ensure_aws_target "$@"
     if [ "${1:-}" = "-d" ] || [ "${1:-}" = "--detach" ]; then
@@ -368,7 +389,7 @@ case "$cmd" in
     "$VENV/bin/python" -m localcloud stop
     ;;
   restart)
-    ensure_venv local
+    if wants_sam "$@"; then ensure_sam_local; else ensure_venv local; fi
     wants_redis "$@" && ensure_apt redis-server
     ensure_aws_target "$@"
     "$VENV/bin/python" -m localcloud stop
@@ -424,6 +445,15 @@ case "$cmd" in
     ensure_checkov
     ensure_lambda_python
     ensure_lambda_venv  # the benchmark test's cold starts
+    # `sam local` (tests/e2e/test_sam_local.py) runs where a Docker engine runs or root can
+    # start one, on the default target. Its image builds in the background meanwhile.
+    if [ -z "$aws_target" ] && { [ "$(id -u)" -eq 0 ] || docker info >/dev/null 2>&1; }; then
+      command -v dockerd >/dev/null 2>&1 || docker info >/dev/null 2>&1 || ensure_apt docker.io
+      ensure_apt debootstrap
+      mkdir -p .localcloud
+      say "building the Lambda image for sam local in the background (.localcloud/lambda-image.log)"
+      python -m localcloud lambda-image >.localcloud/lambda-image.log 2>&1 &
+    fi
     say "ruff"
     ruff check functions infra tests
     ruff format --check functions infra tests >/dev/null || { ruff format --diff functions infra tests; exit 1; }

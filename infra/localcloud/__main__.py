@@ -45,6 +45,7 @@ def _up(args: argparse.Namespace) -> int:
             redis=args.redis_port + args.port_offset,
             dynamodb=args.dynamodb_port + args.port_offset,
             moto=args.moto_port + args.port_offset,
+            invoke=args.invoke_port + args.port_offset,
         ),
         aws=args.aws,
         workers=args.workers,
@@ -52,6 +53,8 @@ def _up(args: argparse.Namespace) -> int:
         fake_tps=args.fake_tps,
         fake_ttft_ms=args.fake_ttft_ms,
         chunk_log=args.chunk_log,
+        functions=args.functions,
+        parameters=dict(p.split("=", 1) for p in args.parameter),
     )
 
     stack = Stack(opts, progress=say)
@@ -73,6 +76,8 @@ def _up(args: argparse.Namespace) -> int:
             say(f"  chunk log     {u['redis']}   (Redis Streams)")
         if "openai" in u:
             say(f"  fake openai   {u['openai']}")
+        if "invoke" in u:
+            say(f"  lambda invoke {u['invoke']}   (sam local start-lambda: the worker)")
         if "model" in u:
             say(f"  model         {u['model']}   (OPENAI_BASE_URL)")
         say(f"  logs          {opts.dir / 'logs'}")
@@ -305,6 +310,29 @@ def _poll(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lambda_image(args: argparse.Namespace) -> int:
+    from localcloud import samlocal
+
+    try:
+        say(samlocal.prebuild(_dir(args), say))
+        return 0
+    except samlocal.SamLocalError as e:
+        say(f"error: {e}")
+        return 1
+
+
+def _parameter(text: str) -> str:
+    if "=" not in text or not text.split("=", 1)[0]:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return text
+
+
+def _relay(args: argparse.Namespace) -> int:
+    from localcloud import relay
+
+    return relay.run(args.listen, args.to, args.ports)
+
+
 def _metrics(args: argparse.Namespace) -> int:
     from localcloud import metrics
 
@@ -367,6 +395,18 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--dynamodb-port", type=int, default=8000, help="DynamoDB Local")
     up.add_argument("--moto-port", type=int, default=4567, help="moto beside LocalStack")
     up.add_argument(
+        "--invoke-port", type=int, default=3001, help="the Lambda Invoke API (--lambda sam)"
+    )
+    up.add_argument(
+        "--lambda",
+        dest="functions",
+        choices=["local", "sam"],
+        default="local",
+        help="how the api and worker functions run: local (a process per execution "
+        "environment, no Docker) or sam (Lambda containers under `sam local`: needs a "
+        "Docker engine, which root can start)",
+    )
+    up.add_argument(
         "--aws",
         choices=["auto", *TARGETS],
         default="auto",
@@ -382,6 +422,14 @@ def main(argv: list[str] | None = None) -> int:
         help="where answers are written and streamed from (redis: Redis Streams)",
     )
     up.add_argument("--workers", type=int, default=4, help="concurrent local worker invocations")
+    up.add_argument(
+        "--parameter",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        type=_parameter,
+        help="a template parameter, e.g. WorkerTimeout=60 (repeatable)",
+    )
     up.add_argument(
         "--env-file",
         default=str(ROOT / ".env"),
@@ -453,6 +501,19 @@ def main(argv: list[str] | None = None) -> int:
     poll = sub.add_parser("poll", help="SQS event source poller (spec from `up`)")
     poll.add_argument("--spec", required=True)
     poll.set_defaults(fn=_poll)
+
+    relay = sub.add_parser("relay", help="the containers' bridge to loopback (`--lambda sam`)")
+    relay.add_argument("--listen", required=True, help="the bridge's host address")
+    relay.add_argument("--to", default="127.0.0.1")
+    relay.add_argument("--ports", type=int, nargs="+", required=True)
+    relay.set_defaults(fn=_relay)
+
+    image = sub.add_parser(
+        "lambda-image", help="build the functions' Lambda image for --lambda sam, if missing"
+    )
+    image.add_argument("--stack", default="llmstream-local")
+    image.add_argument("--state-dir", help=argparse.SUPPRESS)
+    image.set_defaults(fn=_lambda_image)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")

@@ -19,14 +19,55 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from localcloud.poller import EventSourceMapping
-from localcloud.runtime import EnvironmentPool
+from localcloud.runtime import EnvironmentPool, HandlerError
 
 log = logging.getLogger(__name__)
 
 
+class InvokeApi:
+    """The function behind the Lambda Invoke API (``sam local start-lambda``): what the
+    event source calls instead of an environment of its own. A function error, a timeout
+    or an engine failure fails the whole batch, whose messages come back, as on Lambda."""
+
+    def __init__(
+        self, endpoint: str, function: str, timeout_seconds: int, region: str = "us-east-1"
+    ) -> None:
+        self.function = function
+        # No retries: a failed invocation is the event source's to handle (redelivery).
+        self._client = boto3.client(
+            "lambda",
+            endpoint_url=endpoint,
+            region_name=region,
+            config=Config(
+                connect_timeout=5,
+                # The container's start, the function's whole Timeout, and SAM's cleanup.
+                read_timeout=timeout_seconds + 60,
+                retries={"mode": "standard", "max_attempts": 1},
+            ),
+        )
+
+    def __call__(self, event: dict[str, Any], context: Any) -> Any:
+        answer = self._client.invoke(FunctionName=self.function, Payload=json.dumps(event))
+        payload = answer["Payload"].read()
+        if not payload.strip():
+            # Lambda answers a timeout with FunctionError "Sandbox.Timedout"; SAM stops the
+            # container and answers 200 with nothing (a handler's None is "null"). Either
+            # way the function gave no result, and the batch must come back.
+            raise HandlerError(f"{self.function}: no result (timed out, or its container died)")
+        result = json.loads(payload)
+        if answer.get("FunctionError") or (isinstance(result, dict) and "errorType" in result):
+            message = result.get("errorMessage") if isinstance(result, dict) else payload[:200]
+            raise HandlerError(f"{self.function}: {message}")
+        return result
+
+    def close(self) -> None:
+        self._client.close()
+
+
 def run_poller(spec_path: Path) -> None:
     """Run the event source mappings described in ``spec_path`` until SIGTERM/SIGINT, each
-    invocation in an execution environment of its own (a child process, see runtime.py)."""
+    invocation in an execution environment of its own (a child process, see runtime.py),
+    or, with an ``invoke_url`` in the spec, through that Lambda Invoke API."""
     specs: list[dict[str, Any]] = json.loads(spec_path.read_text())
     # Short timeouts and few retries: with its endpoint gone, a poller must still stop
     # within seconds (long polls are ``wait_seconds``; a read waits a little longer).
@@ -36,9 +77,15 @@ def run_poller(spec_path: Path) -> None:
             connect_timeout=2, read_timeout=10, retries={"mode": "standard", "max_attempts": 2}
         ),
     )
-    pools: dict[str, EnvironmentPool] = {}
+    pools: dict[str, EnvironmentPool | InvokeApi] = {}
     for spec in specs:
         pool = pools.get(spec["function_name"])
+        if spec.get("invoke_url"):
+            if pool is None:
+                pools[spec["function_name"]] = InvokeApi(
+                    spec["invoke_url"], spec["invoke_function"], spec["timeout"], spec["region"]
+                )
+            continue
         if pool is None:
             pool = pools[spec["function_name"]] = EnvironmentPool(
                 handler=spec["handler"],
@@ -48,6 +95,7 @@ def run_poller(spec_path: Path) -> None:
                 size=0,
                 state_file=spec_path.with_suffix(".envs.json"),
             )
+        assert isinstance(pool, EnvironmentPool)
         pool.size += spec["concurrency"]
     (spec_path.with_suffix(".pid")).write_text(str(os.getpid()))
     mappings = []

@@ -7,7 +7,9 @@ the conversation, so tests can compute the exact answer with ``expected_answer``
 
 Timing is set per server (time to first token, tokens per second) and can be overridden
 per request by a directive in the last user message, e.g. ``[[fake tokens=200 tps=20]]``
-(``status=500`` makes it fail that request, to test the error path).
+(``status=500`` makes it fail that request, to test the error path; ``hang_ms=30000``
+makes the first request of a conversation wait that long before it answers at all, as a
+model endpoint that hangs once).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class Behaviour:
     tps: float = 50.0  # tokens per second after the first
     ttft_ms: float = 200.0  # time to first token
     status: int = 200  # answer every request with this HTTP error instead (e.g. 500, 429)
+    hang_ms: float = 0.0  # the first request of a conversation: no answer for this long
 
 
 def parse_directive(text: str, base: Behaviour) -> Behaviour:
@@ -57,6 +60,7 @@ def parse_directive(text: str, base: Behaviour) -> Behaviour:
         tps=float(fields.get("tps", base.tps)),
         ttft_ms=float(fields.get("ttft_ms", base.ttft_ms)),
         status=int(fields.get("status", base.status)),
+        hang_ms=float(fields.get("hang_ms", base.hang_ms)),
     )
 
 
@@ -152,6 +156,7 @@ def create_app(behaviour: Behaviour | None = None) -> FastAPI:
     # The conversations the model was sent (newest last, bounded): tests check what reached
     # the model, e.g. that one user's history never goes out with another user's request.
     app.state.conversations = collections.deque(maxlen=2000)
+    app.state.hung = set()  # the conversations that have had their hang
 
     def _auth_error(request: Request) -> JSONResponse | None:
         if not request.headers.get("authorization", "").startswith("Bearer "):
@@ -229,6 +234,9 @@ def create_app(behaviour: Behaviour | None = None) -> FastAPI:
         app.state.conversations.append(messages)
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
         behave = parse_directive(_last_user(messages), base)
+        if behave.hang_ms and (key := request_key(messages)) not in app.state.hung:
+            app.state.hung.add(key)
+            await asyncio.sleep(behave.hang_ms / 1000)  # not even the response headers
         if behave.status != 200:
             return _error(
                 f"fake failure {behave.status}",

@@ -154,8 +154,8 @@ class LocalTemplate:
                 logical_id=logical_id,
                 name=self.physical_name(logical_id),
                 handler=p["Handler"],
-                timeout=int(p.get("Timeout", 3)),
-                memory=int(p.get("MemorySize", 128)),
+                timeout=int(self.resolve(p.get("Timeout", 3))),
+                memory=int(self.resolve(p.get("MemorySize", 128))),
                 snapstart=self.resolve((p.get("SnapStart") or {}).get("ApplyOn"))
                 == "PublishedVersions",
                 environment={

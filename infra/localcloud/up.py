@@ -25,7 +25,7 @@ from typing import IO, Any
 
 import httpx
 
-from localcloud import TARGETS, emulators, endpoints, processes
+from localcloud import TARGETS, emulators, endpoints, processes, samlocal
 from localcloud.provision import provision
 from localcloud.template import ROOT, LocalTemplate
 from localcloud.users import LocalUser, UserPool
@@ -53,6 +53,7 @@ class Ports:
     redis: int = 6380  # not Redis's own 6379, which a system redis-server may hold
     dynamodb: int = 8000  # DynamoDB Local's own default (targets dynamodb-local, localstack)
     moto: int = 4567  # moto beside LocalStack, for what LocalStack's free edition lacks
+    invoke: int = 3001  # `--lambda sam`: the Lambda Invoke API (sam local start-lambda's own)
 
 
 @dataclass
@@ -80,6 +81,11 @@ class Options:
     # For "external": the endpoint variables (and credentials) to use instead of this
     # process's environment (the e2e tier shares one set of emulators between its stacks).
     external_env: dict[str, str] | None = None
+    # How the api and worker functions run: "local" (a process per execution environment,
+    # no Docker) or "sam" (Lambda containers under `sam local`; see samlocal.py).
+    functions: str = "local"
+    # Template parameters besides the stack's own (e.g. WorkerTimeout).
+    parameters: dict[str, str] = field(default_factory=dict)
 
     @property
     def dir(self) -> Path:
@@ -105,6 +111,7 @@ class Stack:
         self.pool: UserPool | None = None
         self.aws_env: dict[str, str] = {}
         self.endpoints: dict[str, str | None] = {}
+        self.lambda_image = ""
         if options.aws == "auto":
             self.target = "external" if endpoints.configured(os.environ) else "moto"
         elif options.aws in TARGETS:
@@ -129,6 +136,17 @@ class Stack:
         steps += [
             ("resources from template.yaml", self._provision),
             ("model", self._model),
+        ]
+        if o.functions == "sam":
+            if self.target != "moto":
+                raise StartError(
+                    "--lambda sam runs on the moto target only: SAM gives a function only "
+                    "the variables the template declares, and it declares one AWS endpoint"
+                )
+            steps.append(("Lambda containers (Docker engine, image)", self._lambda_containers))
+        elif o.functions != "local":
+            raise StartError(f"unknown --lambda {o.functions!r}: local or sam")
+        steps += [
             ("api, stream and worker functions", self._functions),
             ("frontend", self._frontend),
         ]
@@ -177,6 +195,8 @@ class Stack:
             ports["openai"] = o.ports.openai
         if o.chunk_log == "redis" and not os.environ.get("REDIS_URL"):
             ports["redis"] = o.ports.redis
+        if o.functions == "sam":
+            ports["invoke"] = o.ports.invoke
         return ports
 
     def _processes_file(self) -> Path:
@@ -195,7 +215,7 @@ class Stack:
     def stop(self) -> None:
         # The functions first (the pollers finish their long polls and invocations against a
         # live emulator), then the stores.
-        stores = ("aws", "moto", "dynamodb", "redis")
+        stores = ("aws", "moto", "dynamodb", "redis", "docker")
         first = {n: p for n, p in self.procs.items() if n not in stores}
         last = {n: p for n, p in self.procs.items() if n in stores}
         for group in (first, last):
@@ -212,6 +232,9 @@ class Stack:
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
+            if group is first and self.lambda_image:
+                # A container SAM had no time to stop (its invocation was cut short).
+                samlocal.remove_containers(self.lambda_image)
         self.procs.clear()
         for f in self._logs:
             f.close()
@@ -272,6 +295,7 @@ class Stack:
             "logs": str(self.opts.dir / "logs"),
             "fake_openai": self.fake_openai,
             "chunk_log": self.opts.chunk_log,
+            "functions": self.opts.functions,
             "auth": self.auth_config,
             "queues": dict(self.template.queue_urls) if self.template else {},
         }
@@ -297,8 +321,8 @@ class Stack:
 
     def sam_local_env(self) -> dict[str, dict[str, str]]:
         """`sam local --env-vars` file: each function's environment as this stack runs it
-        (template values resolved to the local resources, the local AWS endpoint). Use it
-        with `--docker-network host`, so the container reaches the endpoint on loopback."""
+        (template values resolved to the local resources, the local AWS endpoint), as its
+        container reaches them (by the host's alias, through the relay: `--lambda sam`)."""
         assert self.template is not None
         out: dict[str, dict[str, str]] = {}
         for logical_id, spec in self.template.functions().items():
@@ -313,7 +337,8 @@ class Stack:
                 env["OPENAI_BASE_URL"] = self.openai_env["OPENAI_BASE_URL"]
             if not env.get("AUTH_JWKS_URL") and self.pool is not None:
                 env["AUTH_JWKS_URL"] = self._jwks_url()
-            out[logical_id] = env
+            env.update(self.opts.extra_env)
+            out[logical_id] = samlocal.in_container(env)
         return out
 
     def check(self) -> None:
@@ -453,7 +478,7 @@ class Stack:
             o.stack,
             # Locally the page runs on another port, and direct mode is on (it is off by
             # default in the cloud, where the stream URL is public).
-            parameters={"AllowedOrigin": "*", "EnableDirectMode": "true"},
+            parameters={"AllowedOrigin": "*", "EnableDirectMode": "true", **o.parameters},
             region=self.aws_env["AWS_DEFAULT_REGION"],
         )
         tpl.overrides[f"{STREAM_FUNCTION}Url.FunctionUrl"] = f"http://{o.host}:{o.ports.stream}/"
@@ -553,15 +578,100 @@ class Stack:
         assert self.pool is not None
         return f"{self._cognito_url()}/{self.pool.pool_id}/.well-known/jwks.json"
 
+    def _lambda_containers(self) -> str:
+        """`--lambda sam`: a Docker engine (started as a component if none runs) and the
+        functions' image (built if missing)."""
+        parts = []
+        with samlocal.building():
+            if samlocal.engine_answers():
+                parts.append("Docker engine running")
+            else:
+                try:
+                    argv = samlocal.dockerd_command(self.opts.dir)
+                except samlocal.SamLocalError as e:
+                    raise StartError(str(e)) from None
+                self._spawn("docker", argv)
+                self._wait("docker", samlocal.engine_answers, timeout=90)
+                parts.append("dockerd started (stops with the stack)")
+            try:
+                self.lambda_image, built = samlocal.ensure_image(self.progress)
+            except samlocal.SamLocalError as e:
+                raise StartError(str(e)) from None
+        parts.append(f"image {self.lambda_image}{' (built)' if built else ''}")
+        return ", ".join(parts)
+
+    def _sam_functions(self) -> None:
+        """The api under `sam local start-api`, the worker under `start-lambda` (invoked by
+        the poller), and the relay that lets their containers reach this stack."""
+        o = self.opts
+        called = [
+            *(url for url in self.endpoints.values() if url),
+            *self.openai_env.values(),
+            *([self.urls["redis"]] if "redis" in self.urls else []),
+        ]
+        ports = samlocal.loopback_ports(called)
+        try:
+            bridge = samlocal.bridge_address()
+        except samlocal.SamLocalError as e:
+            raise StartError(str(e)) from None
+        if ports:
+            self._spawn(
+                "relay",
+                [
+                    sys.executable,
+                    "-m",
+                    "localcloud",
+                    "relay",
+                    "--listen",
+                    bridge,
+                    "--to",
+                    o.host,
+                    "--ports",
+                    *map(str, ports),
+                ],
+            )
+            pid = self.procs["relay"].pid
+            self._wait("relay", lambda: all(processes.listens(pid, p) for p in ports))
+        env_file = self.sam_local_env_file()
+        env_file.write_text(json.dumps(self.sam_local_env(), indent=2))
+        parameters = {
+            "AllowedOrigin": "*",
+            "EnableDirectMode": "true",
+            **o.parameters,
+            "LocalEndpointUrl": samlocal.to_host_alias(self.aws_env["AWS_ENDPOINT_URL"]),
+        }
+        # SAM itself calls no AWS endpoint; it hands its credentials and region on.
+        env = {**_environ(), **{k: v for k, v in self.aws_env.items() if "ENDPOINT" not in k}}
+        for name, kind, port in (
+            ("api", "start-api", o.ports.api),
+            ("worker-lambda", "start-lambda", o.ports.invoke),
+        ):
+            argv = samlocal.command(
+                kind,
+                host=o.host,
+                port=port,
+                env_file=env_file,
+                image=self.lambda_image,
+                parameters=parameters,
+            )
+            self._spawn(name, argv, env=env)
+        pid = self.procs["worker-lambda"].pid
+        self._wait("worker-lambda", lambda: processes.listens(pid, o.ports.invoke))
+        self.urls["invoke"] = f"http://{o.host}:{o.ports.invoke}"
+
     def _functions(self) -> str:
         o = self.opts
         tpl = self.template
         assert tpl is not None
         api_module = tpl.functions()[API_FUNCTION].handler.rpartition(".")[0]
-        for name, app, port, logical in (
+        uvicorn_apps = [
             ("api", f"{api_module}:app", o.ports.api, API_FUNCTION),
             ("stream", STREAM_APP, o.ports.stream, STREAM_FUNCTION),
-        ):
+        ]
+        if o.functions == "sam":
+            self._sam_functions()
+            uvicorn_apps = uvicorn_apps[1:]  # the stream function stays here (see README)
+        for name, app, port, logical in uvicorn_apps:
             self._spawn(
                 name,
                 [
@@ -582,9 +692,16 @@ class Stack:
         self.urls["api"] = f"http://{o.host}:{o.ports.api}"
         self.urls["stream"] = f"http://{o.host}:{o.ports.stream}"
         self._start_pollers()
-        self._wait_http("api", f"{self.urls['api']}/health")
+        if o.functions == "sam":
+            # Each request starts a container: wait for SAM's port, then ask once.
+            pid = self.procs["api"].pid
+            self._wait("api", lambda: processes.listens(pid, o.ports.api))
+            self._wait("api", lambda: _answers(f"{self.urls['api']}/health", 120), timeout=240)
+        else:
+            self._wait_http("api", f"{self.urls['api']}/health")
         self._wait_http("stream", f"{self.urls['stream']}/health")
-        return f"api {self.urls['api']}, stream {self.urls['stream']}, {o.workers} worker(s)"
+        where = " (api and worker in Lambda containers)" if o.functions == "sam" else ""
+        return f"api {self.urls['api']}, stream {self.urls['stream']}, {o.workers} worker(s){where}"
 
     def _start_pollers(self) -> None:
         tpl = self.template
@@ -609,6 +726,11 @@ class Stack:
                     "report_batch_item_failures": esm.report_batch_item_failures,
                     "concurrency": min(cap, self.opts.workers),
                     "region": tpl.region,
+                    **(
+                        {"invoke_url": self.urls["invoke"], "invoke_function": esm.function}
+                        if self.opts.functions == "sam"
+                        else {}
+                    ),
                 }
             )
         for function, specs in by_function.items():
@@ -713,6 +835,13 @@ class Stack:
                 return False
 
         self._wait(name, ready)
+
+
+def _answers(url: str, timeout: float) -> bool:
+    try:
+        return httpx.get(url, timeout=timeout).status_code < 500
+    except httpx.HTTPError:
+        return False
 
 
 def _environ() -> dict[str, str]:

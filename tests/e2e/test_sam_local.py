@@ -1,88 +1,130 @@
-"""`sam local start-api` runs the api function in Docker against the local stack."""
+"""`--lambda sam`: the api under `sam local start-api` and the worker under `sam local
+start-lambda` (invoked by the stack's poller through the Lambda Invoke API), each
+invocation in a Lambda container (the RIE and awslambdaric) with the function's Timeout
+and MemorySize; the stream function on uvicorn. Runs wherever a Docker engine runs or
+root can start one; the stack starts and stops dockerd itself if none runs."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import subprocess
 import time
-from pathlib import Path
+from collections.abc import Iterator
 
 import httpx
 import pytest
 
+from localcloud import samlocal
 from localcloud.up import Stack, free_port
-from tests.conftest import ROOT
-from tests.e2e.conftest import auth
-from tests.unit.test_template import sam
+from tests.e2e.conftest import AWS_TARGET, auth, stack_options
+from tests.e2e.test_chat_flow import answer_of, read_stream, text
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.processes]
 
-
-def docker_engine() -> bool:
-    if shutil.which("docker") is None:
-        return False
-    return subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode == 0
+WORKER_TIMEOUT = 20  # seconds: short, so an invocation that overruns it is quick to see
+TOKENS = 30
 
 
-@pytest.fixture(scope="session")  # before the session-scoped stack starts
-def need_docker() -> None:
-    if not docker_engine():
-        pytest.skip("no Docker engine here: `sam local` runs functions in containers")
-
-
-def test_sam_local_start_api_accepts_a_chat(
-    need_docker: None, local_stack: Stack, tmp_path: Path
-) -> None:
-    env = {**os.environ, "SAM_CLI_TELEMETRY": "0"}
-    subprocess.run(
-        [sam(), "build", "--build-dir", str(tmp_path / "build")],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        timeout=900,
-    )
-    port = free_port()
-    me = auth(local_stack)  # the stack's pool: the function in Docker checks its tokens too
-    proc = subprocess.Popen(
-        [
-            sam(),
-            "local",
-            "start-api",
-            "--template",
-            str(tmp_path / "build" / "template.yaml"),
-            "--env-vars",
-            str(local_stack.sam_local_env_file()),
-            "--docker-network",
-            "host",
-            "--port",
-            str(port),
-        ],
-        cwd=ROOT,
-        env=env,
-    )
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            try:
-                resp = httpx.post(
-                    f"http://127.0.0.1:{port}/chat", json={"message": "hi"}, headers=me, timeout=60
-                )
-                break
-            except httpx.HTTPError:
-                time.sleep(2)
-        else:
-            pytest.fail("sam local start-api did not answer")
-        assert resp.status_code == 202, resp.text
-        assert json.loads(resp.text)["stream_url"].startswith(local_stack.urls["stream"])
-        # and without a sign-in, nothing
-        assert (
-            httpx.post(
-                f"http://127.0.0.1:{port}/chat", json={"message": "hi"}, timeout=60
-            ).status_code
-            == 401
+def docker_unavailable() -> str | None:
+    """Why `sam local` cannot run here, or None."""
+    if AWS_TARGET != "moto":
+        return f"--lambda sam runs on the moto target (this run: {AWS_TARGET})"
+    if samlocal.engine_answers():
+        return None
+    if shutil.which("dockerd") is None:
+        return (
+            "no Docker engine here, and no dockerd to start (`./run.sh test` installs it as root)"
         )
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    if os.geteuid() != 0:
+        return "no Docker engine running here, and only root can start one"
+    return None
+
+
+@pytest.fixture(scope="module")
+def sam_stack() -> Iterator[Stack]:
+    if (why := docker_unavailable()) is not None:
+        pytest.skip(why)
+    opts = stack_options(
+        "e2e-sam",
+        functions="sam",
+        workers=2,
+        fake_tokens=TOKENS,
+        parameters={"WorkerTimeout": str(WORKER_TIMEOUT)},
+    )
+    opts.ports.invoke = free_port()
+    with Stack(opts) as stack:
+        yield stack
+
+
+def worker_lines(stack: Stack) -> list[str]:
+    """What the worker's containers printed (SAM relays it to its own log)."""
+    return stack.log("worker-lambda").read_text(errors="replace").splitlines()
+
+
+def wait_final(stack: Stack, task_id: str, timeout: float = 150) -> dict[str, object]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        resp = httpx.get(f"{stack.urls['api']}/chat/{task_id}", headers=auth(stack), timeout=120)
+        assert resp.status_code == 200, resp.text
+        status = dict(resp.json())
+        if status["status"] in ("done", "error", "cancelled"):
+            return status
+        time.sleep(1)
+    pytest.fail(f"task {task_id} did not end within {timeout:.0f}s")
+
+
+def test_a_chat_goes_through_lambda_containers_end_to_end(sam_stack: Stack) -> None:
+    api = sam_stack.urls["api"]
+    seen = len(worker_lines(sam_stack))
+    # WHEN a signed-in user posts a chat to `sam local start-api`
+    resp = httpx.post(
+        f"{api}/chat", json={"message": "hello containers"}, headers=auth(sam_stack), timeout=120
+    )
+    # THEN the api function, in its container, accepts it and points at the stream function
+    assert resp.status_code == 202, resp.text
+    body = resp.json()
+    assert body["stream_url"].startswith(f"{sam_stack.urls['stream']}/stream/{body['task_id']}")
+    # AND the answer streams whole, written by the worker in its container
+    events = read_stream(body["stream_url"])
+    assert json.loads(events[-1].data)["type"] == "done"
+    assert text(events) == answer_of("hello containers", TOKENS)
+    lines = worker_lines(sam_stack)[seen:]
+    assert any(body["task_id"] in line and "done" in line for line in lines)
+    assert any(
+        line.startswith("REPORT RequestId:") and "Memory Size: 256 MB" in line for line in lines
+    )
+    # AND not by the stack's own execution environments
+    assert body["task_id"] not in sam_stack.log("worker").read_text(errors="replace")
+    api_log = sam_stack.log("api").read_text(errors="replace")
+    assert "REPORT RequestId:" in api_log and "Memory Size: 1024 MB" in api_log
+    # AND without a sign-in the function in the container refuses
+    anonymous = httpx.post(f"{api}/chat", json={"message": "hi"}, timeout=120)
+    assert anonymous.status_code == 401, anonymous.text
+
+
+def test_an_invocation_past_the_timeout_is_retried_and_the_answer_ends(
+    sam_stack: Stack,
+) -> None:
+    # GIVEN a model that takes longer than the worker's Timeout to answer at all, once
+    seen = len(worker_lines(sam_stack))
+    message = f"a hanging model [[fake hang_ms={(WORKER_TIMEOUT + 30) * 1000}]]"
+    resp = httpx.post(
+        f"{sam_stack.urls['api']}/chat",
+        json={"message": message},
+        headers=auth(sam_stack),
+        timeout=120,
+    )
+    assert resp.status_code == 202, resp.text
+    body = resp.json()
+    # WHEN its first invocation overruns the Timeout: SAM stops the container
+    final = wait_final(sam_stack, body["task_id"])
+    assert f"Function 'WorkerFunction' timed out after {WORKER_TIMEOUT} seconds" in "\n".join(
+        worker_lines(sam_stack)[seen:]
+    )
+    # THEN the message came back, a second attempt answered, and the stream ends whole
+    assert final["status"] == "done", final
+    assert int(str(final["attempt"])) >= 2, final
+    events = read_stream(body["stream_url"])
+    assert json.loads(events[-1].data)["type"] == "done"
+    assert final["text"] == answer_of(message, TOKENS)

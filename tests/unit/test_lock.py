@@ -13,7 +13,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from tests import lockcheck
-from tests.lockcheck import CHECKOV, DEV, FUNCTIONS, LOCAL, LOCKS, UV
+from tests.lockcheck import CHECKOV, DEV, FUNCTIONS, LAMBDA_RUNTIME, LOCAL, LOCKS, UV
 
 pytestmark = pytest.mark.unit
 
@@ -61,6 +61,7 @@ def test_every_pin_equals_the_dev_locks(lock: Path) -> None:
         (DEV, "dependencies"),
         (DEV, "dev"),
         (CHECKOV, "group checkov"),
+        (LAMBDA_RUNTIME, "group lambda-runtime"),
     ],
     ids=lambda v: name(v) if isinstance(v, Path) else v,
 )
@@ -81,6 +82,7 @@ def test_every_requirement_of_pyproject_is_satisfied_by_its_lock(lock: Path, par
         (LOCAL, ["dependencies", "local"]),
         (DEV, ["dependencies", "dev"]),
         (CHECKOV, ["group checkov"]),
+        (LAMBDA_RUNTIME, ["group lambda-runtime"]),
     ],
     ids=lambda v: name(v) if isinstance(v, Path) else "+".join(v),
 )

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -185,3 +186,36 @@ def test_every_metric_is_explained_in_the_readme() -> None:
 
     readme = (ROOT / "README.md").read_text()
     assert [m for m in METRICS if f"`{m}`" not in readme] == []
+
+
+def _functions(parameters: dict[str, str] | None = None) -> dict[str, Any]:
+    tpl = LocalTemplate.load("unit", parameters=parameters)
+    tpl.queue_urls = {q: f"http://aws/{q}" for q in tpl.of_type("AWS::SQS::Queue")}
+    tpl.overrides["StreamFunctionUrl.FunctionUrl"] = "http://stream/"
+    return {
+        "specs": tpl.functions(),
+        "architectures": {k: tpl.resolve(tpl.props(k)["Architectures"]) for k in tpl.functions()},
+    }
+
+
+def test_in_the_cloud_the_functions_are_arm64_with_no_endpoint_override() -> None:
+    got = _functions()
+    assert set(map(tuple, got["architectures"].values())) == {("arm64",)}
+    for spec in got["specs"].values():
+        assert "AWS_ENDPOINT_URL" not in spec.environment
+    assert got["specs"]["WorkerFunction"].timeout == 300
+
+
+def test_sam_local_gets_x86_64_a_declared_endpoint_and_a_shorter_worker_timeout() -> None:
+    got = _functions(
+        {
+            "Architecture": "x86_64",
+            "LocalEndpointUrl": "http://host.docker.internal:4566",
+            "WorkerTimeout": "20",
+        }
+    )
+    assert set(map(tuple, got["architectures"].values())) == {("x86_64",)}
+    for spec in got["specs"].values():
+        # SAM passes a function only the variables the template declares
+        assert spec.environment["AWS_ENDPOINT_URL"] == "http://host.docker.internal:4566"
+    assert got["specs"]["WorkerFunction"].timeout == 20
