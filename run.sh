@@ -440,20 +440,25 @@ case "$cmd" in
       export LLMSTREAM_AWS=$aws_target
     fi
     # The browser tests drive Debian's Chromium; the Redis Streams chunk log runs on
-    # Debian's redis-server.
-    ensure_apt chromium fonts-dejavu-core redis-server
-    ensure_checkov
-    ensure_lambda_python
-    ensure_lambda_venv  # the benchmark test's cold starts
-    # `sam local` (tests/e2e/test_sam_local.py) runs where a Docker engine runs or root can
-    # start one, on the default target. Its image builds in the background meanwhile.
+    # Debian's redis-server. `sam local` (tests/e2e/test_sam_local.py) runs where a Docker
+    # engine runs or root can start one, on the default target; its image builds in the
+    # background while the rest is installed and tested.
+    packages=(chromium fonts-dejavu-core redis-server)
+    sam_local=""
     if [ -z "$aws_target" ] && { [ "$(id -u)" -eq 0 ] || docker info >/dev/null 2>&1; }; then
-      command -v dockerd >/dev/null 2>&1 || docker info >/dev/null 2>&1 || ensure_apt docker.io
-      ensure_apt debootstrap
+      sam_local=1
+      packages+=(debootstrap)
+      command -v dockerd >/dev/null 2>&1 || docker info >/dev/null 2>&1 || packages+=(docker.io)
+    fi
+    ensure_apt "${packages[@]}"
+    if [ -n "$sam_local" ]; then
       mkdir -p .localcloud
       say "building the Lambda image for sam local in the background (.localcloud/lambda-image.log)"
       python -m localcloud lambda-image >.localcloud/lambda-image.log 2>&1 &
     fi
+    ensure_checkov
+    ensure_lambda_python
+    ensure_lambda_venv  # the benchmark test's cold starts
     say "ruff"
     ruff check functions infra tests
     ruff format --check functions infra tests >/dev/null || { ruff format --diff functions infra tests; exit 1; }

@@ -151,6 +151,8 @@ class Stack:
             ("frontend", self._frontend),
         ]
         try:
+            # The fake model needs nothing else: it starts beside the emulators.
+            self._spawn_fake_model()
             for n, (what, fn) in enumerate(steps, 1):
                 self._step(n, len(steps), what, fn)
         except BaseException:
@@ -502,19 +504,10 @@ class Stack:
         }
         return ", ".join(f"{n} {k.split('::')[1].lower()}(s)" for k, n in counts.items())
 
-    def _model(self) -> str:
+    def _spawn_fake_model(self) -> None:
         o = self.opts
-        base_url = os.environ.get("OPENAI_BASE_URL", "").strip()
-        key = os.environ.get("OPENAI_API_KEY", "").strip()
-        if base_url or key:
-            # A real model: OpenAI, or any OpenAI-compatible API (a local Ollama or vLLM
-            # server needs no key, but the SDK wants one).
-            self.openai_env: dict[str, str] = {"OPENAI_BASE_URL": base_url} if base_url else {}
-            self._store_openai_key(key or "sk-no-key-needed")
-            if base_url:
-                self.urls["model"] = base_url
-            return f"{base_url or 'the OpenAI API'} (OPENAI_BASE_URL / OPENAI_API_KEY)"
-        url = f"http://{o.host}:{o.ports.openai}"
+        if os.environ.get("OPENAI_BASE_URL", "").strip() or os.environ.get("OPENAI_API_KEY"):
+            return
         self._spawn(
             "openai",
             [
@@ -534,6 +527,22 @@ class Stack:
                 str(o.fake_ttft_ms),
             ],
         )
+
+    def _model(self) -> str:
+        o = self.opts
+        base_url = os.environ.get("OPENAI_BASE_URL", "").strip()
+        key = os.environ.get("OPENAI_API_KEY", "").strip()
+        if base_url or key:
+            # A real model: OpenAI, or any OpenAI-compatible API (a local Ollama or vLLM
+            # server needs no key, but the SDK wants one).
+            self.openai_env: dict[str, str] = {"OPENAI_BASE_URL": base_url} if base_url else {}
+            self._store_openai_key(key or "sk-no-key-needed")
+            if base_url:
+                self.urls["model"] = base_url
+            return f"{base_url or 'the OpenAI API'} (OPENAI_BASE_URL / OPENAI_API_KEY)"
+        url = f"http://{o.host}:{o.ports.openai}"
+        if "openai" not in self.procs:
+            self._spawn_fake_model()
         self._wait_http("openai", f"{url}/health")
         self.urls["openai"] = f"{url}/v1"
         self.fake_openai = True
@@ -668,6 +677,8 @@ class Stack:
             ("api", f"{api_module}:app", o.ports.api, API_FUNCTION),
             ("stream", STREAM_APP, o.ports.stream, STREAM_FUNCTION),
         ]
+        # The page needs only the functions' URLs: it starts while they do.
+        self._spawn_frontend()
         if o.functions == "sam":
             self._sam_functions()
             uvicorn_apps = uvicorn_apps[1:]  # the stream function stays here (see README)
@@ -745,10 +756,16 @@ class Stack:
             )
             self._wait(name, lambda p=spec_path: p.with_suffix(".ready").exists())
 
-    def _frontend(self) -> str:
+    def _spawn_frontend(self) -> None:
         o = self.opts
+        if "frontend" in self.procs:
+            return
         config = json.dumps(
-            {"apiUrl": self.urls["api"], "streamUrl": self.urls["stream"], "auth": self.auth_config}
+            {
+                "apiUrl": f"http://{o.host}:{o.ports.api}",
+                "streamUrl": f"http://{o.host}:{o.ports.stream}",
+                "auth": self.auth_config,
+            }
         )
         self._spawn(
             "frontend",
@@ -765,6 +782,10 @@ class Stack:
                 config,
             ],
         )
+
+    def _frontend(self) -> str:
+        o = self.opts
+        self._spawn_frontend()
         url = f"http://{o.host}:{o.ports.frontend}"
         self._wait_http("frontend", f"{url}/config.json")
         self.urls["frontend"] = url
