@@ -623,6 +623,8 @@ class Stack:
             bridge = samlocal.bridge_address()
         except samlocal.SamLocalError as e:
             raise StartError(str(e)) from None
+        if "relay" in self.procs:  # again (another chunk log): its ports may change
+            self._stop_gracefully(lambda name: name == "relay")
         if ports:
             self._spawn(
                 "relay",

@@ -11,6 +11,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import httpx
 import pytest
@@ -57,6 +58,29 @@ def sam_stack() -> Iterator[Stack]:
         yield stack
 
 
+@dataclass
+class Hanging:
+    message: str
+    body: dict[str, str]
+    seen: int  # the worker log's lines before it
+
+
+@pytest.fixture(scope="module")
+def hanging_chat(sam_stack: Stack) -> Hanging:
+    """A chat whose model takes longer than the worker's Timeout to answer at all, once:
+    posted before the other test, so the wait for its retry overlaps it."""
+    seen = len(worker_lines(sam_stack))
+    message = f"a hanging model [[fake hang_ms={(WORKER_TIMEOUT + 30) * 1000}]]"
+    resp = httpx.post(
+        f"{sam_stack.urls['api']}/chat",
+        json={"message": message},
+        headers=auth(sam_stack),
+        timeout=120,
+    )
+    assert resp.status_code == 202, resp.text
+    return Hanging(message, resp.json(), seen)
+
+
 def worker_lines(stack: Stack) -> list[str]:
     """What the worker's containers printed (SAM relays it to its own log)."""
     return stack.log("worker-lambda").read_text(errors="replace").splitlines()
@@ -74,7 +98,9 @@ def wait_final(stack: Stack, task_id: str, timeout: float = 150) -> dict[str, ob
     pytest.fail(f"task {task_id} did not end within {timeout:.0f}s")
 
 
-def test_a_chat_goes_through_lambda_containers_end_to_end(sam_stack: Stack) -> None:
+def test_a_chat_goes_through_lambda_containers_end_to_end(
+    sam_stack: Stack, hanging_chat: Hanging
+) -> None:
     api = sam_stack.urls["api"]
     seen = len(worker_lines(sam_stack))
     # WHEN a signed-in user posts a chat to `sam local start-api`
@@ -104,27 +130,18 @@ def test_a_chat_goes_through_lambda_containers_end_to_end(sam_stack: Stack) -> N
 
 
 def test_an_invocation_past_the_timeout_is_retried_and_the_answer_ends(
-    sam_stack: Stack,
+    sam_stack: Stack, hanging_chat: Hanging
 ) -> None:
     # GIVEN a model that takes longer than the worker's Timeout to answer at all, once
-    seen = len(worker_lines(sam_stack))
-    message = f"a hanging model [[fake hang_ms={(WORKER_TIMEOUT + 30) * 1000}]]"
-    resp = httpx.post(
-        f"{sam_stack.urls['api']}/chat",
-        json={"message": message},
-        headers=auth(sam_stack),
-        timeout=120,
-    )
-    assert resp.status_code == 202, resp.text
-    body = resp.json()
+    body = hanging_chat.body
     # WHEN its first invocation overruns the Timeout: SAM stops the container
     final = wait_final(sam_stack, body["task_id"])
     assert f"Function 'WorkerFunction' timed out after {WORKER_TIMEOUT} seconds" in "\n".join(
-        worker_lines(sam_stack)[seen:]
+        worker_lines(sam_stack)[hanging_chat.seen :]
     )
     # THEN the message came back, a second attempt answered, and the stream ends whole
     assert final["status"] == "done", final
     assert int(str(final["attempt"])) >= 2, final
     events = read_stream(body["stream_url"])
     assert json.loads(events[-1].data)["type"] == "done"
-    assert final["text"] == answer_of(message, TOKENS)
+    assert final["text"] == answer_of(hanging_chat.message, TOKENS)
