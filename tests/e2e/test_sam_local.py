@@ -10,7 +10,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import httpx
@@ -86,6 +86,18 @@ def worker_lines(stack: Stack) -> list[str]:
     return stack.log("worker-lambda").read_text(errors="replace").splitlines()
 
 
+def wait_line(stack: Stack, since: int, match: Callable[[str], bool], timeout: float = 60) -> str:
+    """The first line of the worker's log after line ``since`` that ``match``es, waiting
+    for it: SAM relays what a container prints after the invocation it belongs to ends."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in worker_lines(stack)[since:]:
+            if match(line):
+                return line
+        time.sleep(0.5)
+    pytest.fail(f"no such line in the worker's log within {timeout:.0f}s")
+
+
 def wait_final(stack: Stack, task_id: str, timeout: float = 150) -> dict[str, object]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -115,10 +127,11 @@ def test_a_chat_goes_through_lambda_containers_end_to_end(
     events = read_stream(body["stream_url"])
     assert json.loads(events[-1].data)["type"] == "done"
     assert text(events) == answer_of("hello containers", TOKENS)
-    lines = worker_lines(sam_stack)[seen:]
-    assert any(body["task_id"] in line and "done" in line for line in lines)
-    assert any(
-        line.startswith("REPORT RequestId:") and "Memory Size: 256 MB" in line for line in lines
+    wait_line(sam_stack, seen, lambda line: body["task_id"] in line and "done" in line)
+    wait_line(
+        sam_stack,
+        seen,
+        lambda line: line.startswith("REPORT RequestId:") and "Memory Size: 256 MB" in line,
     )
     # AND not by the stack's own execution environments
     assert body["task_id"] not in sam_stack.log("worker").read_text(errors="replace")
@@ -136,9 +149,8 @@ def test_an_invocation_past_the_timeout_is_retried_and_the_answer_ends(
     body = hanging_chat.body
     # WHEN its first invocation overruns the Timeout: SAM stops the container
     final = wait_final(sam_stack, body["task_id"])
-    assert f"Function 'WorkerFunction' timed out after {WORKER_TIMEOUT} seconds" in "\n".join(
-        worker_lines(sam_stack)[hanging_chat.seen :]
-    )
+    timed_out = f"Function 'WorkerFunction' timed out after {WORKER_TIMEOUT} seconds"
+    wait_line(sam_stack, hanging_chat.seen, lambda line: timed_out in line, timeout=5)
     # THEN the message came back, a second attempt answered, and the stream ends whole
     assert final["status"] == "done", final
     assert int(str(final["attempt"])) >= 2, final
