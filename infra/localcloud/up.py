@@ -749,6 +749,7 @@ class Stack:
         for function, specs in by_function.items():
             spec_path = self.opts.dir / f"poller-{function}.json"
             spec_path.with_suffix(".ready").unlink(missing_ok=True)
+            spec_path.with_suffix(".envs.json").unlink(missing_ok=True)  # an earlier run's
             spec_path.write_text(json.dumps(specs, indent=2))
             name = "worker" if len(by_function) == 1 else f"worker-{function}"
             self._spawn(
