@@ -193,7 +193,7 @@ class Stack:
             ports["moto"] = o.ports.moto
         if target in ("dynamodb-local", "localstack"):
             ports["dynamodb"] = o.ports.dynamodb
-        if not os.environ.get("OPENAI_API_KEY") and not os.environ.get("OPENAI_BASE_URL"):
+        if not _real_model():
             ports["openai"] = o.ports.openai
         if o.chunk_log == "redis" and not os.environ.get("REDIS_URL"):
             ports["redis"] = o.ports.redis
@@ -506,7 +506,7 @@ class Stack:
 
     def _spawn_fake_model(self) -> None:
         o = self.opts
-        if os.environ.get("OPENAI_BASE_URL", "").strip() or os.environ.get("OPENAI_API_KEY"):
+        if _real_model():
             return
         self._spawn(
             "openai",
@@ -532,7 +532,7 @@ class Stack:
         o = self.opts
         base_url = os.environ.get("OPENAI_BASE_URL", "").strip()
         key = os.environ.get("OPENAI_API_KEY", "").strip()
-        if base_url or key:
+        if _real_model():
             # A real model: OpenAI, or any OpenAI-compatible API (a local Ollama or vLLM
             # server needs no key, but the SDK wants one).
             self.openai_env: dict[str, str] = {"OPENAI_BASE_URL": base_url} if base_url else {}
@@ -859,6 +859,14 @@ class Stack:
                 return False
 
         self._wait(name, ready)
+
+
+def _real_model() -> bool:
+    """A real model is configured (OpenAI, or an OpenAI-compatible API): no fake one."""
+    return bool(
+        os.environ.get("OPENAI_BASE_URL", "").strip()
+        or os.environ.get("OPENAI_API_KEY", "").strip()
+    )
 
 
 def _answers(url: str, timeout: float) -> bool:
