@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from localcloud import samlocal
 from localcloud.template import NO_VALUE, LocalTemplate
 
 pytestmark = pytest.mark.unit
@@ -18,10 +17,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def sam() -> str:
-    found = shutil.which("sam", path=str(Path(sys.executable).parent)) or shutil.which("sam")
-    if found is None:
-        pytest.fail("sam (aws-sam-cli) is not installed: ./run.sh installs it")
-    return found
+    try:
+        return samlocal.sam()
+    except samlocal.SamLocalError as e:
+        pytest.fail(str(e))
 
 
 def test_sam_validate_lint_passes() -> None:
