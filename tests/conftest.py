@@ -14,7 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from localcloud.up import StartError, free_port, redis_answers, redis_server_command
+from localcloud.options import StartError, free_port
+from localcloud.redis_server import redis_answers, redis_server_command
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"

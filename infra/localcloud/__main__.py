@@ -1,275 +1,25 @@
-"""``python -m localcloud up|poll|aws|fake-openai|frontend|token|status|stop|scale``."""
+"""``python -m localcloud COMMAND``: the command line of the local cloud. `up` runs a
+stack (foreground.py); `token`, `status`, `stop`, `scale`, `dlq`, `metrics` talk to a
+running one (commands.py); `aws`, `fake-openai`, `frontend`, `poll`, `runtime`, `relay`
+are the stack's own servers, which its supervisor starts."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
-import os
-import signal
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
-from localcloud import TARGETS
+from localcloud import TARGETS, commands
+from localcloud.commands import say, stack_dir
 from localcloud.template import ROOT
-from localcloud.users import UserPool
-
-
-def say(msg: str) -> None:
-    print(msg, flush=True)  # noqa: T201 - this is the command's output
-
-
-def _interrupt(*_: object) -> None:
-    raise KeyboardInterrupt
 
 
 def _up(args: argparse.Namespace) -> int:
-    from localcloud import dotenv_file
-    from localcloud.up import Options, Ports, Stack, StartError
+    from localcloud import foreground
 
-    env_file = Path(args.env_file)
-    taken = dotenv_file.load(env_file)  # before anything reads the environment
-    if taken:
-        say(f"{env_file.name}: {', '.join(sorted(taken))}")
-
-    opts = Options(
-        stack=args.stack,
-        ports=Ports(
-            aws=args.aws_port + args.port_offset,
-            api=args.api_port + args.port_offset,
-            stream=args.stream_port + args.port_offset,
-            openai=args.openai_port + args.port_offset,
-            frontend=args.frontend_port + args.port_offset,
-            redis=args.redis_port + args.port_offset,
-            dynamodb=args.dynamodb_port + args.port_offset,
-            moto=args.moto_port + args.port_offset,
-            invoke=args.invoke_port + args.port_offset,
-        ),
-        aws=args.aws,
-        workers=args.workers,
-        fake_tokens=args.fake_tokens,
-        fake_tps=args.fake_tps,
-        fake_ttft_ms=args.fake_ttft_ms,
-        chunk_log=args.chunk_log,
-        functions=args.functions,
-        parameters=dict(p.split("=", 1) for p in args.parameter),
-    )
-
-    stack = Stack(opts, progress=say)
-    signal.signal(signal.SIGTERM, _interrupt)  # `run.sh stop` and CI end it like Ctrl-C
-    try:
-        stack.start()
-        # A user to sign in with, in the operators' group so the dashboard opens too (this
-        # is the developer's own machine); `./run.sh token NAME` makes ordinary users.
-        demo = stack.ensure_user(DEMO_USER, admin=True)
-        u = stack.urls
-        say("")
-        say("llmstream is up:")
-        say(f"  chat page     {u['frontend']}")
-        say(f"  api           {u['api']}   (POST /chat, GET /chat/{{task_id}}, /docs)")
-        say(f"  stream        {u['stream']}   (GET /stream/{{task_id}}?token=...)")
-        for service, url in sorted(stack.endpoints.items()):
-            say(f"  {service:<13} {url or 'AWS'}")
-        if "redis" in u:
-            say(f"  chunk log     {u['redis']}   (Redis Streams)")
-        if "openai" in u:
-            say(f"  fake openai   {u['openai']}")
-        if "invoke" in u:
-            say(f"  lambda invoke {u['invoke']}   (sam local start-lambda: the worker)")
-        if "model" in u:
-            say(f"  model         {u['model']}   (OPENAI_BASE_URL)")
-        say(f"  logs          {opts.dir / 'logs'}")
-        say(f"  sign in as    {demo.name} / {demo.password}   (in the admins group)")
-        say("")
-        say("try: TOKEN=$(./run.sh token demo | tail -1)")
-        say(
-            f'     curl -X POST {u["api"]}/chat -H "authorization: Bearer $TOKEN" '
-            "-H 'content-type: application/json' -d '{\"message\":\"hi\"}'"
-        )
-        say("Ctrl-C stops everything.")
-        control = opts.dir / "workers"
-        control.unlink(missing_ok=True)
-        while True:
-            time.sleep(1)
-            stack.check()
-            if control.exists():  # `localcloud scale N` asks for another worker count
-                wanted = int(control.read_text().strip() or opts.workers)
-                control.unlink()
-                say(f"scaling the local workers to {wanted} ...")
-                stack.scale(wanted)
-                say(f"{wanted} worker(s) per queue")
-    except KeyboardInterrupt:
-        say("\nstopping ...")
-        return 0
-    except StartError as e:
-        say(f"error: {e}")
-        return 1
-    finally:
-        started = bool(stack.procs)
-        stack.stop()
-        if started:
-            say("stopped.")
-
-
-DEMO_USER = "demo"
-
-
-def _dir(args: argparse.Namespace) -> Path:
-    """The stack's state folder: .localcloud/<stack>, or --state-dir (tests' stacks)."""
-    explicit = getattr(args, "state_dir", None)
-    return Path(explicit) if explicit else ROOT / ".localcloud" / args.stack
-
-
-def _state(args: argparse.Namespace) -> dict[str, object] | None:
-    path = _dir(args) / "state.json"
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def _pool(args: argparse.Namespace, state: dict[str, Any]) -> UserPool:
-    """The running stack's user pool, as its state file names it."""
-    from localcloud import endpoints
-
-    auth = state["auth"]
-    cognito = endpoints.client("cognito-idp", state["aws"]["env"])
-    return UserPool(
-        cognito=cognito,
-        pool_id=auth["userPoolId"],
-        client_id=auth["clientId"],
-        passwords_file=_dir(args) / "users.json",
-    )
-
-
-def _token(args: argparse.Namespace) -> int:
-    state = _state(args)
-    if state is None or not _alive(int(state["pid"])):  # type: ignore[call-overload]
-        say(f"{args.stack}: not running; ./run.sh start first")
-        return 1
-    user = _pool(args, state).ensure_user(args.name, admin=args.admin)
-    say(f"user {user.name} (password {user.password}){' in admins' if args.admin else ''}")
-    say("access token (send it as: Authorization: Bearer <token>; it lasts an hour):")
-    say(user.access_token)
-    return 0
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _recorded(args: argparse.Namespace) -> list[Any]:
-    """The stack's processes as its supervisor wrote them down (processes.json)."""
-    from localcloud.processes import Recorded
-
-    path = _dir(args) / "processes.json"
-    if not path.exists():
-        return []
-    return [Recorded(**r) for r in json.loads(path.read_text())]
-
-
-def _status(args: argparse.Namespace) -> int:
-    import httpx
-
-    recorded = _recorded(args)
-    supervisor = next((r for r in recorded if r.name == "supervisor"), None)
-    running = [r for r in recorded if r.name != "supervisor" and r.running()]
-    state = _state(args)
-    if supervisor is None or not supervisor.running():
-        if running:
-            say(
-                f"{args.stack}: HALF-DEAD: its supervisor"
-                f"{f' (pid {supervisor.pid})' if supervisor else ''} is gone, "
-                f"{len(running)} component(s) still running; `./run.sh stop` ends them"
-            )
-            for r in running:
-                say(f"  {r.name:<9} pid {r.pid:<7} running")
-            return 1
-        say(f"{args.stack}: not running")
-        return 3
-    if state is None:
-        say(f"{args.stack}: starting (pid {supervisor.pid})")
-        return 1
-    say(f"{args.stack}: up (pid {state['pid']}, {state['workers']} worker(s) per queue)")
-    for r in recorded:
-        if r.name != "supervisor":
-            say(f"  {r.name:<9} pid {r.pid:<7} {'running' if r.running() else 'DEAD'}")
-    envs_file = _dir(args) / "poller-WorkerFunction.envs.json"
-    if envs_file.exists():
-        envs = json.loads(envs_file.read_text())
-        busy = sum(1 for e in envs["environments"] if e["busy_since"])
-        say(
-            f"  worker environments: {len(envs['environments'])} ({busy} running an answer),"
-            f" {envs['started']} started, {envs['deaths']} died"
-        )
-    urls = state["urls"]
-    try:
-        admin = _pool(args, state).ensure_user(DEMO_USER, admin=True)
-        full = httpx.get(
-            f"{urls['api']}/health/full",  # type: ignore[index]
-            headers=admin.headers,
-            timeout=10,
-        ).json()
-    except Exception as e:  # an unreachable api or user pool: say so, do not crash
-        say(f"  health: unreachable ({type(e).__name__}: {e})")
-        return 1
-    say(f"  health: {full['status']}")
-    for name, check in full["queues"].items():
-        depth = check.get("depth") or {}
-        say(
-            f"  queue {name:<12} visible {depth.get('visible', '?'):<4} "
-            f"in flight {depth.get('in_flight', '?')}"
-        )
-    return 0 if full["status"] == "ok" else 1
-
-
-def _stop(args: argparse.Namespace) -> int:
-    from localcloud.processes import end
-
-    recorded = _recorded(args)
-    supervisor = next((r for r in recorded if r.name == "supervisor"), None)
-    if supervisor is not None and supervisor.running():
-        os.kill(supervisor.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 30
-        while supervisor.running() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if supervisor.running():
-            os.kill(supervisor.pid, signal.SIGKILL)
-    # Whatever is still running (a supervisor killed hard, or one that did not finish
-    # stopping): only processes that are still the ones it started.
-    left = end([r for r in recorded if r.name != "supervisor"])
-    for name in ("state.json", "processes.json"):
-        (_dir(args) / name).unlink(missing_ok=True)
-    if supervisor is None or (not left and not supervisor.running() and not recorded):
-        say(f"{args.stack}: not running")
-    elif left:
-        say(
-            f"{args.stack}: stopped {len(left)} leftover process(es) "
-            f"({', '.join(r.name for r in left)})"
-        )
-    else:
-        say(f"{args.stack}: stopped")
-    return 0
-
-
-def _scale(args: argparse.Namespace) -> int:
-    state = _state(args)
-    if state is None or not _alive(int(state["pid"])):  # type: ignore[call-overload]
-        say(f"{args.stack}: not running; start it with --workers {args.workers}")
-        return 1
-    (ROOT / ".localcloud" / args.stack / "workers").write_text(str(args.workers))
-    deadline = time.monotonic() + 400
-    while time.monotonic() < deadline:
-        state = _state(args)
-        if state and state.get("workers") == args.workers:
-            say(f"{args.stack}: {args.workers} worker(s) per queue")
-            return 0
-        time.sleep(0.3)
-    say("scaling did not finish; see the logs")
-    return 1
+    return foreground.up(args)
 
 
 def _aws(args: argparse.Namespace) -> int:
@@ -294,7 +44,7 @@ def _fake_openai(args: argparse.Namespace) -> int:
 def _frontend(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from localcloud.components import frontend_app
+    from localcloud.page import frontend_app
 
     app = frontend_app(Path(args.directory), json.loads(args.config))
     uvicorn.run(
@@ -304,7 +54,7 @@ def _frontend(args: argparse.Namespace) -> int:
 
 
 def _poll(args: argparse.Namespace) -> int:
-    from localcloud.components import run_poller
+    from localcloud.poller_process import run_poller
 
     run_poller(Path(args.spec))
     return 0
@@ -314,7 +64,7 @@ def _lambda_image(args: argparse.Namespace) -> int:
     from localcloud import samlocal
 
     try:
-        say(samlocal.prebuild(_dir(args), say))
+        say(samlocal.prebuild(stack_dir(args), say))
         return 0
     except samlocal.SamLocalError as e:
         say(f"error: {e}")
@@ -331,44 +81,6 @@ def _relay(args: argparse.Namespace) -> int:
     from localcloud import relay
 
     return relay.run(args.listen, args.to, args.ports)
-
-
-def _metrics(args: argparse.Namespace) -> int:
-    from localcloud import metrics
-
-    logs = _dir(args) / "logs"
-    if not logs.is_dir():
-        say(f"{args.stack}: no logs yet; ./run.sh start first")
-        return 1
-    sys.stdout.write(metrics.report(logs, args.since) + "\n")
-    return 0
-
-
-def _dlq(args: argparse.Namespace) -> int:
-    from localcloud import dlq, endpoints
-
-    state = _state(args)
-    if state is None or not _alive(int(state["pid"])):  # type: ignore[call-overload]
-        say(f"{args.stack}: not running; ./run.sh start first")
-        return 1
-    queues: dict[str, str] = state["queues"]  # type: ignore[assignment]
-    sqs = endpoints.client("sqs", state["aws"]["env"])  # type: ignore[index]
-    dlq_url = queues["DeadLetterQueue"]
-    if args.action == "redrive":
-        sources = {k: v for k, v in queues.items() if k != "DeadLetterQueue"}
-        moved = dlq.redrive(sqs, dlq_url, sources, sources["DefaultQueue"])
-        say(f"moved {moved} message(s) back to their queues")
-        return 0
-    letters = dlq.peek(sqs, dlq_url)
-    say(f"{len(letters)} message(s) in the dead-letter queue")
-    for letter in letters:
-        sent = time.strftime("%H:%M:%S", time.localtime(letter.sent_at))
-        source = (letter.source_queue or "?").rstrip("/").rsplit("/", 1)[-1].rsplit(":", 1)[-1]
-        say(
-            f"  {letter.message_id}  sent {sent}  from {source}  task {letter.task_id or '-'}"
-            f"  {letter.reason or 'failed every delivery (redrive policy)'}"
-        )
-    return 0
 
 
 def _runtime(args: argparse.Namespace) -> int:
@@ -461,8 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     front.set_defaults(fn=_frontend)
 
     for verb, fn, text in (
-        ("status", _status, "is the stack up, and how is it"),
-        ("stop", _stop, "stop a running stack"),
+        ("status", commands.status, "is the stack up, and how is it"),
+        ("stop", commands.stop, "stop a running stack"),
     ):
         cmd = sub.add_parser(verb, help=text)
         cmd.add_argument("--stack", default="llmstream-local")
@@ -472,23 +184,23 @@ def main(argv: list[str] | None = None) -> int:
     token.add_argument("--admin", action="store_true", help="in the admins group (operators)")
     token.add_argument("--stack", default="llmstream-local")
     token.add_argument("--state-dir", help=argparse.SUPPRESS)
-    token.set_defaults(fn=_token)
+    token.set_defaults(fn=commands.token)
     scale = sub.add_parser("scale", help="set the number of local workers of a running stack")
     scale.add_argument("workers", type=int)
     scale.add_argument("--stack", default="llmstream-local")
-    scale.set_defaults(fn=_scale)
+    scale.set_defaults(fn=commands.scale)
 
     dead = sub.add_parser("dlq", help="list the dead-letter queue, or redrive it")
     dead.add_argument("action", nargs="?", choices=["list", "redrive"], default="list")
     dead.add_argument("--stack", default="llmstream-local")
     dead.add_argument("--state-dir", help=argparse.SUPPRESS)
-    dead.set_defaults(fn=_dlq)
+    dead.set_defaults(fn=commands.dlq)
 
     metrics = sub.add_parser("metrics", help="the stack's metrics, from its functions' logs")
     metrics.add_argument("--stack", default="llmstream-local")
     metrics.add_argument("--since", type=float, help="only the last N minutes")
     metrics.add_argument("--state-dir", help=argparse.SUPPRESS)
-    metrics.set_defaults(fn=_metrics)
+    metrics.set_defaults(fn=commands.metrics)
 
     runtime = sub.add_parser("runtime", help="one execution environment (the poller starts it)")
     runtime.add_argument("--handler", required=True)
@@ -520,7 +232,11 @@ def main(argv: list[str] | None = None) -> int:
     # `up` prints its own progress; per-request client logs would drown it.
     for noisy in ("httpx", "botocore", "localcloud.provision"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    return int(args.fn(args))
+    try:
+        return int(args.fn(args))
+    except commands.NotRunning as e:
+        say(str(e))
+        return 1
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import httpx
 
+from localcloud.supervisor import Component
 from localcloud.template import ROOT
 
 # What LocalStack serves for the stack; the rest goes elsewhere (see up.py).
@@ -34,6 +35,37 @@ class NotInstalled(RuntimeError):
 
 def moto_command(host: str, port: int) -> list[str]:
     return [sys.executable, "-m", "localcloud", "aws", "--host", host, "--port", str(port)]
+
+
+def moto(name: str, host: str, port: int) -> Component:
+    """moto server: every service the stack uses ("aws"), or sign-in beside LocalStack."""
+    url = f"http://{host}:{port}"
+    return Component(
+        name, moto_command(host, port), health_url=f"{url}/moto-api/data.json", store=True
+    )
+
+
+def localstack(host: str, port: int, directory: Path) -> Component:
+    url = f"http://{host}:{port}"
+    return Component(
+        "aws",
+        localstack_command(host, port, directory),
+        env=localstack_env(host, port, directory),
+        ready=lambda: localstack_answers(url),
+        timeout=120,
+        store=True,
+    )
+
+
+def dynamodb_local(host: str, port: int, directory: Path) -> Component:
+    url = f"http://{host}:{port}"
+    return Component(
+        "dynamodb",
+        dynamodb_local_command(host, port),
+        cwd=directory,  # where it writes its metadata file
+        ready=lambda: dynamodb_local_answers(url),
+        store=True,
+    )
 
 
 def dynamodb_local_home() -> Path:

@@ -37,7 +37,7 @@ from httpx_sse import connect_sse
 from openai import OpenAI
 
 from localcloud.fake_openai import Behaviour, answer_tokens, request_key
-from localcloud.up import Options, Ports, Stack, free_port
+from localcloud.up import Options, Ports, Stack
 from tests.bench import coldstart
 from tests.bench.cost import PerAnswer, cost_per_1000
 from tests.bench.proxy import CountingProxy
@@ -554,16 +554,7 @@ def _run_on(
 ) -> None:
     """Every level on a stack whose AWS services run on ``target``; the baseline only on
     the ``first`` target."""
-    ports = Ports(
-        aws=free_port(),
-        api=free_port(),
-        stream=free_port(),
-        openai=free_port(),
-        frontend=free_port(),
-        redis=free_port(),
-        dynamodb=free_port(),
-        moto=free_port(),
-    )
+    ports = Ports.free()
     with CountingProxy(ports.aws) as proxy:
         # The functions reach every store through the proxy (DynamoDB Local apart from the
         # rest on targets that have it), so their calls are counted on every target.
@@ -765,13 +756,7 @@ def chaos(say: Any, heartbeat: int | None, out: Path) -> int:
     """`--chaos`: recovery from killed worker environments, on a stack of its own."""
     opts = Options(
         stack=f"bench-chaos-{uuid.uuid4().hex[:6]}",
-        ports=Ports(
-            aws=free_port(),
-            api=free_port(),
-            stream=free_port(),
-            openai=free_port(),
-            frontend=free_port(),
-        ),
+        ports=Ports.free(),
         workers=4,
         state_dir=ROOT / ".localcloud" / "bench-chaos",
         extra_env={

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from localcloud.up import Options, Ports, Stack, free_port
+from localcloud.up import Options, Ports, Stack
 from localcloud.users import LocalUser
 from tests.conftest import ARTIFACTS, unique
 
@@ -46,16 +46,7 @@ def stack_options(name: str, **overrides: Any) -> Options:
         "fake_ttft_ms": 50.0,
         "state_dir": ARTIFACTS / f"{name}-stack",
     }
-    ports = Ports(
-        aws=free_port(),
-        api=free_port(),
-        stream=free_port(),
-        openai=free_port(),
-        frontend=free_port(),
-        dynamodb=free_port(),
-        moto=free_port(),
-    )
-    return Options(stack=unique(name), ports=ports, **{**defaults, **overrides})
+    return Options(stack=unique(name), ports=Ports.free(), **{**defaults, **overrides})
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -64,11 +55,10 @@ def shared_emulators() -> Iterator[None]:
     if AWS_TARGET not in ("localstack", "dynamodb-local"):
         yield
         return
-    ports = Ports(aws=free_port(), dynamodb=free_port(), moto=free_port())
     emulators = Stack(
         Options(
             stack=unique("e2e-aws"),
-            ports=ports,
+            ports=Ports.free(),
             aws=AWS_TARGET,
             state_dir=ARTIFACTS / "e2e-aws-stack",
         )
@@ -101,7 +91,6 @@ def local_stack() -> Iterator[Stack]:
 def redis_stack() -> Iterator[Stack]:
     """The whole local stack with the Redis Streams chunk log (`--chunk-log redis`)."""
     opts = stack_options("e2e-redis", fake_tokens=FAKE_TOKENS, chunk_log="redis")
-    opts.ports.redis = free_port()
     stack = Stack(opts)
     stack.start()
     yield stack

@@ -12,7 +12,7 @@ from botocore.response import StreamingBody
 from botocore.stub import Stubber
 
 from localcloud import samlocal
-from localcloud.components import InvokeApi
+from localcloud.poller_process import InvokeApi
 from localcloud.runtime import HandlerError
 
 pytestmark = pytest.mark.unit

@@ -1,5 +1,6 @@
-"""Small servers the local stack runs beside the functions: the event-source poller process
-and the static frontend server (with the ``config.json`` that deploy writes in the cloud)."""
+"""The poller process (`python -m localcloud poll`): a function's SQS event source mappings,
+each invocation in an execution environment of its own (runtime.py) or, under `--lambda
+sam`, through the Lambda Invoke API of `sam local start-lambda`."""
 
 from __future__ import annotations
 
@@ -13,10 +14,6 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
-from starlette.applications import Starlette
-from starlette.responses import JSONResponse
-from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
 
 from localcloud.poller import EventSourceMapping
 from localcloud.runtime import EnvironmentPool, HandlerError
@@ -138,15 +135,3 @@ def run_poller(spec_path: Path) -> None:
         mapping.stop(timeout=None if graceful.is_set() else 3)
     for pool in pools.values():
         pool.close()
-
-
-def frontend_app(directory: Path, config: dict[str, Any]) -> Starlette:
-    async def config_json(request: Any) -> JSONResponse:
-        return JSONResponse(config, headers={"Cache-Control": "no-store"})
-
-    return Starlette(
-        routes=[
-            Route("/config.json", config_json),
-            Mount("/", StaticFiles(directory=directory, html=True)),
-        ]
-    )
