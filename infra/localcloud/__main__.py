@@ -6,6 +6,7 @@ are the stack's own servers, which its supervisor starts."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from localcloud import TARGETS, commands
 from localcloud.commands import say, stack_dir
+from localcloud.options import Options, Ports
 from localcloud.template import ROOT
 
 
@@ -89,6 +91,14 @@ def _runtime(args: argparse.Namespace) -> int:
     return serve(args.handler, args.function_name, args.memory, args.fds, args.parent)
 
 
+def _pace(parser: argparse.ArgumentParser, prefix: str) -> None:
+    """The fake model's pace (tokens an answer, tokens a second, time to first token)."""
+    o = Options()
+    parser.add_argument(f"{prefix}tokens", type=int, default=o.fake_tokens)
+    parser.add_argument(f"{prefix}tps", type=float, default=o.fake_tps)
+    parser.add_argument(f"{prefix}ttft-ms", type=float, default=o.fake_ttft_ms)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="localcloud", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -98,17 +108,13 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument(
         "--port-offset", type=int, default=0, help="add this to every port (a second stack)"
     )
-    up.add_argument("--aws-port", type=int, default=4566)
-    up.add_argument("--api-port", type=int, default=8007)
-    up.add_argument("--stream-port", type=int, default=8008)
-    up.add_argument("--openai-port", type=int, default=8009)
-    up.add_argument("--frontend-port", type=int, default=3000)
-    up.add_argument("--redis-port", type=int, default=6380)
-    up.add_argument("--dynamodb-port", type=int, default=8000, help="DynamoDB Local")
-    up.add_argument("--moto-port", type=int, default=4567, help="moto beside LocalStack")
-    up.add_argument(
-        "--invoke-port", type=int, default=3001, help="the Lambda Invoke API (--lambda sam)"
-    )
+    port_help = {
+        "dynamodb": "DynamoDB Local",
+        "moto": "moto beside LocalStack",
+        "invoke": "the Lambda Invoke API (--lambda sam)",
+    }
+    for name, port in dataclasses.asdict(Ports()).items():
+        up.add_argument(f"--{name}-port", type=int, default=port, help=port_help.get(name))
     up.add_argument(
         "--lambda",
         dest="functions",
@@ -147,9 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         default=str(ROOT / ".env"),
         help="settings read before starting, where the environment has none (see .env.example)",
     )
-    up.add_argument("--fake-tokens", type=int, default=60)
-    up.add_argument("--fake-tps", type=float, default=50.0)
-    up.add_argument("--fake-ttft-ms", type=float, default=200.0)
+    _pace(up, "--fake-")
     up.set_defaults(fn=_up)
 
     aws = sub.add_parser("aws", help="the AWS endpoint alone (moto server)")
@@ -160,9 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     fake = sub.add_parser("fake-openai", help="the fake OpenAI server alone")
     fake.add_argument("--host", default="127.0.0.1")
     fake.add_argument("--port", type=int, default=8009)
-    fake.add_argument("--tokens", type=int, default=60)
-    fake.add_argument("--tps", type=float, default=50.0)
-    fake.add_argument("--ttft-ms", type=float, default=200.0)
+    _pace(fake, "--")
     fake.set_defaults(fn=_fake_openai)
 
     front = sub.add_parser("frontend", help="serve frontend/ with a config.json")

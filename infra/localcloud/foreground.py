@@ -5,6 +5,7 @@ takes `./run.sh scale` requests while it runs."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import signal
 import time
 from pathlib import Path
@@ -20,17 +21,7 @@ def _interrupt(*_: object) -> None:
 
 
 def options(args: argparse.Namespace) -> Options:
-    ports = Ports(
-        aws=args.aws_port,
-        api=args.api_port,
-        stream=args.stream_port,
-        openai=args.openai_port,
-        frontend=args.frontend_port,
-        redis=args.redis_port,
-        dynamodb=args.dynamodb_port,
-        moto=args.moto_port,
-        invoke=args.invoke_port,
-    )
+    ports = Ports(**{f.name: getattr(args, f"{f.name}_port") for f in dataclasses.fields(Ports)})
     return Options(
         stack=args.stack,
         ports=ports.offset(args.port_offset),
