@@ -24,7 +24,14 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from tests.bench.clients import finished_answer
+
+if TYPE_CHECKING:
+    from localcloud.up import Stack
 
 ROOT = Path(__file__).resolve().parents[2]
 LAMBDA_PYTHON = ROOT / ".venv-lambda" / "bin" / "python"
@@ -165,3 +172,54 @@ def measure(
     for name in SCRIPTS:
         out[name]["x_floor"] = round(out[name]["first_answer_s"] / floor, 2)
     return {"rounds": rounds, "by_function": out}
+
+
+def measure_all(stack: Stack, user: dict[str, str], say: Any, rounds: int) -> dict[str, Any]:
+    """Each function's cold start on ``stack`` beside the boto3 floor, ``rounds`` each."""
+    say(f"cold starts: api, stream, worker and the boto3 floor, {rounds} each ...")
+    body = finished_answer(stack.urls["api"], user)
+    url = httpx.URL(body["stream_url"])
+    worker = stack.env["WorkerFunction"]
+    # The worker's record comes from a queue no poller reads, standing in for its low
+    # priority queue, so its heartbeat has a real receipt handle to extend.
+    sqs = stack.client("sqs")
+    queue = sqs.create_queue(QueueName=f"{stack.opts.stack}-coldstart")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
+
+    def worker_record() -> dict[str, Any]:
+        sqs.send_message(QueueUrl=queue, MessageBody=json.dumps({"task_id": body["task_id"]}))
+        got = sqs.receive_message(QueueUrl=queue, WaitTimeSeconds=5)["Messages"][0]
+        return {
+            "task_id": body["task_id"],
+            "queue_arn": queue_arn,
+            "receipt_handle": got["ReceiptHandle"],
+        }
+
+    envs = {
+        "floor": worker,
+        "api": stack.env["ApiFunction"],
+        "stream": stack.env["StreamFunction"],
+        "worker": {**worker, "QUEUE_URL_LOW": queue},
+    }
+    args = {
+        "floor": lambda: {"table": worker["REQUESTS_TABLE"]},
+        "api": lambda: {"auth": user["Authorization"]},
+        "stream": lambda: {"path": url.path, "query": url.query.decode()},
+        "worker": worker_record,
+    }
+    assert stack.template is not None
+    fns = stack.template.functions()
+    return {
+        **measure(envs, args, rounds),
+        "snapstart": [
+            k
+            for k, logical in (
+                ("api", "ApiFunction"),
+                ("stream", "StreamFunction"),
+                ("worker", "WorkerFunction"),
+            )
+            if fns[logical].snapstart
+        ],
+    }
