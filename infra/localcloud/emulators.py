@@ -25,7 +25,7 @@ import httpx
 from localcloud.supervisor import Component
 from localcloud.template import ROOT
 
-# What LocalStack serves for the stack; the rest goes elsewhere (see up.py).
+# What LocalStack serves for the stack; the rest goes elsewhere (see aws.py).
 LOCALSTACK_SERVICES = "sqs,s3,secretsmanager,sts"
 
 
