@@ -33,8 +33,9 @@ def stack_dir(args: argparse.Namespace) -> Path:
 
 
 def _state(args: argparse.Namespace) -> dict[str, Any] | None:
-    path = stack_dir(args) / "state.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    from localcloud import state
+
+    return state.load(stack_dir(args))
 
 
 def _running(args: argparse.Namespace, hint: str = "./run.sh start first") -> dict[str, Any]:

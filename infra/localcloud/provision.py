@@ -11,7 +11,10 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from localcloud.aws import Aws
+from localcloud.options import Options
 from localcloud.template import LocalTemplate
+from localcloud.users import UserPool
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +29,38 @@ _QUEUE_ATTRIBUTES = {
     "ContentBasedDeduplication": "ContentBasedDeduplication",
     "SqsManagedSseEnabled": "SqsManagedSseEnabled",
 }
+
+
+def provision_stack(opts: Options, aws: Aws) -> tuple[LocalTemplate, UserPool, str]:
+    """A stack's template, as the local stack runs it, provisioned on ``aws``: the template,
+    its user pool, and a line counting what was created."""
+    tpl = LocalTemplate.load(
+        opts.stack,
+        # Locally the page runs on another port, and direct mode is on (it is off by
+        # default in the cloud, where the stream URL is public).
+        parameters={"AllowedOrigin": "*", "EnableDirectMode": "true", **opts.parameters},
+        region=aws.region,
+    )
+    stream_url = f"http://{opts.host}:{opts.ports.stream}/"
+    tpl.overrides["StreamFunctionUrl.FunctionUrl"] = stream_url
+    tpl.account = aws.account
+    clients = {
+        name.replace("-idp", ""): aws.client(name)
+        for name in ("sqs", "dynamodb", "s3", "secretsmanager", "cognito-idp")
+    }
+    provision(tpl, **clients)
+    pool = UserPool(
+        cognito=clients["cognito"],
+        pool_id=tpl.overrides["UserPool.Ref"],
+        client_id=tpl.overrides["UserPoolClient.Ref"],
+        passwords_file=opts.dir / "users.json",
+    )
+    counts = {
+        kind: len(tpl.of_type(f"AWS::{kind}"))
+        for kind in ("SQS::Queue", "DynamoDB::Table", "S3::Bucket")
+    }
+    detail = ", ".join(f"{n} {k.split('::')[1].lower()}(s)" for k, n in counts.items())
+    return tpl, pool, detail
 
 
 def provision(

@@ -12,8 +12,6 @@ the supervisor (supervisor.py) starts, records, stops and revives them; their lo
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import time
 from collections.abc import Callable
@@ -29,10 +27,10 @@ from localcloud import (
     processes,
     redis_server,
     samlocal,
+    state,
 )
-from localcloud.endpoints import public
 from localcloud.options import Options, Ports, StartError, free_port
-from localcloud.provision import provision
+from localcloud.provision import provision_stack
 from localcloud.supervisor import Supervisor
 from localcloud.template import LocalTemplate
 from localcloud.users import LocalUser, UserPool
@@ -194,26 +192,8 @@ class Stack:
         assert self.aws is not None
         return self.aws.account
 
-    def state(self) -> dict[str, Any]:
-        return {
-            "stack": self.opts.stack,
-            "pid": os.getpid(),
-            "workers": self.opts.workers,
-            "urls": self.urls,
-            "aws": {"target": self.target, "env": public(self.aws_env)},
-            "pids": {name: p.pid for name, p in self.procs.items()},
-            "logs": str(self.opts.dir / "logs"),
-            "fake_openai": self.model.fake,
-            "chunk_log": self.opts.chunk_log,
-            "functions": self.opts.functions,
-            "auth": self.auth_config,
-            "queues": dict(self.template.queue_urls) if self.template else {},
-        }
-
     def _save_state(self) -> None:
-        self.opts.state_file.write_text(json.dumps(self.state(), indent=2))
-        env = functions.container_environments(self)
-        self.sam_local_env_file().write_text(json.dumps(env, indent=2))
+        state.save(self)
 
     @property
     def auth_config(self) -> dict[str, str]:
@@ -233,9 +213,6 @@ class Stack:
 
     def sam_local_env_file(self) -> Path:
         return self.opts.dir / "sam-local-env.json"
-
-    def sam_local_env(self) -> dict[str, dict[str, str]]:
-        return functions.container_environments(self)
 
     def client(self, service: str) -> Any:
         """A boto3 client for ``service`` on this stack's endpoints, as its functions have."""
@@ -277,35 +254,9 @@ class Stack:
         return detail
 
     def _provision(self) -> str:
-        o = self.opts
         assert self.aws is not None
-        tpl = LocalTemplate.load(
-            o.stack,
-            # Locally the page runs on another port, and direct mode is on (it is off by
-            # default in the cloud, where the stream URL is public).
-            parameters={"AllowedOrigin": "*", "EnableDirectMode": "true", **o.parameters},
-            region=self.aws.region,
-        )
-        stream_url = f"http://{o.host}:{o.ports.stream}/"
-        tpl.overrides[f"{functions.STREAM_FUNCTION}Url.FunctionUrl"] = stream_url
-        tpl.account = self.aws.account
-        clients = {
-            name.replace("-idp", ""): self.client(name)
-            for name in ("sqs", "dynamodb", "s3", "secretsmanager", "cognito-idp")
-        }
-        provision(tpl, **clients)
-        self.template = tpl
-        self.pool = UserPool(
-            cognito=clients["cognito"],
-            pool_id=tpl.overrides["UserPool.Ref"],
-            client_id=tpl.overrides["UserPoolClient.Ref"],
-            passwords_file=o.dir / "users.json",
-        )
-        counts = {
-            kind: len(tpl.of_type(f"AWS::{kind}"))
-            for kind in ("SQS::Queue", "DynamoDB::Table", "S3::Bucket")
-        }
-        return ", ".join(f"{n} {k.split('::')[1].lower()}(s)" for k, n in counts.items())
+        self.template, self.pool, detail = provision_stack(self.opts, self.aws)
+        return detail
 
     def _engine(self) -> str:
         return lambda_containers.engine(self)
