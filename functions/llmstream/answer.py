@@ -176,7 +176,7 @@ class Attempt:
         except Exception as e:  # a bug must still end the stream, not leave it hanging
             logger.exception("task %s failed", self.task.task_id)
             self.metrics.count(ERROR)
-            self._fail(f"internal error: {type(e).__name__}")
+            _fail(self.deps, self.writer, self.task, f"internal error: {type(e).__name__}")
         finally:
             self._wrap_up(estimate)
 
@@ -226,7 +226,7 @@ class Attempt:
             self._end("cancelled", {"type": "cancelled"})
         elif watchdog.reason == "timeout":
             self.metrics.count(TIMED_OUT)
-            self._fail(f"timeout: no answer within {budget:.0f}s")
+            _fail(self.deps, self.writer, self.task, f"timeout: no answer within {budget:.0f}s")
         else:
             self._done(finished)
 
@@ -291,7 +291,7 @@ class Attempt:
             self.metrics.count(RETRIED)
             raise RetryLater(delay, reason) from error
         self.metrics.count(ERROR)
-        self._fail(reason)
+        _fail(self.deps, self.writer, self.task, reason)
 
     def _store_failed(self, error: StoreUnavailable) -> None:
         # The chunk log or the request table did not answer (the SDK's and redis-py's own
@@ -302,7 +302,10 @@ class Attempt:
             self.metrics.count(RETRIED)
             raise RetryLater(backoff(self.settings, self.receive_count), reason) from error
         self.metrics.count(ERROR)
-        self._fail(reason)  # if it is still down: the DLQ
+        _fail(self.deps, self.writer, self.task, reason)  # if it is still down: the DLQ
+
+    def _end(self, kind: EventKind, data: dict[str, Any]) -> None:
+        _end(self.deps, self.writer, self.task, kind, data, self.metrics)
 
     def _wrap_up(self, estimate: int) -> None:
         """How long the answer took, and the tokens it spent settled and charged."""
@@ -322,33 +325,40 @@ class Attempt:
         except StoreUnavailable:
             logger.warning("task %s: could not charge %d tokens to its owner", task.task_id, actual)
 
-    def _end(self, kind: EventKind, data: dict[str, Any]) -> None:
-        """The answer ends done or cancelled: its terminal event, then its row."""
-        task = self.task
-        self.writer.event(kind, data)
-        self.metrics.count(DONE if kind == "done" else CANCELLED)
-        if kind == "done":
-            answer = "".join(self.writer.text)[: self.settings.answer_max_chars]
-            self.deps.tasks.finish(
-                task.task_id, task.attempt, "done", usage=data.get("usage"), answer=answer
-            )
-        else:
-            self.deps.tasks.finish(task.task_id, task.attempt, "cancelled")
 
-    def _fail(self, message: str) -> None:
-        """The answer ends in an error: its terminal event, then its row."""
-        task_id, writer = self.task.task_id, self.writer
-        logger.warning("task %s ends in error: %s", task_id, message)
-        try:
-            writer.event("error", {"type": "error", "message": message})
-        except ClaimLost:
-            return
-        except LogDiverged:
-            # The log lost events under this attempt and there is no retry left: the error
-            # still has to reach viewers, after whatever the log holds now.
-            writer.resync()
-            writer.event("error", {"type": "error", "message": message})
-        self.deps.tasks.finish(task_id, self.task.attempt, "error", error=message)
+def _end(
+    deps: Deps,
+    writer: ChunkWriter,
+    task: Task,
+    kind: EventKind,
+    data: dict[str, Any],
+    metrics: Record,
+) -> None:
+    """The answer ends done or cancelled: its terminal event, then its row."""
+    writer.event(kind, data)
+    metrics.count(DONE if kind == "done" else CANCELLED)
+    if kind == "done":
+        answer = "".join(writer.text)[: deps.settings.answer_max_chars]
+        deps.tasks.finish(
+            task.task_id, task.attempt, "done", usage=data.get("usage"), answer=answer
+        )
+    else:
+        deps.tasks.finish(task.task_id, task.attempt, "cancelled")
+
+
+def _fail(deps: Deps, writer: ChunkWriter, task: Task, message: str) -> None:
+    """The answer ends in an error: its terminal event, then its row."""
+    logger.warning("task %s ends in error: %s", task.task_id, message)
+    try:
+        writer.event("error", {"type": "error", "message": message})
+    except ClaimLost:
+        return
+    except LogDiverged:
+        # The log lost events under this attempt and there is no retry left: the error
+        # still has to reach viewers, after whatever the log holds now.
+        writer.resync()
+        writer.event("error", {"type": "error", "message": message})
+    deps.tasks.finish(task.task_id, task.attempt, "error", error=message)
 
 
 def _control(deps: Deps, task: Task) -> str | None:
