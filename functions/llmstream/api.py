@@ -9,7 +9,6 @@ from fastapi import Depends, FastAPI, Header, Path, Response
 from mangum import Mangum
 
 from llmstream import chat, observe, ops, web
-from llmstream.deps import Deps, get_deps
 from llmstream.models import (
     ID_PATTERN,
     CancelResult,
@@ -27,7 +26,7 @@ from llmstream.models import (
     TaskStatus,
 )
 from llmstream.settings import ApiSettings, get_api_settings
-from llmstream.web import AdminUser, CurrentUser
+from llmstream.web import AdminUser, CurrentUser, DepsDep
 
 observe.setup("api")
 logger = observe.logger
@@ -40,7 +39,6 @@ app = FastAPI(
 )
 web.configure(app, settings)
 
-DepsDep = Annotated[Deps, Depends(get_deps)]
 SettingsDep = Annotated[ApiSettings, Depends(get_api_settings)]
 SessionId = Annotated[str, Path(pattern=ID_PATTERN, description="session_id from POST /chat")]
 TaskId = Annotated[str, Path(pattern=ID_PATTERN, description="Task id from POST /chat")]

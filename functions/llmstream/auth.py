@@ -4,6 +4,8 @@ A bearer is a JWT from the user pool today (Cognito, or any OIDC issuer the depl
 names: AUTH_ISSUER, AUTH_AUDIENCE) and may be a personal API key tomorrow (the
 OpenAI-compatible /v1 routes). ``Authenticator`` asks its verifiers in turn which one takes
 a bearer, so a new kind of credential is one more verifier; routes see only ``Principal``.
+The stream URL's ``?token=`` is a verifier too (tokens.StreamTokenVerifier), of one task:
+the stream route asks it for that task alone, and it never takes an Authorization bearer.
 
 In the cloud API Gateway's JWT authorizer checks the token before the api function runs;
 the functions check it again because the stream function URL has no API Gateway in front
@@ -34,7 +36,8 @@ class Principal:
     sub: str
     username: str
     groups: frozenset[str]
-    via: Literal["jwt", "api_key"] = "jwt"
+    # How they signed in: "stream_token" opens one task's stream only (tokens.py).
+    via: Literal["jwt", "api_key", "stream_token"] = "jwt"
 
     def member_of(self, group: str) -> bool:
         return group in self.groups

@@ -8,8 +8,8 @@ another user's task or session id is answered exactly like one that does not exi
 from __future__ import annotations
 
 import time
-import uuid
-from typing import Any
+from dataclasses import asdict
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from aws_lambda_powertools.utilities.idempotency import (
@@ -22,11 +22,13 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
     IdempotencyValidationError,
 )
 from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import BaseModel
 
 from llmstream import observe, tokens
+from llmstream.admission import admit
 from llmstream.auth import Principal
 from llmstream.deps import Deps
-from llmstream.exceptions import IdempotencyConflict, QueueUnavailable, QuotaExceeded
+from llmstream.exceptions import IdempotencyConflict, QueueUnavailable
 from llmstream.models import (
     CancelResult,
     ChatAccepted,
@@ -39,8 +41,11 @@ from llmstream.models import (
     TaskStatus,
     Usage,
 )
-from llmstream.settings import ApiSettings, choose_model, priority_name
+from llmstream.sessions import Session
+from llmstream.settings import ApiSettings, priority_name
 from llmstream.tasks import Task, worker_lost
+
+View = TypeVar("View", bound=BaseModel)
 
 
 def submit(
@@ -109,39 +114,17 @@ def _enqueue(
     deps: Deps, settings: ApiSettings, user: Principal, request: ChatRequest
 ) -> dict[str, str]:
     now = time.time()
-    model = choose_model(settings, request.model)  # ModelNotAllowed: 422, before any quota
-    metrics = observe.Record("api", priority=priority_name(request.priority), model=model)
-    try:
-        deps.quotas.admit(user.sub, now)  # QuotaExceeded: 429 with Retry-After
-    except QuotaExceeded:
-        metrics.count("RequestsRateLimited")
-        metrics.flush()
-        raise
-    task_id = uuid.uuid4().hex
+    metrics = observe.Record("api", priority=priority_name(request.priority))
     trace = observe.current_trace()
+    task = admit(
+        deps, settings, user, request, now=now, trace_id=observe.trace_id(trace), metrics=metrics
+    )
+    task_id, session_id = task.task_id, task.session_id
     if request.session_id:
         # Continuing a conversation: only its owner may (another user's id is not found).
-        session_id = request.session_id
         deps.sessions.touch(user.sub, session_id, now)
     else:
-        session_id = uuid.uuid4().hex
         deps.sessions.start(user.sub, session_id, request.message, now)
-    task = Task(
-        task_id=task_id,
-        session_id=session_id,
-        status="queued",
-        model=model,
-        message=request.message,
-        owner=user.sub,
-        priority=request.priority,
-        system=request.system,
-        max_tokens=min(request.max_tokens or settings.max_tokens_limit, settings.max_tokens_limit),
-        temperature=request.temperature,
-        cancel_on_disconnect=request.cancel_on_disconnect,
-        created_at=now,
-        new_session=request.session_id is None,
-        trace_id=observe.trace_id(trace),
-    )
     # The row first, then the message: a worker that receives the id always finds the row.
     deps.tasks.create(task)
     try:
@@ -155,7 +138,7 @@ def _enqueue(
     observe.correlate(task_id=task_id)
     observe.logger.info(
         "chat accepted",
-        extra={"priority": request.priority, "model": model, "new_session": task.new_session},
+        extra={"priority": request.priority, "model": task.model, "new_session": task.new_session},
     )
     metrics.count("ChatAccepted")
     metrics.property(task_id=task_id, trace_id=task.trace_id)
@@ -186,18 +169,7 @@ def cancel(deps: Deps, user: Principal, task_id: str) -> CancelResult:
 
 
 def sessions(deps: Deps, user: Principal) -> SessionList:
-    return SessionList(
-        sessions=[
-            SessionSummary(
-                session_id=s.session_id,
-                title=s.title,
-                created_at=s.created_at,
-                updated_at=s.updated_at,
-                turns=s.turns,
-            )
-            for s in deps.sessions.list(user.sub)
-        ]
-    )
+    return SessionList(sessions=[_view(SessionSummary, s) for s in deps.sessions.list(user.sub)])
 
 
 def delete_session(deps: Deps, user: Principal, session_id: str) -> None:
@@ -218,19 +190,7 @@ def session(deps: Deps, user: Principal, session_id: str) -> SessionHistory:
     deps.sessions.get(user.sub, session_id)  # SessionNotFound if not the caller's
     tasks = deps.tasks.owned_by(user.sub).session(session_id)
     return SessionHistory(
-        session_id=session_id,
-        turns=[
-            SessionTurn(
-                task_id=t.task_id,
-                status=t.status,
-                message=t.message,
-                answer=t.answer,
-                usage=Usage.model_validate(t.usage) if t.usage else None,
-                created_at=t.created_at,
-                finished_at=t.finished_at,
-            )
-            for t in tasks
-        ],
+        session_id=session_id, turns=[_view(SessionTurn, t, usage=_usage(t.usage)) for t in tasks]
     )
 
 
@@ -244,23 +204,22 @@ def status(deps: Deps, settings: ApiSettings, user: Principal, task_id: str) -> 
             text.clear()
         elif event.kind == "chunk":
             text.append(str(event.data.get("chunk", "")))
-    return TaskStatus(
-        task_id=task.task_id,
-        session_id=task.session_id,
-        status=task.status,
-        model=task.model,
+    return _view(
+        TaskStatus,
+        task,
         text="".join(text),
-        usage=Usage.model_validate(task.usage) if task.usage else None,
-        error=task.error,
-        attempt=task.attempt,
-        cancel_requested=task.cancel_requested,
-        retry_at=task.retry_at,
-        created_at=task.created_at,
-        started_at=task.started_at,
-        first_token_at=task.first_token_at,
-        finished_at=task.finished_at,
+        usage=_usage(task.usage),
         last_seq=last_seq,
-        heartbeat_at=task.heartbeat_at,
         worker_lost=worker_lost(task, deps.settings.worker_heartbeat_seconds, time.time()),
         stream_url=stream_url(deps, settings, task.task_id, user.sub),
     )
+
+
+def _view(model: type[View], row: Task | Session, **computed: Any) -> View:
+    """An API model of a stored row: the fields they share by name, and ``computed`` ones."""
+    return model.model_validate({**asdict(row), **computed})
+
+
+def _usage(usage: dict[str, Any] | None) -> Usage | None:
+    # A model that reported no usage stored none (or an empty one): no usage, not zeros.
+    return Usage.model_validate(usage) if usage else None

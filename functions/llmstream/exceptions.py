@@ -1,4 +1,5 @@
-"""Domain errors. Adapters raise these (``from`` the AWS error); handlers map them to HTTP."""
+"""Domain errors. Adapters raise these (``from`` the AWS error); handlers map them to HTTP,
+and the worker maps an answer's outcomes (RequestUnusable, RateLimited, RetryLater) to SQS."""
 
 from __future__ import annotations
 
@@ -39,6 +40,28 @@ class LogDiverged(StoreUnavailable):
     Redis restart that kept nothing. Continuing would leave the answer's beginning missing
     for a viewer reading from 0, so the attempt goes back to the queue and the next one
     writes the whole answer again after whatever the log now holds."""
+
+
+class RequestUnusable(LlmStreamError):
+    """The request can never be answered (it names no task): trying again cannot help."""
+
+
+class RateLimited(LlmStreamError):
+    """The shared model rate limits have no room for the answer now: start it again after
+    ``delay`` seconds. Waiting for capacity is not a failed attempt."""
+
+    def __init__(self, delay: float) -> None:
+        super().__init__(f"rate limited for {delay:.0f}s")
+        self.delay = delay
+
+
+class RetryLater(LlmStreamError):
+    """The attempt failed for a reason that may pass (the model overloaded, a store down):
+    try the answer again after ``delay`` seconds, as one more of its attempts."""
+
+    def __init__(self, delay: float, reason: str) -> None:
+        super().__init__(f"retry in {delay:.0f}s: {reason}")
+        self.delay = delay
 
 
 class QueueUnavailable(LlmStreamError):

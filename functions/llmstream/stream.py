@@ -9,25 +9,27 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import AsyncIterator
-from functools import lru_cache
+from dataclasses import dataclass
+from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Annotated
 
 import anyio
-from fastapi import FastAPI, Header, HTTPException, Path, Query
+from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query
 from fastapi.responses import StreamingResponse
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from llmstream import observe, tokens, web
-from llmstream.auth import get_authenticator
-from llmstream.deps import get_deps
+from llmstream import observe, web
+from llmstream.admission import admit
+from llmstream.auth import Principal
+from llmstream.deps import Deps
 from llmstream.exceptions import StoreUnavailable, TaskNotFound, TokenMissing
 from llmstream.follow import Pacer, follow, watched
 from llmstream.models import ID_PATTERN, ChatRequest, ErrorBody, Health
-from llmstream.settings import choose_model, get_settings
+from llmstream.settings import get_settings
 from llmstream.tasks import Task, worker_lost
-from llmstream.web import CurrentUser
+from llmstream.tokens import StreamTokenVerifier
+from llmstream.web import BearerCredentials, CurrentUser, DepsDep
 
 if TYPE_CHECKING:
     from openai import AsyncOpenAI
@@ -57,6 +59,44 @@ def _resume_point(last_event_id: str | None, after: int | None) -> int:
     return after or 0
 
 
+@dataclass(frozen=True)
+class Viewer:
+    """Who opened a stream, and the task they may follow."""
+
+    user: Principal
+    task: Task
+
+
+async def stream_viewer(
+    task_id: Annotated[str, Path(pattern=ID_PATTERN)],
+    deps: DepsDep,
+    credentials: BearerCredentials,
+    token: Annotated[str | None, Query(description="Signed token from stream_url")] = None,
+) -> Viewer:
+    """The caller and the task they may follow: by the stream_url's token (EventSource
+    cannot send headers), or else by a Bearer token. Another user's task, and a token that
+    does not open this task, are answered as a task that does not exist (404)."""
+    if token:
+        # The token carries no user: the row first (404 if there is none), then the token
+        # checked against its task and owner.
+        task = await anyio.to_thread.run_sync(deps.tasks.get, task_id)
+        if task.deleted:
+            raise TaskNotFound(task_id)
+        # The key comes from Secrets Manager on first use (a blocking call): off the loop.
+        key = await anyio.to_thread.run_sync(lambda: deps.token_key)
+        user = StreamTokenVerifier(key, task.task_id, task.owner).verify(token)
+        return Viewer(user, task)
+    if credentials is None:
+        raise TokenMissing("sign in: pass ?token= from the stream_url, or a Bearer token")
+    # A Bearer token: who is asking comes first (401), then what (404).
+    user = await web.authenticate(credentials)
+    task = await anyio.to_thread.run_sync(deps.tasks.owned_by(user.sub).get, task_id)
+    return Viewer(user, task)
+
+
+StreamViewer = Annotated[Viewer, Depends(stream_viewer)]
+
+
 @app.get(
     "/stream/{task_id}",
     response_class=EventSourceResponse,
@@ -68,32 +108,17 @@ def _resume_point(last_event_id: str | None, after: int | None) -> int:
     },
 )
 async def stream(
-    task_id: Annotated[str, Path(pattern=ID_PATTERN)],
-    token: Annotated[str | None, Query(description="Signed token from stream_url")] = None,
+    viewer: StreamViewer,
+    deps: DepsDep,
     after: Annotated[int | None, Query(ge=0, description="Resume after this seq")] = None,
     last_event_id: Annotated[str | None, Header()] = None,
-    authorization: Annotated[str | None, Header()] = None,
 ) -> EventSourceResponse:
     """Follow one of your tasks' answer: chunk events, then one terminal event
     (done/error/cancelled). Opened with the stream_url's token (EventSource cannot send
     headers), or with your Bearer token."""
-    if not token and not authorization:
-        raise TokenMissing("sign in: pass ?token= from the stream_url, or a Bearer token")
     start = _resume_point(last_event_id, after)
-    deps = get_deps()
-    user = None
-    if not token:  # a Bearer token: who is asking comes first (401), then what (404)
-        user = await anyio.to_thread.run_sync(get_authenticator().authenticate, authorization)
-    task = await anyio.to_thread.run_sync(deps.tasks.get, task_id)  # 404 before the 200
-    if task.deleted:
-        raise TaskNotFound(task_id)
-    if user is not None:
-        if user.sub != task.owner:
-            raise TaskNotFound(task_id)
-    else:
-        # The key comes from Secrets Manager on first use (a blocking call): off the loop.
-        key = await anyio.to_thread.run_sync(lambda: deps.token_key)
-        tokens.verify(key, task_id, task.owner, token)  # another owner's: 404
+    task = viewer.task
+    task_id = task.task_id
     # This response's log lines carry the answer's trace (the api's), not the request's.
     observe.correlate(task_id=task_id, user=task.owner, trace_id=task.trace_id)
     metrics = observe.Record("stream", backend=settings.chunklog_backend)
@@ -104,6 +129,21 @@ async def stream(
     cold, _cold[0] = _cold[0], False
     logger.info("stream opened", extra={"after": start, "cold_start": cold})
 
+    return EventSourceResponse(
+        _events(deps, task, start, metrics),
+        ping=settings.stream_ping_seconds,
+        ping_message_factory=_ping,
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _events(
+    deps: Deps, task: Task, start: int, metrics: observe.Record
+) -> AsyncIterator[ServerSentEvent]:
+    """The task's events after ``start`` as SSE, a status event when its worker is lost, and
+    the response's metrics and closing log line; a viewer leaving early cancels the answer
+    if the request asked for that."""
+    task_id = task.task_id
     window = settings.worker_heartbeat_seconds
     told = False
 
@@ -120,63 +160,54 @@ async def stream(
         state = {"state": "worker_lost", "attempt": row.attempt, "since": row.heartbeat_at}
         return ServerSentEvent(event="status", data=json.dumps(state))
 
-    async def events() -> AsyncIterator[ServerSentEvent]:
-        nonlocal told
-        left_early = True
-        sent, ending, opened = 0, "viewer left", time.monotonic()
-        followed = follow(
-            deps.log,
-            task_id,
-            start,
-            pacer=Pacer(
-                interval=settings.stream_poll_interval_ms / 1000,
-                max_interval=settings.stream_poll_max_interval_ms / 1000,
-                write_interval=settings.flush_interval_seconds,
-            ),
-            max_seconds=settings.stream_max_seconds,
-        )
-        try:
-            async for event in watched(followed, min(5.0, window / 4), on_quiet):
-                if isinstance(event, ServerSentEvent):
-                    yield event
-                    continue
-                told = False
-                yield ServerSentEvent(data=event.sse_data(), id=str(event.seq))
-                sent += 1
-                if event.terminal:
-                    ending = event.kind
-            left_early = False  # the terminal event, or the end of this response's time
-            if ending == "viewer left":
-                ending = "time limit"  # STREAM_MAX_SECONDS: the client resumes
-                metrics.count("StreamsCutShort")
-        except StoreUnavailable as e:
-            # The chunk log does not answer: end this response cleanly; the client resumes
-            # with Last-Event-ID, as after any disconnect (a cut body would look like an
-            # error to it, and the viewer has not left: no cancel-on-disconnect).
-            left_early = False
-            ending = "store unavailable"
-            metrics.count("StreamsCutShort")
-            logger.warning("chunk log unavailable, ending the stream of %s: %s", task_id, e)
-        finally:
-            seconds = time.monotonic() - opened
-            metrics.measure("StreamDuration", seconds, observe.Unit.Seconds)
-            metrics.flush()
-            logger.info(
-                "stream closed",
-                extra={"ending": ending, "events": sent, "seconds": round(seconds, 3)},
-            )
-            if left_early and task.cancel_on_disconnect:
-                # The viewer went away and the request asked to stop then. The response is
-                # being torn down (cancelled): shield the call that records the cancel.
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(deps.tasks.request_cancel, task_id, task.owner)
-
-    return EventSourceResponse(
-        events(),
-        ping=settings.stream_ping_seconds,
-        ping_message_factory=_ping,
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    left_early = True
+    sent, ending, opened = 0, "viewer left", time.monotonic()
+    followed = follow(
+        deps.log,
+        task_id,
+        start,
+        pacer=Pacer(
+            interval=settings.stream_poll_interval_ms / 1000,
+            max_interval=settings.stream_poll_max_interval_ms / 1000,
+            write_interval=settings.flush_interval_seconds,
+        ),
+        max_seconds=settings.stream_max_seconds,
     )
+    try:
+        async for event in watched(followed, min(5.0, window / 4), on_quiet):
+            if isinstance(event, ServerSentEvent):
+                yield event
+                continue
+            told = False
+            yield ServerSentEvent(data=event.sse_data(), id=str(event.seq))
+            sent += 1
+            if event.terminal:
+                ending = event.kind
+        left_early = False  # the terminal event, or the end of this response's time
+        if ending == "viewer left":
+            ending = "time limit"  # STREAM_MAX_SECONDS: the client resumes
+            metrics.count("StreamsCutShort")
+    except StoreUnavailable as e:
+        # The chunk log does not answer: end this response cleanly; the client resumes
+        # with Last-Event-ID, as after any disconnect (a cut body would look like an
+        # error to it, and the viewer has not left: no cancel-on-disconnect).
+        left_early = False
+        ending = "store unavailable"
+        metrics.count("StreamsCutShort")
+        logger.warning("chunk log unavailable, ending the stream of %s: %s", task_id, e)
+    finally:
+        seconds = time.monotonic() - opened
+        metrics.measure("StreamDuration", seconds, observe.Unit.Seconds)
+        metrics.flush()
+        logger.info(
+            "stream closed",
+            extra={"ending": ending, "events": sent, "seconds": round(seconds, 3)},
+        )
+        if left_early and task.cancel_on_disconnect:
+            # The viewer went away and the request asked to stop then. The response is
+            # being torn down (cancelled): shield the call that records the cancel.
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(deps.tasks.request_cancel, task_id, task.owner)
 
 
 @lru_cache(maxsize=1)
@@ -199,26 +230,15 @@ def _async_model() -> AsyncOpenAI:
         429: {"model": ErrorBody},
     },
 )
-async def direct(body: ChatRequest, user: CurrentUser) -> StreamingResponse:
+async def direct(body: ChatRequest, user: CurrentUser, deps: DepsDep) -> StreamingResponse:
     """Direct mode: stream an answer straight from the model as text/plain, without the
     queue (the older RabbitMQ service's mode). The session id comes back in X-Session-ID.
     Nothing is recorded: no resume, no status; a disconnect stops the model call."""
     if not settings.direct_mode_enabled:
         raise HTTPException(404, "direct mode is disabled (template parameter EnableDirectMode)")
-    model = choose_model(settings, body.model)  # ModelNotAllowed: 422, before any quota
-    deps = get_deps()
-    await anyio.to_thread.run_sync(deps.quotas.admit, user.sub)
-    session_id = body.session_id or uuid.uuid4().hex
-    task = Task(
-        task_id=uuid.uuid4().hex,
-        session_id=session_id,
-        status="running",
-        model=model,
-        message=body.message,
-        system=body.system,
-        max_tokens=min(body.max_tokens or settings.max_tokens_limit, settings.max_tokens_limit),
-        temperature=body.temperature,
-        owner=user.sub,
+    # ModelNotAllowed (422) before any quota, then QuotaExceeded (429): as POST /chat.
+    task = await anyio.to_thread.run_sync(
+        partial(admit, deps, settings, user, body, status="running")
     )
     client = await anyio.to_thread.run_sync(_async_model)  # reads the key secret once
     from openai import OpenAIError
@@ -243,7 +263,7 @@ async def direct(body: ChatRequest, user: CurrentUser) -> StreamingResponse:
         text(),
         media_type="text/plain; charset=utf-8",
         headers={
-            "X-Session-ID": session_id,
+            "X-Session-ID": task.session_id,
             "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no",
         },

@@ -8,6 +8,9 @@ and no other user's, and carries nothing about the user in the URL.
 
 A token that does not open the task is answered as a task that does not exist (404); one
 that did but has expired is 401, so the page knows to ask for a fresh one.
+
+``StreamTokenVerifier`` is the token as a ``Verifier`` (auth.py) of one task: the stream
+function asks it who is calling when the request carries ``?token=``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import hashlib
 import hmac
 import time
 
+from llmstream.auth import Principal
 from llmstream.exceptions import TaskNotFound, TokenExpired, TokenMissing
 
 
@@ -46,3 +50,23 @@ def verify(
         raise TaskNotFound(task_id)
     if expires < (time.time() if now is None else now):
         raise TokenExpired("stream token expired: GET /chat/{task_id} gives a fresh stream_url")
+
+
+class StreamTokenVerifier:
+    """Stream tokens of one task: a valid one is its owner calling (for that task alone).
+
+    Built per request from the task's row, as the token carries no user: one of another
+    task or another owner, or a forged one, is TaskNotFound (404); an expired one of this
+    task is TokenExpired (401)."""
+
+    def __init__(self, secret: str, task_id: str, owner: str) -> None:
+        self._secret = secret
+        self._task_id = task_id
+        self._owner = owner
+
+    def accepts(self, bearer: str) -> bool:
+        return bearer.count(".") == 1  # ``<expiry>.<signature>``; a JWT has two dots
+
+    def verify(self, bearer: str) -> Principal:
+        verify(self._secret, self._task_id, self._owner, bearer)
+        return Principal(sub=self._owner, username="", groups=frozenset(), via="stream_token")

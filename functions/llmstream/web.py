@@ -1,4 +1,5 @@
-"""What the two FastAPI apps share: CORS, and domain errors mapped to HTTP in one place."""
+"""What the two FastAPI apps share: the caller and Deps as dependencies, CORS, and domain
+errors mapped to HTTP in one place."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from llmstream import observe
 from llmstream.auth import Principal, get_authenticator
+from llmstream.deps import Deps, get_deps
 from llmstream.exceptions import (
     AuthUnavailable,
     Forbidden,
@@ -37,16 +39,22 @@ from llmstream.settings import Settings
 _bearer = HTTPBearer(auto_error=False, description="An access token of the user pool")
 
 
-async def current_user(
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Principal:
-    """The signed-in caller (401 otherwise). The check runs in a worker thread, so a first
-    fetch of the issuer's keys never blocks the event loop; the caller's sub then goes on
-    every log line of the request (set here, in the request's own context)."""
+BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+async def authenticate(credentials: HTTPAuthorizationCredentials | None) -> Principal:
+    """The caller with this bearer (401 otherwise). The check runs in a worker thread, so a
+    first fetch of the issuer's keys never blocks the event loop; the caller's sub then goes
+    on every log line of the request (set here, in the request's own context)."""
     header = f"{credentials.scheme} {credentials.credentials}" if credentials else None
     user = await anyio.to_thread.run_sync(get_authenticator().authenticate, header)
     observe.correlate(user=user.sub)
     return user
+
+
+async def current_user(credentials: BearerCredentials) -> Principal:
+    """The signed-in caller (401 otherwise)."""
+    return await authenticate(credentials)
 
 
 def admin_user(user: Annotated[Principal, Depends(current_user)]) -> Principal:
@@ -56,6 +64,7 @@ def admin_user(user: Annotated[Principal, Depends(current_user)]) -> Principal:
 
 CurrentUser = Annotated[Principal, Depends(current_user)]
 AdminUser = Annotated[Principal, Depends(admin_user)]
+DepsDep = Annotated[Deps, Depends(get_deps)]
 
 _STATUS: dict[type[LlmStreamError], int] = {
     TaskNotFound: 404,

@@ -15,9 +15,9 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
 from llmstream import observe
-from llmstream.answer import DEAD_LETTERED, Poison, RetryLater, Throttled, run_task
+from llmstream.answer import run_task
 from llmstream.deps import Deps, get_deps
-from llmstream.exceptions import ClaimLost
+from llmstream.exceptions import ClaimLost, RateLimited, RequestUnusable, RetryLater
 from llmstream.models import TaskMessage
 from llmstream.observe import Record, logger
 from llmstream.settings import Settings
@@ -26,6 +26,9 @@ observe.setup("worker")
 # The init phase builds settings and clients (as api.py does): a misconfiguration fails
 # at cold start, and an invocation's first step, its heartbeat, needs nothing built first.
 get_deps()
+
+# A poison message's metric (observe.py), beside the answer outcomes answer.py counts.
+DEAD_LETTERED = "AnswersDeadLettered"
 
 
 class Superseded(Exception):
@@ -79,14 +82,14 @@ def _handle(
             keep_alive=keep_alive,
             metrics=metrics,
         )
-    except Poison as poison:
+    except RequestUnusable as poison:
         # Retrying cannot help: straight to the DLQ, where `./run.sh dlq` shows it.
         metrics.count(DEAD_LETTERED)
         metrics.property(message_id=record.message_id)
         dead_letter(deps, record, queue_url, str(poison))
     except ClaimLost as e:
         raise Superseded(str(e)) from e
-    except Throttled as throttled:
+    except RateLimited as throttled:
         # Over the shared rate limit: a new, delayed copy of the message (SQS delays reach
         # 15 minutes), and this one done. Unlike a failure, waiting for capacity must not
         # count toward maxReceiveCount and the DLQ.

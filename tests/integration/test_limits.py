@@ -8,8 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from llmstream.answer import Throttled, run_task
+from llmstream.answer import run_task
 from llmstream.deps import Deps
+from llmstream.exceptions import RateLimited as Throttled
 from llmstream.limits import Bucket, ModelLimits, TokenBuckets
 from llmstream.tasks import Task
 from tests.integration.test_worker import submit

@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 
-from llmstream.answer import Poison, RetryLater, run_task
+from llmstream.answer import run_task
 from llmstream.auth import Principal
 from llmstream.chunklog.base import ChunkLog
 from llmstream.deps import Deps
-from llmstream.exceptions import StoreUnavailable
+from llmstream.exceptions import RequestUnusable as Poison
+from llmstream.exceptions import RetryLater, StoreUnavailable
 from llmstream.models import Event, EventKind
 from llmstream.tasks import Task
 from localcloud.fake_openai import Behaviour, expected_answer

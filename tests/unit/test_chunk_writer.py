@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from llmstream.answer import ChunkWriter
 from llmstream.chunklog.base import ChunkLog
+from llmstream.chunklog.writer import ChunkWriter
 from llmstream.exceptions import SeqConflict
 from llmstream.models import Event, EventKind
 

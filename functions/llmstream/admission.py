@@ -1,0 +1,63 @@
+"""Admission of a chat request: its model, the caller's quota, and the Task that answers it.
+
+POST /chat (chat.py) and direct mode (stream.py) both come in here, so a request is judged
+the same whichever way it is answered. It lives apart from chat.py, which imports the
+idempotency layer, so the stream function's cold start does not pay for that.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from llmstream.auth import Principal
+from llmstream.deps import Deps
+from llmstream.exceptions import QuotaExceeded
+from llmstream.models import ChatRequest, TaskState
+from llmstream.observe import Record
+from llmstream.settings import Settings, choose_model
+from llmstream.tasks import Task
+
+
+def admit(
+    deps: Deps,
+    settings: Settings,
+    user: Principal,
+    request: ChatRequest,
+    *,
+    status: TaskState = "queued",
+    now: float | None = None,
+    trace_id: str | None = None,
+    metrics: Record | None = None,
+) -> Task:
+    """The task that answers ``request`` for ``user``, once its model is one the deployment
+    offers (ModelNotAllowed: 422, before any quota) and the caller's quota admits it
+    (QuotaExceeded: 429 with Retry-After). Its session is the request's or a new id; nothing
+    is stored. ``metrics``, if given, gets the model's dimension and counts a refusal."""
+    now = time.time() if now is None else now
+    model = choose_model(settings, request.model)
+    if metrics is not None:
+        metrics.dimension(model=model)
+    try:
+        deps.quotas.admit(user.sub, now)
+    except QuotaExceeded:
+        if metrics is not None:
+            metrics.count("RequestsRateLimited")
+            metrics.flush()
+        raise
+    return Task(
+        task_id=uuid.uuid4().hex,
+        session_id=request.session_id or uuid.uuid4().hex,
+        status=status,
+        model=model,
+        message=request.message,
+        owner=user.sub,
+        priority=request.priority,
+        system=request.system,
+        max_tokens=min(request.max_tokens or settings.max_tokens_limit, settings.max_tokens_limit),
+        temperature=request.temperature,
+        cancel_on_disconnect=request.cancel_on_disconnect,
+        created_at=now,
+        new_session=request.session_id is None,
+        trace_id=trace_id,
+    )
