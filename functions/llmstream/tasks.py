@@ -106,6 +106,24 @@ def hour_of(timestamp: float) -> str:
     return time.strftime("%Y%m%d%H", time.gmtime(timestamp))
 
 
+def _hours(since: float, now: float) -> list[str]:
+    """The hour buckets from ``since`` to ``now``, oldest first."""
+    every = {hour_of(t) for t in range(int(since), int(now) + 3600, 3600) if t <= now}
+    return sorted(every | {hour_of(now)})
+
+
+def _query_pages(client: DynamoDBClient, kwargs: dict[str, Any], limit: int) -> list[Task]:
+    """A query's items, page after page, until ``limit`` (a partial Task each)."""
+    tasks: list[Task] = []
+    while len(tasks) < limit:
+        page = client.query(**kwargs)
+        tasks.extend(_partial(item) for item in page.get("Items", []))
+        if "LastEvaluatedKey" not in page:
+            break
+        kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    return tasks
+
+
 def _partial(item: dict[str, Any]) -> Task:
     """A task from the by-hour index, which projects only what /stats reads."""
     raw = {k: _from_dynamo(_de.deserialize(v)) for k, v in item.items()}
@@ -145,13 +163,9 @@ class TaskStore:
     def recent(self, since: float, now: float | None = None, limit: int = 2000) -> list[Task]:
         """Tasks created since ``since`` (the by-hour index; one query per hour bucket)."""
         now = time.time() if now is None else now
-        hours = sorted(
-            {hour_of(t) for t in range(int(since), int(now) + 3600, 3600) if t <= now}
-            | {hour_of(now)}
-        )
         tasks: list[Task] = []
         try:
-            for hour in hours:
+            for hour in _hours(since, now):
                 kwargs: dict[str, Any] = {
                     "TableName": self._table,
                     "IndexName": HOUR_INDEX,
@@ -162,12 +176,7 @@ class TaskStore:
                         ":since": _ser.serialize(_to_dynamo(float(since))),
                     },
                 }
-                while len(tasks) < limit:
-                    page = self._client.query(**kwargs)
-                    tasks.extend(_partial(item) for item in page.get("Items", []))
-                    if "LastEvaluatedKey" not in page:
-                        break
-                    kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+                tasks.extend(_query_pages(self._client, kwargs, limit - len(tasks)))
         except ClientError as e:
             raise StoreUnavailable(str(e)) from e
         return tasks[:limit]
