@@ -3,8 +3,10 @@
 // sessionStorage only: a reload keeps you signed in, closing the tab forgets you. The JWT
 // payload is read for display (name, groups) and nothing else: the API decides who may do what.
 //
-// A page includes this file, marks what only a signed-in user sees with `data-signed-in`,
-// has the sign-in form and account elements below (ids), and calls
+// A page includes this file (a plain script at the end of <body>), marks what only a
+// signed-in user sees with `data-signed-in`, puts the placeholders <div id="account" hidden>
+// (in its header) and <main id="signin" hidden> where they belong (this file fills them in
+// at once, so both pages share one sign-in form), and calls
 // Auth.start(config.auth, { onSignIn(user), onSignOut(user) }). Every API call goes through
 // authFetch(url, options), which adds the Bearer header, refreshes the tokens shortly before
 // they expire and once on a 401, and goes back to the sign-in form when that fails.
@@ -168,6 +170,42 @@
   }
 
   // ---------------------------------------------------------------- the page
+  // The markup shared by the chat page and the dashboard; static, nothing from a user in it.
+  const ACCOUNT = `
+    <div id="account" class="account" hidden>
+      <span class="visually-hidden">Signed in as</span>
+      <span id="account-name" class="who"></span>
+      <button type="button" id="sign-out">Sign out</button>
+    </div>`;
+  const SIGNIN = `
+    <main id="signin" class="signin" aria-labelledby="signin-title" hidden>
+      <form id="signin-form" class="signin-form">
+        <h2 id="signin-title">Sign in</h2>
+        <label class="field">Username
+          <input id="signin-username" name="username" autocomplete="username" autocapitalize="none"
+                 spellcheck="false" required>
+        </label>
+        <label class="field">Password
+          <input id="signin-password" name="password" type="password" autocomplete="current-password"
+                 required>
+        </label>
+        <div id="signin-new" hidden>
+          <p id="signin-new-hint" class="hint">Your password was a temporary one: choose your own.</p>
+          <label class="field">New password
+            <input id="signin-new-password" name="new-password" type="password"
+                   autocomplete="new-password" aria-describedby="signin-new-hint">
+          </label>
+        </div>
+        <p id="signin-error" class="signin-error" role="alert"></p>
+        <button type="submit" id="signin-submit" class="primary">Sign in</button>
+      </form>
+    </main>`;
+
+  // Replace the page's placeholders while the script loads: the page's own scripts, which
+  // come after this one, find the elements as if the page had them itself.
+  el("account").outerHTML = ACCOUNT.trim();
+  el("signin").outerHTML = SIGNIN.trim();
+
   function showSignedIn() {
     const who = user();
     for (const node of document.querySelectorAll("[data-signed-in]")) node.hidden = false;

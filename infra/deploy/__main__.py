@@ -9,11 +9,22 @@ import sys
 from pathlib import Path
 
 import boto3
+from dotenv import dotenv_values
 
 from llmstream_deploy.publish import invalidate, stack_outputs, store_openai_key, sync_frontend
-from localcloud import dotenv_file
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def openai_key(dotenv: Path) -> str | None:
+    """OPENAI_API_KEY from the environment, else from the ``.env`` file; the environment wins,
+    as for `./run.sh start`. python-dotenv reads the file (quotes, comments, `export`, CRLF
+    line ends) so that a deploy needs nothing of the local cloud (localcloud)."""
+    if key := os.environ.get("OPENAI_API_KEY"):
+        return key
+    # Stripped like every value `./run.sh start` takes from the file: a quoted key keeps the
+    # blanks inside its quotes, which no key has.
+    return (dotenv_values(dotenv).get("OPENAI_API_KEY") or "").strip() or None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     log = logging.getLogger("llmstream_deploy")
 
     outputs = stack_outputs(boto3.client("cloudformation"), args.stack)
-    key = os.environ.get("OPENAI_API_KEY") or dotenv_file.read(ROOT / ".env").get("OPENAI_API_KEY")
+    key = openai_key(ROOT / ".env")
     if key and outputs.openai_secret_arn:
         store_openai_key(boto3.client("secretsmanager"), outputs.openai_secret_arn, key)
         log.info("stored OPENAI_API_KEY in %s", outputs.openai_secret_arn)

@@ -58,6 +58,14 @@ def running_environments(stack: Stack, busy_for: float) -> list[int]:
     return list(running_tasks(stack, busy_for))
 
 
+def chat(stack: Stack, headers: dict[str, str], message: str) -> dict[str, Any]:
+    """POST /chat as the user of ``headers``: the answer's task_id and stream_url."""
+    body: dict[str, Any] = httpx.post(
+        f"{stack.urls['api']}/chat", json={"message": message}, headers=headers, timeout=10
+    ).json()
+    return body
+
+
 def whole_from_zero(stack: Stack, status: dict[str, Any]) -> tuple[bool, int]:
     """The stream read from 0 after the end: dense seqs, one terminal event, and the text
     after its last reset equal to the status's text. Returns (whole, resets)."""
@@ -70,12 +78,7 @@ def test_killing_every_worker_environment_mid_answer_keeps_the_stack_up(
 ) -> None:
     alice = auth(crash_stack, "alice")
     # GIVEN a long answer, running
-    body = httpx.post(
-        f"{crash_stack.urls['api']}/chat",
-        json={"message": "long [[fake tokens=400 tps=50]]"},
-        headers=alice,
-        timeout=10,
-    ).json()
+    body = chat(crash_stack, alice, "long [[fake tokens=400 tps=50]]")
     deadline = time.monotonic() + 30
     while status_of(crash_stack, body["task_id"], alice)["last_seq"] < 5:
         assert time.monotonic() < deadline, "the answer did not start"
@@ -176,12 +179,7 @@ def test_a_redriven_dead_letter_completes(crash_stack: Stack) -> None:
     alice = auth(crash_stack, "alice")
     # GIVEN an answer whose worker died on every delivery (killed each time it ran), so the
     # queue's redrive policy moved its message to the DLQ after maxReceiveCount (3)
-    body = httpx.post(
-        f"{crash_stack.urls['api']}/chat",
-        json={"message": "unlucky [[fake tokens=150 tps=30]]"},
-        headers=alice,
-        timeout=10,
-    ).json()
+    body = chat(crash_stack, alice, "unlucky [[fake tokens=150 tps=30]]")
     attempts_killed: set[int] = set()
     deadline = time.monotonic() + 90
     while not dead_letters(crash_stack):
@@ -209,12 +207,7 @@ def test_a_redriven_dead_letter_completes(crash_stack: Stack) -> None:
 
 def test_the_stream_tells_its_viewer_when_the_worker_is_lost(crash_stack: Stack) -> None:
     alice = auth(crash_stack, "alice")
-    body = httpx.post(
-        f"{crash_stack.urls['api']}/chat",
-        json={"message": "watch me [[fake tokens=300 tps=30]]"},
-        headers=alice,
-        timeout=10,
-    ).json()
+    body = chat(crash_stack, alice, "watch me [[fake tokens=300 tps=30]]")
     seen: list[tuple[str, str]] = []
     killed, told = threading.Event(), threading.Event()
     poller = poller_pid(crash_stack)

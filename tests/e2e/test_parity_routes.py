@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from typing import Any
 
 import httpx
 import pytest
@@ -16,6 +17,17 @@ from tests.e2e.test_chat_flow import admin_auth, post_chat, read_stream, text
 
 pytestmark = pytest.mark.e2e
 FAKE = Behaviour(tokens=FAKE_TOKENS)
+
+
+def operators_get(stack: Stack, path: str) -> Any:
+    """GET an operators' route of the api: refused without a token (401) and to a user
+    outside the admins group (403); an operator's answer (200) as JSON."""
+    url = f"{stack.urls['api']}{path}"
+    assert httpx.get(url, timeout=30).status_code == 401, path
+    assert httpx.get(url, headers=auth(stack), timeout=30).status_code == 403, path
+    resp = httpx.get(url, headers=admin_auth(stack), timeout=30)
+    assert resp.status_code == 200, resp.text
+    return resp.json()
 
 
 def test_a_session_carries_its_history(local_stack: Stack) -> None:
@@ -61,13 +73,7 @@ def test_a_session_carries_its_history(local_stack: Stack) -> None:
 
 
 def test_health_full_reports_every_dependency(local_stack: Stack) -> None:
-    url = f"{local_stack.urls['api']}/health/full"
-    # for operators only
-    assert httpx.get(url, timeout=30).status_code == 401
-    assert httpx.get(url, headers=auth(local_stack), timeout=30).status_code == 403
-    resp = httpx.get(url, headers=admin_auth(local_stack), timeout=30)
-    assert resp.status_code == 200, resp.text
-    body = resp.json()
+    body = operators_get(local_stack, "/health/full")
     assert body["status"] == "ok"
     assert set(body["tables"]) == {"requests", "chunks"}
     assert set(body["queues"]) == {"high", "default", "low", "dead_letter"}
@@ -82,13 +88,7 @@ def test_stats_show_depths_statuses_and_speed(local_stack: Stack) -> None:
             local_stack, {"message": f"stats {priority}", "priority": priority}, "e2e-stats"
         )
         read_stream(body.json()["stream_url"])
-    url = f"{local_stack.urls['api']}/stats"
-    # for operators only
-    assert httpx.get(url, timeout=30).status_code == 401
-    assert httpx.get(url, headers=auth(local_stack), timeout=30).status_code == 403
-    resp = httpx.get(url, headers=admin_auth(local_stack), timeout=30)
-    assert resp.status_code == 200, resp.text
-    stats = resp.json()
+    stats = operators_get(local_stack, "/stats")
     assert set(stats["queues"]) == {"high", "default", "low", "dead_letter"}
     assert stats["requests"].get("done", 0) >= 3
     assert {"high", "default", "low"} <= set(stats["by_priority"])
@@ -107,12 +107,7 @@ def test_stats_show_depths_statuses_and_speed(local_stack: Stack) -> None:
 
 
 def test_model_test_route(local_stack: Stack) -> None:
-    url = f"{local_stack.urls['api']}/test"
-    assert httpx.get(url, timeout=30).status_code == 401
-    assert httpx.get(url, headers=auth(local_stack), timeout=30).status_code == 403
-    resp = httpx.get(url, headers=admin_auth(local_stack), timeout=30)
-    assert resp.status_code == 200, resp.text
-    body = resp.json()
+    body = operators_get(local_stack, "/test")
     assert body["ok"] is True and body["reply"] and body["latency_ms"] > 0
 
 

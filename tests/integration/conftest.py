@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+import uuid
 from typing import Any
 
 import boto3
@@ -8,6 +10,8 @@ from openai import OpenAI
 
 from llmstream.deps import Deps, build_deps
 from llmstream.settings import Settings
+from llmstream.tasks import Task
+from localcloud.poller import sqs_record
 from localcloud.provision import provision
 from localcloud.template import LocalTemplate
 from localcloud.users import LocalUser, UserPool
@@ -86,3 +90,37 @@ def function_env(stack: LocalTemplate, logical_id: str, aws_endpoint: str) -> di
         "AWS_SECRET_ACCESS_KEY": "test",
         "AWS_DEFAULT_REGION": "us-east-1",
     }
+
+
+def queued_task(
+    deps: Deps,
+    *,
+    session_id: str | None = None,
+    model: str = "m",
+    message: str = "hi",
+    **fields: Any,
+) -> Task:
+    """A queued task in the store, as POST /chat leaves one before it sends the message: a
+    new task id, and a new session unless ``session_id`` is given."""
+    task = Task(
+        task_id=uuid.uuid4().hex,
+        session_id=session_id or uuid.uuid4().hex,
+        status="queued",
+        model=model,
+        message=message,
+        **fields,
+    )
+    deps.tasks.create(task)
+    return task
+
+
+def received_event(stack: LocalTemplate, sqs: Any, queue: str, task_id: str) -> dict[str, Any]:
+    """The worker's Lambda event for a task: its message sent to the template's queue
+    ``queue`` (a logical id) and received as the event source mapping receives it."""
+    url = stack.queue_url(queue)
+    sqs.send_message(QueueUrl=url, MessageBody=json.dumps({"task_id": task_id}))
+    [message] = sqs.receive_message(
+        QueueUrl=url, WaitTimeSeconds=2, MessageSystemAttributeNames=["All"]
+    )["Messages"]
+    arn = stack.resolve({"Fn::GetAtt": [queue, "Arn"]})
+    return {"Records": [sqs_record(message, arn, "us-east-1")]}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import uuid
 from typing import Any
 
 import jwt
@@ -15,7 +14,7 @@ from llmstream.settings import Settings
 from localcloud.poller import LambdaContext
 from localcloud.template import LocalTemplate
 from localcloud.users import LocalUser
-from tests.integration.conftest import function_env
+from tests.integration.conftest import function_env, queued_task, received_event
 
 pytestmark = pytest.mark.integration
 
@@ -139,27 +138,12 @@ def test_worker_handler_requeues_a_rate_limited_task_with_a_delay(
 ) -> None:
     from llmstream.deps import get_deps
     from llmstream.limits import Bucket
-    from llmstream.tasks import Task
-    from localcloud.poller import sqs_record
 
     deps = get_deps()
     deps.limits.buckets.take(Bucket("model-rpm", 1), 1)  # the minute's one request is gone
-    task = Task(
-        task_id=uuid.uuid4().hex,
-        session_id="s",
-        status="queued",
-        model="m",
-        message="later please",
-        owner="sub-handler-tests",
-    )
-    deps.tasks.create(task)
+    task = queued_task(deps, session_id="s", message="later please", owner="sub-handler-tests")
     sqs, queue = clients["sqs"], stack.queue_url("LowQueue")
-    sqs.send_message(QueueUrl=queue, MessageBody=json.dumps({"task_id": task.task_id}))
-    [message] = sqs.receive_message(
-        QueueUrl=queue, WaitTimeSeconds=2, MessageSystemAttributeNames=["All"]
-    )["Messages"]
-    arn = stack.resolve({"Fn::GetAtt": ["LowQueue", "Arn"]})
-    event = {"Records": [sqs_record(message, arn, "us-east-1")]}
+    event = received_event(stack, sqs, "LowQueue", task.task_id)
     ctx = LambdaContext(function_name="worker", memory_limit_in_mb=512, timeout_seconds=300)
     # WHEN the worker function gets the task while over the limit
     result = worker_module.handler(event, ctx)

@@ -8,17 +8,14 @@ import os
 import signal
 import threading
 import time
-import uuid
 from typing import Any
 
 import pytest
 
 from llmstream.deps import Deps
-from llmstream.tasks import Task
-from localcloud.poller import sqs_record
 from localcloud.runtime import EnvironmentDied, EnvironmentPool
 from localcloud.template import LocalTemplate
-from tests.integration.conftest import function_env
+from tests.integration.conftest import function_env, queued_task, received_event
 
 pytestmark = pytest.mark.integration
 WINDOW = 3  # seconds
@@ -33,22 +30,10 @@ def test_a_running_workers_message_stays_hidden_and_comes_back_soon_after_it_die
 ) -> None:
     sqs, queue = clients["sqs"], stack.queue_url("HighQueue")
     # GIVEN a task whose answer takes about 8 s, its message received by the event source
-    task = Task(
-        task_id=uuid.uuid4().hex,
-        session_id=uuid.uuid4().hex,
-        status="queued",
-        model="m",
-        message="slow [[fake tokens=400 tps=50]]",
-        owner="sub-heartbeat",
-        new_session=True,
+    task = queued_task(
+        deps, message="slow [[fake tokens=400 tps=50]]", owner="sub-heartbeat", new_session=True
     )
-    deps.tasks.create(task)
-    sqs.send_message(QueueUrl=queue, MessageBody=json.dumps({"task_id": task.task_id}))
-    [message] = sqs.receive_message(
-        QueueUrl=queue, WaitTimeSeconds=2, MessageSystemAttributeNames=["All"]
-    )["Messages"]
-    arn = stack.resolve({"Fn::GetAtt": ["HighQueue", "Arn"]})
-    event = {"Records": [sqs_record(message, arn, "us-east-1")]}
+    event = received_event(stack, sqs, "HighQueue", task.task_id)
     env = {
         **os.environ,
         **function_env(stack, "WorkerFunction", aws_endpoint),

@@ -12,7 +12,7 @@ from llmstream.answer import run_task
 from llmstream.deps import Deps
 from llmstream.exceptions import RateLimited as Throttled
 from llmstream.limits import Bucket, ModelLimits, TokenBuckets
-from llmstream.tasks import Task
+from tests.integration.conftest import queued_task
 from tests.integration.test_worker import submit
 
 pytestmark = pytest.mark.integration
@@ -94,15 +94,7 @@ def test_token_estimate_is_settled_with_real_usage(deps: Deps) -> None:
         prefix=f"t-{uuid.uuid4().hex[:8]}",
     )
     deps.limits = limits
-    task = Task(
-        task_id=uuid.uuid4().hex,
-        session_id=uuid.uuid4().hex,
-        status="queued",
-        model="m",
-        message="count my tokens",
-        max_tokens=50,
-    )
-    deps.tasks.create(task)
+    task = queued_task(deps, message="count my tokens", max_tokens=50)
     started = time.time()
     run_task(deps, task.task_id)
     elapsed = time.time() - started

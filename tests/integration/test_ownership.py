@@ -14,6 +14,7 @@ from llmstream.deps import Deps
 from llmstream.exceptions import QuotaExceeded, SessionNotFound, TaskNotFound
 from llmstream.limits import TokenBuckets, UserQuotas
 from llmstream.tasks import Task
+from tests.integration.conftest import queued_task
 
 pytestmark = pytest.mark.integration
 
@@ -23,16 +24,7 @@ def user(name: str) -> Principal:
 
 
 def task_of(deps: Deps, owner: Principal, session_id: str, message: str = "hi") -> Task:
-    task = Task(
-        task_id=uuid.uuid4().hex,
-        session_id=session_id,
-        status="queued",
-        model="m",
-        message=message,
-        owner=owner.sub,
-    )
-    deps.tasks.create(task)
-    return task
+    return queued_task(deps, session_id=session_id, message=message, owner=owner.sub)
 
 
 def test_another_users_task_is_not_found(deps: Deps) -> None:

@@ -7,22 +7,13 @@ import pytest
 from llmstream.deps import Deps
 from llmstream.exceptions import ClaimLost, TaskAlreadyFinal, TaskNotFound
 from llmstream.tasks import Task
+from tests.integration.conftest import queued_task
 
 pytestmark = pytest.mark.integration
 
 
 def new_task(deps: Deps) -> Task:
-    task = Task(
-        task_id=uuid.uuid4().hex,
-        session_id="s",
-        status="queued",
-        model="m",
-        message="hi",
-        owner="sub-tasks-tests",
-        temperature=0.5,
-    )
-    deps.tasks.create(task)
-    return task
+    return queued_task(deps, session_id="s", owner="sub-tasks-tests", temperature=0.5)
 
 
 def test_round_trip(deps: Deps) -> None:

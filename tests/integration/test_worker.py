@@ -18,6 +18,7 @@ from llmstream.exceptions import RetryLater, StoreUnavailable
 from llmstream.models import Event, EventKind
 from llmstream.tasks import Task
 from localcloud.fake_openai import Behaviour, expected_answer
+from tests.integration.conftest import queued_task
 
 pytestmark = pytest.mark.integration
 FAKE = Behaviour(tokens=40)  # as the fake_openai_url fixture runs it
@@ -25,16 +26,9 @@ USER = Principal(sub="sub-worker-tests", username="worker-tests", groups=frozens
 
 
 def submit(deps: Deps, message: str = "hello worker", session_id: str | None = None) -> Task:
-    task = Task(
-        task_id=uuid.uuid4().hex,
-        session_id=session_id or uuid.uuid4().hex,
-        status="queued",
-        model="gpt-4o-mini",
-        message=message,
-        owner=USER.sub,
+    return queued_task(
+        deps, session_id=session_id, model="gpt-4o-mini", message=message, owner=USER.sub
     )
-    deps.tasks.create(task)
-    return task
 
 
 def text_of(events: list[Event]) -> str:

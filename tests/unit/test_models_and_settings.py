@@ -26,6 +26,14 @@ ENV = {
 }
 
 
+@pytest.fixture
+def settings_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ENV in the environment, as the template gives it to the functions; a test changes it
+    further through its own monkeypatch (the same one), and every change ends with the test."""
+    for key, value in ENV.items():
+        monkeypatch.setenv(key, value)
+
+
 def test_chat_request_defaults_and_strip() -> None:
     req = ChatRequest.model_validate({"message": "  hi  "})
     assert req.message == "hi"
@@ -59,26 +67,24 @@ def test_task_message_refuses_a_foreign_body() -> None:
         TaskMessage.model_validate_json('{"task_id": "../etc"}')
 
 
+@pytest.mark.usefixtures("settings_env")
 def test_settings_fail_loudly_when_a_required_variable_is_missing(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    for key, value in ENV.items():
-        monkeypatch.setenv(key, value)
     monkeypatch.delenv("CHUNKS_TABLE")
     with pytest.raises(ValidationError, match="chunks_table"):
         Settings()  # type: ignore[call-arg]
 
 
+@pytest.mark.usefixtures("settings_env")
 def test_settings_refuse_a_short_token_secret(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in {**ENV, "STREAM_TOKEN_SECRET": "short"}.items():
-        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("STREAM_TOKEN_SECRET", "short")
     with pytest.raises(ValidationError, match="stream_token_secret"):
         Settings()  # type: ignore[call-arg]
 
 
+@pytest.mark.usefixtures("settings_env")
 def test_api_settings_need_the_stream_url(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in ENV.items():
-        monkeypatch.setenv(key, value)
     with pytest.raises(ValidationError, match="stream_base_url"):
         ApiSettings()  # type: ignore[call-arg]
     monkeypatch.setenv("CORS_ALLOW_ORIGINS", "http://a, http://b")
@@ -86,9 +92,8 @@ def test_api_settings_need_the_stream_url(monkeypatch: pytest.MonkeyPatch) -> No
     assert ApiSettings().cors_origins == ["http://a", "http://b"]  # type: ignore[call-arg]
 
 
+@pytest.mark.usefixtures("settings_env")
 def test_exactly_one_token_secret_source(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in ENV.items():
-        monkeypatch.setenv(key, value)
     monkeypatch.setenv("STREAM_TOKEN_SECRET_ARN", "arn:aws:secretsmanager:::secret:x")
     with pytest.raises(ValidationError, match="exactly one"):
         Settings()  # type: ignore[call-arg]
@@ -108,17 +113,13 @@ def test_exactly_one_token_secret_source(monkeypatch: pytest.MonkeyPatch) -> Non
         (-10, "low"),
     ],
 )
-def test_priority_selects_the_queue(
-    monkeypatch: pytest.MonkeyPatch, priority: int, queue: str
-) -> None:
-    for key, value in ENV.items():
-        monkeypatch.setenv(key, value)
+@pytest.mark.usefixtures("settings_env")
+def test_priority_selects_the_queue(priority: int, queue: str) -> None:
     assert Settings().queue_url_for(priority) == f"http://{queue}"  # type: ignore[call-arg]
 
 
+@pytest.mark.usefixtures("settings_env")
 def test_auth_settings_default_the_jwks_to_the_issuers(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in ENV.items():
-        monkeypatch.setenv(key, value)
     settings = Settings()  # type: ignore[call-arg]
     assert settings.jwks_url == "https://issuer.example/pool/.well-known/jwks.json"
     assert settings.auth_audiences == ["client-a", "client-b"]
