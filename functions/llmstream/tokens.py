@@ -18,10 +18,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 import time
 
 from llmstream.auth import Principal
 from llmstream.exceptions import TaskNotFound, TokenExpired, TokenMissing
+
+_EXPIRES = re.compile(r"[0-9]{1,12}")
 
 
 def _signature(secret: str, task_id: str, owner: str, expires: int) -> str:
@@ -43,10 +46,13 @@ def verify(
     if not token:
         raise TokenMissing("sign in: pass ?token= from the stream_url, or a Bearer token")
     expires_text, _, signature = token.partition(".")
-    if not expires_text.isdigit() or not signature:
+    # ASCII digits only: str.isdigit() takes "²", which int() refuses.
+    if not _EXPIRES.fullmatch(expires_text) or not signature:
         raise TaskNotFound(task_id)
     expires = int(expires_text)
-    if not hmac.compare_digest(signature, _signature(secret, task_id, owner, expires)):
+    expected = _signature(secret, task_id, owner, expires)
+    # As bytes: compare_digest refuses a str with non-ASCII characters (a TypeError, a 500).
+    if not hmac.compare_digest(signature.encode(), expected.encode()):
         raise TaskNotFound(task_id)
     if expires < (time.time() if now is None else now):
         raise TokenExpired("stream token expired: GET /chat/{task_id} gives a fresh stream_url")

@@ -58,3 +58,15 @@ def test_tampered_expiry_is_refused() -> None:
     expires, _, sig = tokens.sign(SECRET, "task1", ALICE, ttl_seconds=60).partition(".")
     with pytest.raises(TaskNotFound):
         tokens.verify(SECRET, "task1", ALICE, f"{int(expires) + 3600}.{sig}")
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["\u00b2.abc", "1796678361.\u00e9\u00e9", "1796678361.", ".abc", "12x.abc", "9" * 40 + ".abc"],
+)
+def test_a_malformed_token_is_a_task_not_found_never_a_crash(token: str) -> None:
+    # GIVEN a token whose expiry is not ASCII digits ("²" passes str.isdigit()), or whose
+    # signature has non-ASCII characters, or a part missing
+    # WHEN it is tried, THEN the task does not exist for its bearer (404), never a 500
+    with pytest.raises(TaskNotFound):
+        tokens.verify(SECRET, "task1", ALICE, token)
