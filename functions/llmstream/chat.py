@@ -30,6 +30,7 @@ from llmstream.auth import Principal
 from llmstream.deps import Deps
 from llmstream.exceptions import IdempotencyConflict, QueueUnavailable
 from llmstream.models import (
+    FINAL_STATES,
     CancelResult,
     ChatAccepted,
     ChatRequest,
@@ -46,6 +47,10 @@ from llmstream.settings import ApiSettings, priority_name
 from llmstream.tasks import Task, worker_lost
 
 View = TypeVar("View", bound=BaseModel)
+
+
+# Delete takes every turn of a conversation: a bound, not a page size (the query pages).
+DELETE_MAX_TURNS = 100_000
 
 
 def submit(
@@ -175,15 +180,21 @@ def sessions(deps: Deps, user: Principal) -> SessionList:
 def delete_session(deps: Deps, user: Principal, session_id: str) -> None:
     """Delete a conversation with its turns and their answers.
 
-    The session row goes first, so the conversation disappears from the list and cannot
-    be continued; then each turn's row becomes a tombstone (no text; a running answer's
-    worker sees its claim gone within a second and stops, and the chunk log refuses to
-    continue a deleted log), and its chunk log is deleted.
+    Turn by turn, page after page (a query page stops at 1 MB, a few dozen long turns):
+    its chunk log is deleted, then its row becomes a tombstone (no text; it leaves the
+    session's index; a running answer's worker sees its claim gone within a second and
+    stops), then, for an answer that was still running, its log once more (what it wrote
+    in between). The session row goes last, so a delete cut short (a timeout, a store
+    error) leaves the conversation listed with the turns not yet deleted, and deleting it
+    again finishes the job.
     """
-    deps.sessions.delete(user.sub, session_id)  # SessionNotFound if not the caller's
-    for task in deps.tasks.owned_by(user.sub).session(session_id, limit=1000):
-        deps.tasks.tombstone(task.task_id, user.sub)
+    deps.sessions.get(user.sub, session_id)  # SessionNotFound if not the caller's
+    for task in deps.tasks.owned_by(user.sub).session(session_id, limit=DELETE_MAX_TURNS):
         deps.log.delete(task.task_id)
+        deps.tasks.tombstone(task.task_id, user.sub)
+        if task.status not in FINAL_STATES:
+            deps.log.delete(task.task_id)
+    deps.sessions.delete(user.sub, session_id)
 
 
 def session(deps: Deps, user: Principal, session_id: str) -> SessionHistory:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -112,12 +113,17 @@ def _hours(since: float, now: float) -> list[str]:
     return sorted(every | {hour_of(now)})
 
 
-def _query_pages(client: DynamoDBClient, kwargs: dict[str, Any], limit: int) -> list[Task]:
-    """A query's items, page after page, until ``limit`` (a partial Task each)."""
+def _query_pages(
+    client: DynamoDBClient,
+    kwargs: dict[str, Any],
+    limit: int,
+    parse: Callable[[dict[str, Any]], Task],
+) -> list[Task]:
+    """A query's items, page after page (a page stops at 1 MB), until ``limit``."""
     tasks: list[Task] = []
     while len(tasks) < limit:
         page = client.query(**kwargs)
-        tasks.extend(_partial(item) for item in page.get("Items", []))
+        tasks.extend(parse(item) for item in page.get("Items", []))
         if "LastEvaluatedKey" not in page:
             break
         kwargs["ExclusiveStartKey"] = page["LastEvaluatedKey"]
@@ -176,7 +182,7 @@ class TaskStore:
                         ":since": _ser.serialize(_to_dynamo(float(since))),
                     },
                 }
-                tasks.extend(_query_pages(self._client, kwargs, limit - len(tasks)))
+                tasks.extend(_query_pages(self._client, kwargs, limit - len(tasks), _partial))
         except ClientError as e:
             raise StoreUnavailable(str(e)) from e
         return tasks[:limit]
@@ -186,19 +192,20 @@ class TaskStore:
         return OwnedTasks(self, owner)
 
     def session(self, owner: str, session_id: str, limit: int = 100) -> list[Task]:
-        """The session's tasks, oldest first (the by-owner-session index of the template)."""
+        """The session's last ``limit`` tasks, oldest first (the by-owner-session index)."""
+        kwargs: dict[str, Any] = {
+            "TableName": self._table,
+            "IndexName": SESSION_INDEX,
+            "KeyConditionExpression": "session_key = :s",
+            "ExpressionAttributeValues": {":s": {"S": session_key(owner, session_id)}},
+            "ScanIndexForward": False,  # newest first, so `limit` keeps the recent turns
+            "Limit": limit,
+        }
         try:
-            answer = self._client.query(
-                TableName=self._table,
-                IndexName=SESSION_INDEX,
-                KeyConditionExpression="session_key = :s",
-                ExpressionAttributeValues={":s": {"S": session_key(owner, session_id)}},
-                ScanIndexForward=False,  # newest first, so `limit` keeps the recent turns
-                Limit=limit,
-            )
+            tasks = _query_pages(self._client, kwargs, limit, Task.from_item)
         except ClientError as e:
             raise StoreUnavailable(str(e)) from e
-        return [Task.from_item(item) for item in reversed(answer.get("Items", []))]
+        return tasks[:limit][::-1]
 
     def claim(self, task_id: str, now: float | None = None) -> Task:
         """Take the task for a new attempt: queued, waiting or running (a crashed attempt)

@@ -11,7 +11,7 @@ import pytest
 from llmstream import chat
 from llmstream.auth import Principal
 from llmstream.deps import Deps
-from llmstream.exceptions import QuotaExceeded, SessionNotFound, TaskNotFound
+from llmstream.exceptions import QuotaExceeded, SessionNotFound, StoreUnavailable, TaskNotFound
 from llmstream.limits import TokenBuckets, UserQuotas
 from llmstream.tasks import Task
 from tests.integration.conftest import queued_task
@@ -136,3 +136,64 @@ def test_the_daily_token_quota_counts_what_answers_used(deps: Deps) -> None:
         q.admit(alice.sub)
     assert 0 < refused.value.retry_after <= 86400
     assert q.used_today(user("bob").sub) == 0
+
+
+def long_conversation(deps: Deps, owner: Principal, turns: int = 60) -> tuple[str, list[Task]]:
+    """A conversation whose turns fill more than one query page (DynamoDB stops a page at
+    1 MB): each turn a 12,000-character question and a 12,000-character answer."""
+    sid = uuid.uuid4().hex
+    deps.sessions.start(owner.sub, sid, "long", time.time())
+    tasks = [task_of(deps, owner, sid, f"{n} " + "q" * 12_000) for n in range(turns)]
+    for task in tasks:
+        attempt = deps.tasks.claim(task.task_id).attempt
+        deps.tasks.finish(task.task_id, attempt, "done", answer="a" * 12_000, usage={})
+        deps.log.append(task.task_id, 1, "chunk", {"chunk": "answer"})
+    return sid, tasks
+
+
+def assert_deleted_whole(deps: Deps, owner: Principal, sid: str, tasks: list[Task]) -> None:
+    with pytest.raises(SessionNotFound):
+        chat.session(deps, owner, sid)
+    assert deps.tasks.session(owner.sub, sid, limit=1000) == []
+    for task in tasks:
+        with pytest.raises(TaskNotFound):
+            deps.tasks.owned_by(owner.sub).get(task.task_id)
+        assert deps.log.read(task.task_id, 0, 10) == []
+        assert deps.tasks.get(task.task_id).message == ""
+
+
+def test_a_conversation_of_60_long_turns_is_deleted_whole(deps: Deps) -> None:
+    # GIVEN 60 long turns, more than one page of the session's index
+    alice = user("alice")
+    sid, tasks = long_conversation(deps, alice)
+    assert len(deps.tasks.session(alice.sub, sid, limit=1000)) == 60  # (read page by page)
+    # WHEN Alice deletes the conversation
+    chat.delete_session(deps, alice, sid)
+    # THEN no turn's text, answer or chunk log is left
+    assert_deleted_whole(deps, alice, sid, tasks)
+
+
+def test_a_delete_cut_short_is_finished_by_deleting_again(
+    deps: Deps, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a long conversation whose delete fails halfway (the chunk log store goes away)
+    alice = user("alice")
+    sid, tasks = long_conversation(deps, alice, turns=30)
+    delete, calls = deps.log.delete, []
+
+    def failing_delete(task_id: str) -> None:
+        calls.append(task_id)
+        if len(calls) == 15:
+            raise StoreUnavailable("the chunk log went away")
+        delete(task_id)
+
+    monkeypatch.setattr(deps.log, "delete", failing_delete)
+    with pytest.raises(StoreUnavailable):
+        chat.delete_session(deps, alice, sid)
+    # THEN the conversation is still listed, so it can be deleted again
+    assert sid in [s.session_id for s in chat.sessions(deps, alice).sessions]
+    # WHEN it is deleted again (the store is back)
+    monkeypatch.setattr(deps.log, "delete", delete)
+    chat.delete_session(deps, alice, sid)
+    # THEN it is gone whole
+    assert_deleted_whole(deps, alice, sid, tasks)
