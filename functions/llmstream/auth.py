@@ -71,9 +71,10 @@ class JwtVerifier:
         self._token_uses = token_uses
         self._groups_claim = groups_claim
         self._leeway = leeway_seconds
-        # Keys are fetched once and kept; an unknown key id (a rotated pool key) fetches the
-        # set again, once.
-        self._jwks = jwks or PyJWKClient(jwks_url, cache_keys=True, lifespan=3600, timeout=5)
+        # The key set is kept for an hour; an unknown key id (a rotated pool key) fetches it
+        # again, once. No per-key cache (cache_keys): it never expires, so a key the issuer
+        # removed would go on working in a warm environment.
+        self._jwks = jwks or PyJWKClient(jwks_url, cache_keys=False, lifespan=3600, timeout=5)
 
     def accepts(self, bearer: str) -> bool:
         return bearer.count(".") == 2
