@@ -154,12 +154,15 @@ class Attempt:
         if self.task.cancel_requested:
             self._end("cancelled", {"type": "cancelled"})
             return
-        messages = self._messages()
-        estimate = estimate_tokens(messages, self.task.max_tokens)
-        self._take_capacity(estimate)
         budget = self.settings.answer_timeout_seconds
         if remaining_seconds is not None:
             budget = min(budget, remaining_seconds() - self.settings.lambda_margin_seconds)
+            if budget <= 0:
+                self._no_time_left(budget)  # RetryLater, or the last attempt's error
+                return
+        messages = self._messages()
+        estimate = estimate_tokens(messages, self.task.max_tokens)
+        self._take_capacity(estimate)
         try:
             if next_seq > 1:
                 self.writer.event("reset", {"type": "reset", "attempt": self.task.attempt})
@@ -292,6 +295,20 @@ class Attempt:
             raise RetryLater(delay, reason) from error
         self.metrics.count(ERROR)
         _fail(self.deps, self.writer, self.task, reason)
+
+    def _no_time_left(self, budget: float) -> None:
+        """The invocation's start took its whole Timeout (a cold start on a busy host, a
+        long queue for the model's capacity): the model was never asked, so this is no
+        answer's failure. The next attempt gets a whole invocation; the last one allowed
+        ends the task."""
+        reason = f"no time left in this invocation ({budget:.1f}s after the margin)"
+        if self.receive_count < self.settings.max_receive_count:
+            delay = backoff(self.settings, self.receive_count)
+            self.deps.tasks.defer(self.task.task_id, self.task.attempt, time.time() + delay, reason)
+            self.metrics.count(RETRIED)
+            raise RetryLater(delay, reason)
+        self.metrics.count(TIMED_OUT)
+        _fail(self.deps, self.writer, self.task, f"timeout: {reason}")
 
     def _store_failed(self, error: StoreUnavailable) -> None:
         # The chunk log or the request table did not answer (the SDK's and redis-py's own

@@ -192,6 +192,28 @@ def test_the_answer_ends_before_lambda_would_stop_the_worker(deps: Deps) -> None
     assert deps.log.read_all(task.task_id)[-1].kind == "error"
 
 
+def test_an_invocation_whose_start_took_its_time_goes_back_to_the_queue(deps: Deps) -> None:
+    # GIVEN an invocation whose cold start left less than the safety margin (sam local's
+    # container start counts against the function's Timeout)
+    task = submit(deps, "late [[fake tokens=5]]")
+    late = deps_with(deps, lambda_margin_seconds=5.0)
+    # WHEN it runs the task: THEN it asks nothing of the model and hands the message back
+    with pytest.raises(RetryLater) as retry:
+        run_task(late, task.task_id, receive_count=1, remaining_seconds=lambda: 4.0)
+    assert retry.value.delay == 2.0
+    row = deps.tasks.get(task.task_id)
+    assert row.status == "waiting" and "no time left" in (row.error or "")
+    assert deps.log.read_all(task.task_id) == []
+    # AND the next attempt, with a whole invocation, answers
+    run_task(late, task.task_id, receive_count=2, remaining_seconds=lambda: 60.0)
+    assert deps.log.read_all(task.task_id)[-1].kind == "done"
+    # AND the last delivery allowed with no time left ends a task in an error event
+    other = submit(deps, "late again [[fake tokens=5]]")
+    run_task(late, other.task_id, receive_count=3, remaining_seconds=lambda: 4.0)
+    assert [e.kind for e in deps.log.read_all(other.task_id)] == ["error"]
+    assert deps.tasks.get(other.task_id).status == "error"
+
+
 def test_transient_model_failure_goes_back_to_the_queue_then_errors(deps: Deps) -> None:
     task = submit(deps, "overloaded [[fake status=503]]")
     # WHEN the first deliveries fail with a 503 (after the SDK's own retries)
