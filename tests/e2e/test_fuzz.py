@@ -43,7 +43,8 @@ def fuzz(schema_url: str, headers: dict[str, str]) -> tuple[dict[str, int], list
                 suppress_health_check=list(HealthCheck),
             )
             def run(case: Any) -> None:
-                cases[operation.label] = cases.get(operation.label, 0) + 1
+                label = case.operation.label
+                cases[label] = cases.get(label, 0) + 1
                 # A generated Authorization header would replace the operator's.
                 case.headers = {
                     k: v for k, v in (case.headers or {}).items() if k.lower() != "authorization"
