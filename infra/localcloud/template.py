@@ -182,7 +182,11 @@ class LocalTemplate:
                     batching_window=int(p.get("MaximumBatchingWindowInSeconds", 0)),
                     report_batch_item_failures="ReportBatchItemFailures"
                     in p.get("FunctionResponseTypes", []),
-                    maximum_concurrency=scaling.get("MaximumConcurrency"),
+                    maximum_concurrency=(
+                        int(self.resolve(scaling["MaximumConcurrency"]))
+                        if "MaximumConcurrency" in scaling
+                        else None
+                    ),
                 )
             )
         return out

@@ -218,3 +218,81 @@ def test_sam_local_gets_x86_64_a_declared_endpoint_and_a_shorter_worker_timeout(
         # SAM passes a function only the variables the template declares
         assert spec.environment["AWS_ENDPOINT_URL"] == "http://host.docker.internal:4566"
     assert got["specs"]["WorkerFunction"].timeout == 20
+
+
+# ------------------------------------------------------------------ capacity
+QUEUES = ("HighQueue", "DefaultQueue", "LowQueue")
+
+
+def _poller_concurrency(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, parameters: dict[str, str]
+) -> dict[str, int]:
+    """The concurrency per queue that the local stack's worker poller is given."""
+    import json
+    from types import SimpleNamespace
+
+    from localcloud import functions
+    from localcloud.options import Options
+
+    opts = Options(state_dir=tmp_path, workers=50, parameters=parameters)
+    tpl = LocalTemplate.load("unit", parameters=parameters)
+    tpl.queue_urls = {q: f"http://aws/{q}" for q in tpl.of_type("AWS::SQS::Queue")}
+    tpl.overrides["StreamFunctionUrl.FunctionUrl"] = "http://stream/"
+    monkeypatch.setattr(functions, "environment", lambda stack, logical_id: {})
+    functions.pollers(SimpleNamespace(template=tpl, opts=opts, urls={}))
+    specs = json.loads((tmp_path / "poller-WorkerFunction.json").read_text())
+    by_url = {s["queue_url"]: s["concurrency"] for s in specs}
+    return {q: by_url[f"http://aws/{q}"] for q in QUEUES}
+
+
+def test_each_queue_concurrency_is_a_parameter_that_reaches_the_local_pollers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tpl = LocalTemplate.load("unit")
+    sources = {esm.queue: esm.maximum_concurrency for esm in tpl.event_sources()}
+    assert sources == {"HighQueue": 20, "DefaultQueue": 10, "LowQueue": 3}  # as before
+    for esm in tpl.of_type("AWS::Lambda::EventSourceMapping").values():
+        cap = esm["Properties"]["ScalingConfig"]["MaximumConcurrency"]
+        assert set(cap) == {"Ref"} and cap["Ref"] in tpl.parameters
+    sized = {
+        "HighQueueConcurrency": "7",
+        "DefaultQueueConcurrency": "5",
+        "LowQueueConcurrency": "2",
+    }
+    got = _poller_concurrency(tmp_path, monkeypatch, sized)
+    assert got == {"HighQueue": 7, "DefaultQueue": 5, "LowQueue": 2}
+
+
+def test_the_capacity_parameters_state_their_sizing_rule() -> None:
+    from samtranslator.yaml_helper import yaml_parse
+
+    declared = yaml_parse((ROOT / "template.yaml").read_text())["Parameters"]
+    for name in ("HighQueueConcurrency", "DefaultQueueConcurrency", "LowQueueConcurrency"):
+        text = " ".join(declared[name]["Description"].split())
+        assert "sum of the three queue concurrencies" in text, name
+    high = " ".join(declared["HighQueueConcurrency"]["Description"].split())
+    assert "ModelRequestsPerMinute" in high and "ModelTokensPerMinute" in high
+    assert "concurrency quota" in high
+    assert "concurrency quota" in declared["ApiReservedConcurrency"]["Description"]
+
+
+@pytest.mark.parametrize(("value", "reserved"), [("", NO_VALUE), ("0", NO_VALUE), ("25", "25")])
+def test_the_api_reserves_concurrency_only_when_asked(value: str, reserved: Any) -> None:
+    tpl = LocalTemplate.load("unit", parameters={"ApiReservedConcurrency": value})
+    got = tpl.resolve(tpl.props("ApiFunction").get("ReservedConcurrentExecutions", NO_VALUE))
+    assert got == reserved
+
+
+def test_every_work_queue_has_a_backlog_alarm_on_the_alarm_topic() -> None:
+    tpl = LocalTemplate.load("unit")
+    watched = {}
+    for alarm in tpl.of_type("AWS::CloudWatch::Alarm").values():
+        p = alarm["Properties"]
+        if p.get("MetricName") == "ApproximateAgeOfOldestMessage":
+            assert p["AlarmActions"] == [{"Ref": "AlarmTopic"}]
+            assert p["Threshold"] == {"Ref": "QueueBacklogAlarmSeconds"}
+            (dimension,) = p["Dimensions"]
+            watched[dimension["Value"]["Fn::GetAtt"][0]] = p
+    assert set(watched) == set(QUEUES)
+    # a message being answered counts toward the age: the alarm waits longer than that
+    assert int(tpl.parameters["QueueBacklogAlarmSeconds"]) > int(tpl.parameters["WorkerTimeout"])
