@@ -296,3 +296,138 @@ def test_every_work_queue_has_a_backlog_alarm_on_the_alarm_topic() -> None:
     assert set(watched) == set(QUEUES)
     # a message being answered counts toward the age: the alarm waits longer than that
     assert int(tpl.parameters["QueueBacklogAlarmSeconds"]) > int(tpl.parameters["WorkerTimeout"])
+
+
+# ------------------------------------------------------------------ least privilege
+FUNCTIONS = ("ApiFunction", "WorkerFunction", "StreamFunction")
+DATA_SERVICES = ("dynamodb:", "sqs:", "secretsmanager:")
+
+
+def _statements(tpl: LocalTemplate, function: str) -> list[dict[str, Any]]:
+    """The inline statements of the function's role, resolved (an If whose condition is
+    false is gone), each with its actions and resources as lists."""
+    out = []
+    for policy in tpl.resolve(tpl.props(f"{function}Role").get("Policies", [])):
+        for s in policy["PolicyDocument"]["Statement"]:
+            actions, resources = s["Action"], s["Resource"]
+            out.append(
+                {
+                    **s,
+                    "Action": [actions] if isinstance(actions, str) else actions,
+                    "Resource": [resources] if isinstance(resources, str) else resources,
+                }
+            )
+    return out
+
+
+def _granted(tpl: LocalTemplate, function: str) -> set[tuple[str, str]]:
+    return {(a, r) for s in _statements(tpl, function) for a in s["Action"] for r in s["Resource"]}
+
+
+@pytest.mark.parametrize("direct", ["true", "false"])
+def test_no_function_may_scan_or_act_on_every_resource(direct: str) -> None:
+    tpl = LocalTemplate.load("unit", parameters={"EnableDirectMode": direct})
+    for function in FUNCTIONS:
+        for s in _statements(tpl, function):
+            assert s["Effect"] == "Allow"
+            assert all(a.startswith(DATA_SERVICES) for a in s["Action"]), (function, s)
+            assert not any("*" in a for a in s["Action"]), (function, s)  # no SendMessage*
+            assert not any("*" in r for r in s["Resource"]), (function, s)  # no index/*
+            assert "dynamodb:Scan" not in s["Action"], function
+        # the SAM policy templates (CRUD, read) are gone: every permission is explicit
+        assert not any("Template" in str(p) for p in tpl.props(f"{function}Role")["Policies"])
+
+
+def test_the_worker_may_keep_its_message_invisible_while_it_answers() -> None:
+    tpl = LocalTemplate.load("unit")
+    granted = _granted(tpl, "WorkerFunction")
+    for queue in QUEUES:
+        arn = tpl.resolve({"Fn::GetAtt": [queue, "Arn"]})
+        assert ("sqs:ChangeMessageVisibility", arn) in granted  # the heartbeat
+        assert ("sqs:SendMessage", arn) in granted  # a rate-limited task, delayed
+
+
+def test_only_the_api_creates_requests_and_deletes_conversations() -> None:
+    tpl = LocalTemplate.load("unit")
+    table = {
+        name: tpl.resolve({"Fn::GetAtt": [name, "Arn"]})
+        for name in ("RequestsTable", "SessionsTable", "ChunksTable")
+    }
+    api, worker, stream = (_granted(tpl, f) for f in FUNCTIONS)
+    assert ("dynamodb:DeleteItem", table["SessionsTable"]) in api
+    assert ("dynamodb:BatchWriteItem", table["ChunksTable"]) in api
+    for action, resource in worker | stream:
+        if resource in table.values():
+            assert action not in ("dynamodb:DeleteItem", "dynamodb:BatchWriteItem")
+    assert not any(resource == table["SessionsTable"] for _, resource in worker | stream)
+    assert ("dynamodb:PutItem", table["RequestsTable"]) not in worker | stream
+
+
+@pytest.mark.parametrize(("direct", "has_key"), [("true", True), ("false", False)])
+def test_the_stream_function_reads_the_model_key_only_in_direct_mode(
+    direct: str, has_key: bool
+) -> None:
+    tpl = LocalTemplate.load("unit", parameters={"EnableDirectMode": direct})
+    key = tpl.resolve({"Ref": "OpenAIApiKeySecret"})
+    token = tpl.resolve({"Ref": "StreamTokenSecret"})
+    granted = _granted(tpl, "StreamFunction")
+    assert (("secretsmanager:GetSecretValue", key) in granted) is has_key
+    assert ("secretsmanager:GetSecretValue", token) in granted
+    # The rate-limit table's writes stay either way: direct mode's quotas use them, and so
+    # do the per-user stream leases, which hold with direct mode off.
+    limits = tpl.resolve({"Fn::GetAtt": ["RateLimitTable", "Arn"]})
+    for action in ("dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"):
+        assert (action, limits) in granted
+
+
+class _RecordingClient:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    def update_item(self, **kwargs: Any) -> dict[str, Any]:
+        self.calls.append(("UpdateItem", kwargs))
+        return {}
+
+
+_EXPRESSION_WORDS = {"SET", "REMOVE", "ADD", "DELETE", "AND", "OR", "NOT", "IN", "BETWEEN"}
+
+
+def _attributes_named(call: dict[str, Any]) -> set[str]:
+    """Every top-level attribute a DynamoDB write names: its key, and the attributes of its
+    update and condition expressions (placeholders resolved; values and functions not)."""
+    import re
+
+    names = set(call["Key"])
+    aliases = call.get("ExpressionAttributeNames", {})
+    for expression in (call.get("UpdateExpression", ""), call.get("ConditionExpression", "")):
+        for token in re.findall(r"[#:]?[A-Za-z_][A-Za-z0-9_]*(?:\()?", expression):
+            if token.startswith(":") or token.endswith("(") or token in _EXPRESSION_WORDS:
+                continue
+            names.add(aliases.get(token, token))
+    return names
+
+
+def test_the_stream_functions_cancel_fits_its_attribute_limited_permission() -> None:
+    from llmstream.tasks import TaskStore
+
+    tpl = LocalTemplate.load("unit")
+    requests = tpl.resolve({"Fn::GetAtt": ["RequestsTable", "Arn"]})
+    updates = [
+        s
+        for s in _statements(tpl, "StreamFunction")
+        if "dynamodb:UpdateItem" in s["Action"] and requests in s["Resource"]
+    ]
+    (statement,) = updates
+    assert statement.get("Condition"), "UpdateItem of any attribute of the requests table"
+    allowed = set(statement["Condition"]["ForAllValues:StringEquals"]["dynamodb:Attributes"])
+    returns = set(statement["Condition"]["StringEqualsIfExists"]["dynamodb:ReturnValues"])
+    assert "ALL_NEW" not in returns and "ALL_OLD" not in returns
+
+    client = _RecordingClient()
+    TaskStore("requests", client, 3600).cancel_on_disconnect("t1", "owner-1")  # type: ignore[arg-type]
+    ((action, call),) = client.calls
+    assert action == "UpdateItem"
+    assert _attributes_named(call) <= allowed
+    assert call.get("ReturnValues", "NONE") in returns
+    # what it writes is the cancel flag alone
+    assert call["UpdateExpression"] == "SET cancel_requested = :true"
