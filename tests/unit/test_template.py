@@ -431,3 +431,70 @@ def test_the_stream_functions_cancel_fits_its_attribute_limited_permission() -> 
     assert call.get("ReturnValues", "NONE") in returns
     # what it writes is the cancel flag alone
     assert call["UpdateExpression"] == "SET cancel_requested = :true"
+
+
+# ------------------------------------------------------------------ the page's headers
+def _page_headers() -> tuple[LocalTemplate, dict[str, Any]]:
+    tpl = LocalTemplate.load("unit", region="eu-west-1")
+    tpl.overrides["HttpApi.Ref"] = "a1b2c3"
+    tpl.overrides["StreamFunctionUrl.FunctionUrl"] = "https://s7r.lambda-url.eu-west-1.on.aws/"
+    behaviour = tpl.props("FrontendDistribution")["DistributionConfig"]["DefaultCacheBehavior"]
+    assert behaviour["ResponseHeadersPolicyId"] == {"Ref": "FrontendHeadersPolicy"}
+    config = tpl.resolve(tpl.props("FrontendHeadersPolicy"))["ResponseHeadersPolicyConfig"]
+    return tpl, config["SecurityHeadersConfig"]
+
+
+def test_the_page_may_run_only_its_own_files_and_talk_only_to_its_services() -> None:
+    _, headers = _page_headers()
+    assert headers["ContentSecurityPolicy"]["Override"] is True
+    csp = {
+        name: sources
+        for name, *sources in (
+            d.split() for d in headers["ContentSecurityPolicy"]["ContentSecurityPolicy"].split(";")
+        )
+    }
+    assert csp["default-src"] == ["'none'"]
+    assert csp["script-src"] == ["'self'"] and csp["style-src"] == ["'self'"]
+    assert csp["connect-src"] == [
+        "'self'",  # config.json
+        "https://a1b2c3.execute-api.eu-west-1.amazonaws.com",  # the HTTP API
+        "https://s7r.lambda-url.eu-west-1.on.aws/",  # EventSource and POST /direct
+        "https://cognito-idp.eu-west-1.amazonaws.com",  # sign-in
+    ]
+    assert csp["frame-ancestors"] == ["'none'"] and csp["base-uri"] == ["'none'"]
+    assert headers["StrictTransportSecurity"]["AccessControlMaxAgeSec"] >= 31536000
+    assert headers["ContentTypeOptions"]["Override"] is True
+    assert headers["FrameOptions"]["FrameOption"] == "DENY"
+    assert headers["ReferrerPolicy"]["ReferrerPolicy"] == "strict-origin-when-cross-origin"
+
+
+def test_the_page_has_no_inline_script_or_style_for_its_policy_to_block() -> None:
+    import re
+
+    for page in (ROOT / "frontend").glob("*.html"):
+        html = page.read_text()
+        for script in re.findall(r"<script\b([^>]*)>(.*?)</script>", html, re.S):
+            assert "src=" in script[0] and not script[1].strip(), page.name
+        assert "<style" not in html and not re.search(r"\sstyle=", html), page.name
+        assert not re.search(r"\son[a-z]+=", html), page.name  # inline event handlers
+        assert "javascript:" not in html, page.name
+    for script in (ROOT / "frontend").glob("*.js"):
+        code = script.read_text()
+        # inline styles, HTML from strings and eval are what 'self' alone would refuse
+        for refused in (".style.", "cssText", "innerHTML", "insertAdjacentHTML", "eval("):
+            assert refused not in code, (script.name, refused)
+        assert not re.search(r"new Function\(|setTimeout\(\s*[\"'`]", code), script.name
+
+
+def test_the_local_page_gets_the_templates_policy_with_the_local_endpoints() -> None:
+    from localcloud.page import content_security_policy
+
+    tpl, headers = _page_headers()
+    cloud = headers["ContentSecurityPolicy"]["ContentSecurityPolicy"]
+    local = content_security_policy(tpl, ["http://127.0.0.1:8007", "http://127.0.0.1:8008"])
+    assert local == cloud.replace(
+        "https://a1b2c3.execute-api.eu-west-1.amazonaws.com "
+        "https://s7r.lambda-url.eu-west-1.on.aws/ "
+        "https://cognito-idp.eu-west-1.amazonaws.com",
+        "http://127.0.0.1:8007 http://127.0.0.1:8008",
+    )
