@@ -207,7 +207,7 @@ async def _events(
             # The viewer went away and the request asked to stop then. The response is
             # being torn down (cancelled): shield the call that records the cancel.
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(deps.tasks.request_cancel, task_id, task.owner)
+                await anyio.to_thread.run_sync(deps.tasks.cancel_on_disconnect, task_id, task.owner)
 
 
 @lru_cache(maxsize=1)

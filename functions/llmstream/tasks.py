@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
@@ -245,6 +245,23 @@ class TaskStore:
     def request_cancel(self, task_id: str, owner: str) -> Task:
         """Flag a live task of ``owner`` for cancelling; a final one is returned as it is
         (idempotent); another owner's is not found."""
+        written = self._flag_cancel(task_id, owner, "ALL_NEW")
+        if written is None:
+            return self.owned_by(owner).get(task_id)  # final already, or not found
+        return Task.from_item(written)
+
+    def cancel_on_disconnect(self, task_id: str, owner: str) -> None:
+        """The stream function's cancel when a viewer leaves: the flag of ``request_cancel``,
+        nothing read back (a final or missing task is left alone). Its IAM statement
+        (template.yaml, StreamFunction, CancelOnDisconnect) allows this update's attributes
+        only and no whole-row return values: keep the two in step."""
+        self._flag_cancel(task_id, owner, "NONE")
+
+    def _flag_cancel(
+        self, task_id: str, owner: str, returns: Literal["ALL_NEW", "NONE"]
+    ) -> dict[str, Any] | None:
+        """Set cancel_requested on a live task of ``owner``: the row as ``returns`` gives it
+        back, or None if the task is final, another owner's or gone."""
         try:
             got = self._client.update_item(
                 TableName=self._table,
@@ -262,13 +279,13 @@ class TaskStore:
                     ":waiting": {"S": "waiting"},
                     ":running": {"S": "running"},
                 },
-                ReturnValues="ALL_NEW",
+                ReturnValues=returns,
             )
         except ClientError as e:
             if e.response["Error"]["Code"] == "ConditionalCheckFailedException":
-                return self.owned_by(owner).get(task_id)  # final already, or not found
+                return None
             raise StoreUnavailable(str(e)) from e
-        return Task.from_item(got["Attributes"])
+        return dict(got.get("Attributes", {}))
 
     def tombstone(self, task_id: str, owner: str, now: float | None = None) -> None:
         """Replace the row with what is left of a deleted task: no text, no session, status

@@ -48,7 +48,7 @@ def _frontend(args: argparse.Namespace) -> int:
 
     from localcloud.page import frontend_app
 
-    app = frontend_app(Path(args.directory), json.loads(args.config))
+    app = frontend_app(Path(args.directory), json.loads(args.config), args.csp)
     uvicorn.run(
         app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=2
     )
@@ -172,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     front.add_argument("--port", type=int, default=3000)
     front.add_argument("--directory", default=str(ROOT / "frontend"))
     front.add_argument("--config", required=True, help="config.json content")
+    front.add_argument("--csp", help="the Content-Security-Policy header of every response")
     front.set_defaults(fn=_frontend)
 
     for verb, fn, text in (

@@ -182,7 +182,11 @@ class LocalTemplate:
                     batching_window=int(p.get("MaximumBatchingWindowInSeconds", 0)),
                     report_batch_item_failures="ReportBatchItemFailures"
                     in p.get("FunctionResponseTypes", []),
-                    maximum_concurrency=scaling.get("MaximumConcurrency"),
+                    maximum_concurrency=(
+                        int(self.resolve(scaling["MaximumConcurrency"]))
+                        if "MaximumConcurrency" in scaling
+                        else None
+                    ),
                 )
             )
         return out
@@ -255,11 +259,11 @@ class LocalTemplate:
         kind = self.resources[logical]["Type"]
         name = self.physical_name(logical)
         if kind == "AWS::SQS::Queue":
-            return {
-                "Arn": f"arn:aws:sqs:{self.region}:{self.account}:{name}",
-                "QueueName": name,
-                "QueueUrl": self.queue_url(logical),
-            }[attr]
+            if attr == "QueueUrl":
+                return self.queue_url(logical)  # known once the queue is provisioned
+            return {"Arn": f"arn:aws:sqs:{self.region}:{self.account}:{name}", "QueueName": name}[
+                attr
+            ]
         if kind == "AWS::DynamoDB::Table" and attr == "Arn":
             return f"arn:aws:dynamodb:{self.region}:{self.account}:table/{name}"
         if kind == "AWS::S3::Bucket" and attr == "Arn":

@@ -198,6 +198,31 @@ def test_direct_mode(page: Page) -> None:
     )
 
 
+def test_the_page_works_under_its_content_security_policy(
+    browser: Browser, local_stack: Stack, operator: LocalUser
+) -> None:
+    """The page is served with the distribution's policy (template.yaml, local endpoints in
+    connect-src): signing in, a queued answer over EventSource, a direct one and the
+    dashboard all run without the browser refusing anything."""
+    context = browser.new_context(viewport=DESKTOP)
+    pg = context.new_page()
+    refused: list[str] = []
+    pg.on("console", lambda m: refused.append(m.text) if "Security Policy" in m.text else None)
+    response = pg.goto(local_stack.urls["frontend"])
+    assert response is not None
+    assert "script-src 'self'" in response.headers["content-security-policy"]
+    sign_in(pg, operator)
+    for mode, message in (("Queue", "under the policy"), ("Direct", "directly under it")):
+        pg.get_by_label(mode).check()
+        send(pg, f"{message} [[fake tokens=20]]")
+        bubble = pg.locator(".msg.assistant").last
+        expect(bubble).to_have_class("msg assistant done", timeout=ANSWER_MS)
+    pg.get_by_role("link", name="Dashboard").click()
+    expect(pg.locator("#recent tr").first).to_be_visible(timeout=10_000)
+    context.close()
+    assert refused == []
+
+
 def test_a_spent_quota_shows_the_reason_and_when_to_retry(page: Page, local_stack: Stack) -> None:
     origin = local_stack.urls["frontend"]
 

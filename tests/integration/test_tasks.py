@@ -50,3 +50,19 @@ def test_unknown_task(deps: Deps) -> None:
         deps.tasks.get(uuid.uuid4().hex)
     with pytest.raises(TaskNotFound):
         deps.tasks.claim(uuid.uuid4().hex)
+
+
+def test_cancel_on_disconnect_flags_only_a_live_task_of_its_owner(deps: Deps) -> None:
+    live, done, gone = new_task(deps), new_task(deps), uuid.uuid4().hex
+    deps.tasks.claim(done.task_id)
+    deps.tasks.finish(done.task_id, 1, "done")
+    deps.tasks.cancel_on_disconnect(live.task_id, "someone-else")
+    assert deps.tasks.get(live.task_id).cancel_requested is False
+    deps.tasks.cancel_on_disconnect(live.task_id, live.owner)
+    assert deps.tasks.get(live.task_id).cancel_requested is True
+    # a final task is left as it is, a missing one is not created
+    deps.tasks.cancel_on_disconnect(done.task_id, done.owner)
+    assert deps.tasks.get(done.task_id).cancel_requested is False
+    deps.tasks.cancel_on_disconnect(gone, live.owner)
+    with pytest.raises(TaskNotFound):
+        deps.tasks.get(gone)

@@ -218,3 +218,283 @@ def test_sam_local_gets_x86_64_a_declared_endpoint_and_a_shorter_worker_timeout(
         # SAM passes a function only the variables the template declares
         assert spec.environment["AWS_ENDPOINT_URL"] == "http://host.docker.internal:4566"
     assert got["specs"]["WorkerFunction"].timeout == 20
+
+
+# ------------------------------------------------------------------ capacity
+QUEUES = ("HighQueue", "DefaultQueue", "LowQueue")
+
+
+def _poller_concurrency(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, parameters: dict[str, str]
+) -> dict[str, int]:
+    """The concurrency per queue that the local stack's worker poller is given."""
+    import json
+    from types import SimpleNamespace
+
+    from localcloud import functions
+    from localcloud.options import Options
+
+    opts = Options(state_dir=tmp_path, workers=50, parameters=parameters)
+    tpl = LocalTemplate.load("unit", parameters=parameters)
+    tpl.queue_urls = {q: f"http://aws/{q}" for q in tpl.of_type("AWS::SQS::Queue")}
+    tpl.overrides["StreamFunctionUrl.FunctionUrl"] = "http://stream/"
+    monkeypatch.setattr(functions, "environment", lambda stack, logical_id: {})
+    functions.pollers(SimpleNamespace(template=tpl, opts=opts, urls={}))
+    specs = json.loads((tmp_path / "poller-WorkerFunction.json").read_text())
+    by_url = {s["queue_url"]: s["concurrency"] for s in specs}
+    return {q: by_url[f"http://aws/{q}"] for q in QUEUES}
+
+
+def test_each_queue_concurrency_is_a_parameter_that_reaches_the_local_pollers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tpl = LocalTemplate.load("unit")
+    sources = {esm.queue: esm.maximum_concurrency for esm in tpl.event_sources()}
+    assert sources == {"HighQueue": 20, "DefaultQueue": 10, "LowQueue": 3}  # as before
+    for esm in tpl.of_type("AWS::Lambda::EventSourceMapping").values():
+        cap = esm["Properties"]["ScalingConfig"]["MaximumConcurrency"]
+        assert set(cap) == {"Ref"} and cap["Ref"] in tpl.parameters
+    sized = {
+        "HighQueueConcurrency": "7",
+        "DefaultQueueConcurrency": "5",
+        "LowQueueConcurrency": "2",
+    }
+    got = _poller_concurrency(tmp_path, monkeypatch, sized)
+    assert got == {"HighQueue": 7, "DefaultQueue": 5, "LowQueue": 2}
+
+
+def test_the_capacity_parameters_state_their_sizing_rule() -> None:
+    from samtranslator.yaml_helper import yaml_parse
+
+    declared = yaml_parse((ROOT / "template.yaml").read_text())["Parameters"]
+    for name in ("HighQueueConcurrency", "DefaultQueueConcurrency", "LowQueueConcurrency"):
+        text = " ".join(declared[name]["Description"].split())
+        assert "sum of the three queue concurrencies" in text, name
+    high = " ".join(declared["HighQueueConcurrency"]["Description"].split())
+    assert "ModelRequestsPerMinute" in high and "ModelTokensPerMinute" in high
+    assert "concurrency quota" in high
+    assert "concurrency quota" in declared["ApiReservedConcurrency"]["Description"]
+
+
+@pytest.mark.parametrize(("value", "reserved"), [("", NO_VALUE), ("0", NO_VALUE), ("25", "25")])
+def test_the_api_reserves_concurrency_only_when_asked(value: str, reserved: Any) -> None:
+    tpl = LocalTemplate.load("unit", parameters={"ApiReservedConcurrency": value})
+    got = tpl.resolve(tpl.props("ApiFunction").get("ReservedConcurrentExecutions", NO_VALUE))
+    assert got == reserved
+
+
+def test_every_work_queue_has_a_backlog_alarm_on_the_alarm_topic() -> None:
+    tpl = LocalTemplate.load("unit")
+    watched = {}
+    for alarm in tpl.of_type("AWS::CloudWatch::Alarm").values():
+        p = alarm["Properties"]
+        if p.get("MetricName") == "ApproximateAgeOfOldestMessage":
+            assert p["AlarmActions"] == [{"Ref": "AlarmTopic"}]
+            assert p["Threshold"] == {"Ref": "QueueBacklogAlarmSeconds"}
+            (dimension,) = p["Dimensions"]
+            watched[dimension["Value"]["Fn::GetAtt"][0]] = p
+    assert set(watched) == set(QUEUES)
+    # a message being answered counts toward the age: the alarm waits longer than that
+    assert int(tpl.parameters["QueueBacklogAlarmSeconds"]) > int(tpl.parameters["WorkerTimeout"])
+
+
+# ------------------------------------------------------------------ least privilege
+FUNCTIONS = ("ApiFunction", "WorkerFunction", "StreamFunction")
+DATA_SERVICES = ("dynamodb:", "sqs:", "secretsmanager:")
+
+
+def _statements(tpl: LocalTemplate, function: str) -> list[dict[str, Any]]:
+    """The inline statements of the function's role, resolved (an If whose condition is
+    false is gone), each with its actions and resources as lists."""
+    out = []
+    for policy in tpl.resolve(tpl.props(f"{function}Role").get("Policies", [])):
+        for s in policy["PolicyDocument"]["Statement"]:
+            actions, resources = s["Action"], s["Resource"]
+            out.append(
+                {
+                    **s,
+                    "Action": [actions] if isinstance(actions, str) else actions,
+                    "Resource": [resources] if isinstance(resources, str) else resources,
+                }
+            )
+    return out
+
+
+def _granted(tpl: LocalTemplate, function: str) -> set[tuple[str, str]]:
+    return {(a, r) for s in _statements(tpl, function) for a in s["Action"] for r in s["Resource"]}
+
+
+@pytest.mark.parametrize("direct", ["true", "false"])
+def test_no_function_may_scan_or_act_on_every_resource(direct: str) -> None:
+    tpl = LocalTemplate.load("unit", parameters={"EnableDirectMode": direct})
+    for function in FUNCTIONS:
+        for s in _statements(tpl, function):
+            assert s["Effect"] == "Allow"
+            assert all(a.startswith(DATA_SERVICES) for a in s["Action"]), (function, s)
+            assert not any("*" in a for a in s["Action"]), (function, s)  # no SendMessage*
+            assert not any("*" in r for r in s["Resource"]), (function, s)  # no index/*
+            assert "dynamodb:Scan" not in s["Action"], function
+        # the SAM policy templates (CRUD, read) are gone: every permission is explicit
+        assert not any("Template" in str(p) for p in tpl.props(f"{function}Role")["Policies"])
+
+
+def test_the_worker_may_keep_its_message_invisible_while_it_answers() -> None:
+    tpl = LocalTemplate.load("unit")
+    granted = _granted(tpl, "WorkerFunction")
+    for queue in QUEUES:
+        arn = tpl.resolve({"Fn::GetAtt": [queue, "Arn"]})
+        assert ("sqs:ChangeMessageVisibility", arn) in granted  # the heartbeat
+        assert ("sqs:SendMessage", arn) in granted  # a rate-limited task, delayed
+
+
+def test_only_the_api_creates_requests_and_deletes_conversations() -> None:
+    tpl = LocalTemplate.load("unit")
+    table = {
+        name: tpl.resolve({"Fn::GetAtt": [name, "Arn"]})
+        for name in ("RequestsTable", "SessionsTable", "ChunksTable")
+    }
+    api, worker, stream = (_granted(tpl, f) for f in FUNCTIONS)
+    assert ("dynamodb:DeleteItem", table["SessionsTable"]) in api
+    assert ("dynamodb:BatchWriteItem", table["ChunksTable"]) in api
+    for action, resource in worker | stream:
+        if resource in table.values():
+            assert action not in ("dynamodb:DeleteItem", "dynamodb:BatchWriteItem")
+    assert not any(resource == table["SessionsTable"] for _, resource in worker | stream)
+    assert ("dynamodb:PutItem", table["RequestsTable"]) not in worker | stream
+
+
+@pytest.mark.parametrize(("direct", "has_key"), [("true", True), ("false", False)])
+def test_the_stream_function_reads_the_model_key_only_in_direct_mode(
+    direct: str, has_key: bool
+) -> None:
+    tpl = LocalTemplate.load("unit", parameters={"EnableDirectMode": direct})
+    key = tpl.resolve({"Ref": "OpenAIApiKeySecret"})
+    token = tpl.resolve({"Ref": "StreamTokenSecret"})
+    granted = _granted(tpl, "StreamFunction")
+    assert (("secretsmanager:GetSecretValue", key) in granted) is has_key
+    assert ("secretsmanager:GetSecretValue", token) in granted
+    # The rate-limit table's writes stay either way: direct mode's quotas use them, and so
+    # do the per-user stream leases, which hold with direct mode off.
+    limits = tpl.resolve({"Fn::GetAtt": ["RateLimitTable", "Arn"]})
+    for action in ("dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"):
+        assert (action, limits) in granted
+
+
+class _RecordingClient:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    def update_item(self, **kwargs: Any) -> dict[str, Any]:
+        self.calls.append(("UpdateItem", kwargs))
+        return {}
+
+
+_EXPRESSION_WORDS = {"SET", "REMOVE", "ADD", "DELETE", "AND", "OR", "NOT", "IN", "BETWEEN"}
+
+
+def _attributes_named(call: dict[str, Any]) -> set[str]:
+    """Every top-level attribute a DynamoDB write names: its key, and the attributes of its
+    update and condition expressions (placeholders resolved; values and functions not)."""
+    import re
+
+    names = set(call["Key"])
+    aliases = call.get("ExpressionAttributeNames", {})
+    for expression in (call.get("UpdateExpression", ""), call.get("ConditionExpression", "")):
+        for token in re.findall(r"[#:]?[A-Za-z_][A-Za-z0-9_]*(?:\()?", expression):
+            if token.startswith(":") or token.endswith("(") or token in _EXPRESSION_WORDS:
+                continue
+            names.add(aliases.get(token, token))
+    return names
+
+
+def test_the_stream_functions_cancel_fits_its_attribute_limited_permission() -> None:
+    from llmstream.tasks import TaskStore
+
+    tpl = LocalTemplate.load("unit")
+    requests = tpl.resolve({"Fn::GetAtt": ["RequestsTable", "Arn"]})
+    updates = [
+        s
+        for s in _statements(tpl, "StreamFunction")
+        if "dynamodb:UpdateItem" in s["Action"] and requests in s["Resource"]
+    ]
+    (statement,) = updates
+    assert statement.get("Condition"), "UpdateItem of any attribute of the requests table"
+    allowed = set(statement["Condition"]["ForAllValues:StringEquals"]["dynamodb:Attributes"])
+    returns = set(statement["Condition"]["StringEqualsIfExists"]["dynamodb:ReturnValues"])
+    assert "ALL_NEW" not in returns and "ALL_OLD" not in returns
+
+    client = _RecordingClient()
+    TaskStore("requests", client, 3600).cancel_on_disconnect("t1", "owner-1")  # type: ignore[arg-type]
+    ((action, call),) = client.calls
+    assert action == "UpdateItem"
+    assert _attributes_named(call) <= allowed
+    assert call.get("ReturnValues", "NONE") in returns
+    # what it writes is the cancel flag alone
+    assert call["UpdateExpression"] == "SET cancel_requested = :true"
+
+
+# ------------------------------------------------------------------ the page's headers
+def _page_headers() -> tuple[LocalTemplate, dict[str, Any]]:
+    tpl = LocalTemplate.load("unit", region="eu-west-1")
+    tpl.overrides["HttpApi.Ref"] = "a1b2c3"
+    tpl.overrides["StreamFunctionUrl.FunctionUrl"] = "https://s7r.lambda-url.eu-west-1.on.aws/"
+    behaviour = tpl.props("FrontendDistribution")["DistributionConfig"]["DefaultCacheBehavior"]
+    assert behaviour["ResponseHeadersPolicyId"] == {"Ref": "FrontendHeadersPolicy"}
+    config = tpl.resolve(tpl.props("FrontendHeadersPolicy"))["ResponseHeadersPolicyConfig"]
+    return tpl, config["SecurityHeadersConfig"]
+
+
+def test_the_page_may_run_only_its_own_files_and_talk_only_to_its_services() -> None:
+    _, headers = _page_headers()
+    assert headers["ContentSecurityPolicy"]["Override"] is True
+    csp = {
+        name: sources
+        for name, *sources in (
+            d.split() for d in headers["ContentSecurityPolicy"]["ContentSecurityPolicy"].split(";")
+        )
+    }
+    assert csp["default-src"] == ["'none'"]
+    assert csp["script-src"] == ["'self'"] and csp["style-src"] == ["'self'"]
+    assert csp["connect-src"] == [
+        "'self'",  # config.json
+        "https://a1b2c3.execute-api.eu-west-1.amazonaws.com",  # the HTTP API
+        "https://s7r.lambda-url.eu-west-1.on.aws/",  # EventSource and POST /direct
+        "https://cognito-idp.eu-west-1.amazonaws.com",  # sign-in
+    ]
+    assert csp["frame-ancestors"] == ["'none'"] and csp["base-uri"] == ["'none'"]
+    assert headers["StrictTransportSecurity"]["AccessControlMaxAgeSec"] >= 31536000
+    assert headers["ContentTypeOptions"]["Override"] is True
+    assert headers["FrameOptions"]["FrameOption"] == "DENY"
+    assert headers["ReferrerPolicy"]["ReferrerPolicy"] == "strict-origin-when-cross-origin"
+
+
+def test_the_page_has_no_inline_script_or_style_for_its_policy_to_block() -> None:
+    import re
+
+    for page in (ROOT / "frontend").glob("*.html"):
+        html = page.read_text()
+        for script in re.findall(r"<script\b([^>]*)>(.*?)</script>", html, re.S):
+            assert "src=" in script[0] and not script[1].strip(), page.name
+        assert "<style" not in html and not re.search(r"\sstyle=", html), page.name
+        assert not re.search(r"\son[a-z]+=", html), page.name  # inline event handlers
+        assert "javascript:" not in html, page.name
+    for script in (ROOT / "frontend").glob("*.js"):
+        code = script.read_text()
+        # inline styles, HTML from strings and eval are what 'self' alone would refuse
+        for refused in (".style.", "cssText", "innerHTML", "insertAdjacentHTML", "eval("):
+            assert refused not in code, (script.name, refused)
+        assert not re.search(r"new Function\(|setTimeout\(\s*[\"'`]", code), script.name
+
+
+def test_the_local_page_gets_the_templates_policy_with_the_local_endpoints() -> None:
+    from localcloud.page import content_security_policy
+
+    tpl, headers = _page_headers()
+    cloud = headers["ContentSecurityPolicy"]["ContentSecurityPolicy"]
+    local = content_security_policy(tpl, ["http://127.0.0.1:8007", "http://127.0.0.1:8008"])
+    assert local == cloud.replace(
+        "https://a1b2c3.execute-api.eu-west-1.amazonaws.com "
+        "https://s7r.lambda-url.eu-west-1.on.aws/ "
+        "https://cognito-idp.eu-west-1.amazonaws.com",
+        "http://127.0.0.1:8007 http://127.0.0.1:8008",
+    )
