@@ -57,9 +57,7 @@ class Task:
     # The X-Ray trace of the request (observe.py): the worker's and the stream's log lines
     # of this answer carry it too.
     trace_id: str | None = None
-    # Tokens of the owner's day held for this answer until it is settled, once
-    # (reservations.py); None once settled, or with no daily quota.
-    reserved: int | None = None
+    reserved: int | None = None  # owner's day tokens held until settled (reservations.py)
 
     def to_item(self, expires_at: int) -> dict[str, Any]:
         raw = {k: v for k, v in self.__dict__.items() if v is not None}
