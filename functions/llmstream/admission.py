@@ -1,4 +1,5 @@
-"""Admission of a chat request: its model, the caller's quota, and the Task that answers it.
+"""Admission of a chat request: its model, its priority, the caller's quota (the day's
+tokens reserved), and the Task that answers it.
 
 POST /chat (chat.py) and direct mode (stream.py) both come in here, so a request is judged
 the same whichever way it is answered. It lives apart from chat.py, which imports the
@@ -12,7 +13,8 @@ import uuid
 
 from llmstream.auth import Principal
 from llmstream.deps import Deps
-from llmstream.exceptions import QuotaExceeded
+from llmstream.exceptions import Forbidden, QuotaExceeded
+from llmstream.limits import prompt_tokens
 from llmstream.models import ChatRequest, TaskState
 from llmstream.observe import Record
 from llmstream.settings import Settings, choose_model
@@ -31,15 +33,24 @@ def admit(
     metrics: Record | None = None,
 ) -> Task:
     """The task that answers ``request`` for ``user``, once its model is one the deployment
-    offers (ModelNotAllowed: 422, before any quota) and the caller's quota admits it
-    (QuotaExceeded: 429 with Retry-After). Its session is the request's or a new id; nothing
-    is stored. ``metrics``, if given, gets the model's dimension and counts a refusal."""
+    offers (ModelNotAllowed: 422, before any quota), its priority is the caller's to ask
+    for (Forbidden: 403) and the caller's quota admits it (QuotaExceeded: 429 with
+    Retry-After). The tokens it may use are reserved on the caller's day (``reserved``):
+    whoever ends it settles them (reservations.py), or gives them back if it is never
+    sent. Its session is the request's or a new id; nothing is stored. ``metrics``, if
+    given, gets the model's dimension and counts a refusal."""
     now = time.time() if now is None else now
     model = choose_model(settings, request.model)
     if metrics is not None:
         metrics.dimension(model=model)
+    if request.priority > 0 and not user.member_of(settings.priority_group):
+        raise Forbidden(
+            f"a priority above 0 is for the {settings.priority_group} group; "
+            "send 0 (default) or below"
+        )
+    max_tokens = min(request.max_tokens or settings.max_tokens_limit, settings.max_tokens_limit)
     try:
-        deps.quotas.admit(user.sub, now)
+        reserved = deps.quotas.admit(user.sub, estimate(settings, request, max_tokens), now)
     except QuotaExceeded:
         if metrics is not None:
             metrics.count("RequestsRateLimited")
@@ -54,10 +65,19 @@ def admit(
         owner=user.sub,
         priority=request.priority,
         system=request.system,
-        max_tokens=min(request.max_tokens or settings.max_tokens_limit, settings.max_tokens_limit),
+        max_tokens=max_tokens,
         temperature=request.temperature,
         cancel_on_disconnect=request.cancel_on_disconnect,
         created_at=now,
         new_session=request.session_id is None,
         trace_id=trace_id,
+        reserved=reserved,
     )
+
+
+def estimate(settings: Settings, request: ChatRequest, max_tokens: int) -> int:
+    """The most an answer may use, to reserve: its prompt (~4 characters a token), the
+    history a continued conversation may send with it, and the completion it allows."""
+    texts = [request.message, *([request.system] if request.system else [])]
+    history = settings.history_token_budget if request.session_id else 0
+    return prompt_tokens(texts) + history + max_tokens

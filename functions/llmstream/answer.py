@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from openai import APIError, OpenAIError
 
+from llmstream import reservations
 from llmstream.chunklog.writer import ChunkWriter
 from llmstream.deps import Deps
 from llmstream.exceptions import (
@@ -33,6 +34,7 @@ from llmstream.models import EventKind
 from llmstream.observe import Record, Unit
 from llmstream.retry import backoff, describe, transient
 from llmstream.settings import priority_name
+from llmstream.spending import Spending
 from llmstream.tasks import Task
 from llmstream.watchdog import Watchdog
 
@@ -94,6 +96,11 @@ def run_task(
         # finished, just settle the row.
         last = deps.log.last(task_id)
         if last is not None and last.terminal:
+            # The attempt that wrote it may have died before settling the quota: settle
+            # with the usage it recorded (without one, the reservation stands as the
+            # charge). Settled already, this changes nothing.
+            used = (last.data.get("usage") or {}).get("total_tokens", task.reserved or 0)
+            reservations.settle_quietly(deps, task, int(used))
             _settle(deps, task_id, task.attempt, last.kind, last.data)
             return
         next_seq = (last.seq + 1) if last else 1
@@ -147,8 +154,8 @@ class Attempt:
         self.metrics = metrics
         self.receive_count = receive_count
         self.keep_alive = keep_alive
-        self.used: dict[str, Any] = {}  # the model's usage, once it reports it
         self.first_at: float | None = None  # wall clock, when the first token came
+        self.spending = Spending(deps, task)
 
     def run(self, next_seq: int, remaining_seconds: Callable[[], float] | None) -> None:
         if self.task.cancel_requested:
@@ -161,8 +168,7 @@ class Attempt:
                 self._no_time_left(budget)  # RetryLater, or the last attempt's error
                 return
         messages = self._messages()
-        estimate = estimate_tokens(messages, self.task.max_tokens)
-        self._take_capacity(estimate)
+        self._take_capacity(estimate_tokens(messages, self.task.max_tokens))
         try:
             if next_seq > 1:
                 self.writer.event("reset", {"type": "reset", "attempt": self.task.attempt})
@@ -179,9 +185,9 @@ class Attempt:
         except Exception as e:  # a bug must still end the stream, not leave it hanging
             logger.exception("task %s failed", self.task.task_id)
             self.metrics.count(ERROR)
-            _fail(self.deps, self.writer, self.task, f"internal error: {type(e).__name__}")
+            self._fail(f"internal error: {type(e).__name__}")
         finally:
-            self._wrap_up(estimate)
+            self._wrap_up()
 
     def _messages(self) -> list[dict[str, str]]:
         """The prompt: the system text, the session's earlier turns that fit, the message."""
@@ -198,6 +204,7 @@ class Attempt:
         """Take the answer's estimate from the shared rate limits; without room now, the
         task waits (RateLimited), not this attempt."""
         wait = self.deps.limits.acquire(estimate)
+        self.spending.estimate = 0 if wait > 0 else estimate
         if wait > 0:
             self.deps.tasks.defer(
                 self.task.task_id,
@@ -210,7 +217,7 @@ class Attempt:
 
     def _answer(self, messages: list[dict[str, str]], budget: float) -> None:
         """Call the model and relay its tokens under the watchdog; then record the ending."""
-        asked = time.time()
+        asked, self.spending.called = time.time(), True
         stream = open_stream(self.deps.openai, self.task, messages)
         self.writer.start()
         watchdog = Watchdog(
@@ -229,7 +236,7 @@ class Attempt:
             self._end("cancelled", {"type": "cancelled"})
         elif watchdog.reason == "timeout":
             self.metrics.count(TIMED_OUT)
-            _fail(self.deps, self.writer, self.task, f"timeout: no answer within {budget:.0f}s")
+            self._fail(f"timeout: no answer within {budget:.0f}s")
         else:
             self._done(finished)
 
@@ -274,7 +281,7 @@ class Attempt:
 
     def _done(self, finished: Finished | None) -> None:
         usage = finished.usage if finished else None
-        self.used.update(usage or {})
+        self.spending.usage.update(usage or {})
         data: dict[str, Any] = {"type": "done", "usage": usage}
         if finished and finished.finish_reason:
             data["finish_reason"] = finished.finish_reason
@@ -294,7 +301,7 @@ class Attempt:
             self.metrics.count(RETRIED)
             raise RetryLater(delay, reason) from error
         self.metrics.count(ERROR)
-        _fail(self.deps, self.writer, self.task, reason)
+        self._fail(reason)
 
     def _no_time_left(self, budget: float) -> None:
         """The invocation's start took its whole Timeout (a cold start on a busy host, a
@@ -308,7 +315,7 @@ class Attempt:
             self.metrics.count(RETRIED)
             raise RetryLater(delay, reason)
         self.metrics.count(TIMED_OUT)
-        _fail(self.deps, self.writer, self.task, f"timeout: {reason}")
+        self._fail(f"timeout: {reason}")
 
     def _store_failed(self, error: StoreUnavailable) -> None:
         # The chunk log or the request table did not answer (the SDK's and redis-py's own
@@ -319,28 +326,23 @@ class Attempt:
             self.metrics.count(RETRIED)
             raise RetryLater(backoff(self.settings, self.receive_count), reason) from error
         self.metrics.count(ERROR)
-        _fail(self.deps, self.writer, self.task, reason)  # if it is still down: the DLQ
+        self._fail(reason)  # if it is still down: the DLQ
 
     def _end(self, kind: EventKind, data: dict[str, Any]) -> None:
-        _end(self.deps, self.writer, self.task, kind, data, self.metrics)
+        _end(self.deps, self.writer, self.task, kind, data, self.metrics, self._settle)
 
-    def _wrap_up(self, estimate: int) -> None:
+    def _fail(self, message: str) -> None:
+        _fail(self.deps, self.writer, self.task, message, self._settle)
+
+    def _settle(self) -> None:
+        self.spending.settle("".join(self.writer.text))
+
+    def _wrap_up(self) -> None:
         """How long the answer took, and the tokens it spent settled and charged."""
         task, metrics = self.task, self.metrics
         if task.started_at and any(metrics.has(m) for m in (DONE, ERROR, CANCELLED, TIMED_OUT)):
             metrics.measure("AnswerDuration", time.time() - task.started_at, Unit.Seconds)
-        # The estimate was taken from the token bucket; settle it with what was used.
-        actual = int(
-            self.used.get("total_tokens")
-            or estimate - min(task.max_tokens or 1024, 1024) + len("".join(self.writer.text)) // 4
-        )
-        self.deps.limits.settle(estimate, actual)
-        # Every attempt that called the model spent its tokens, retried or not. A failed
-        # charge must not hide how the answer ended.
-        try:
-            self.deps.quotas.charge(task.owner, actual)
-        except StoreUnavailable:
-            logger.warning("task %s: could not charge %d tokens to its owner", task.task_id, actual)
+        self.spending.close("".join(self.writer.text))
 
 
 def _end(
@@ -350,10 +352,12 @@ def _end(
     kind: EventKind,
     data: dict[str, Any],
     metrics: Record,
+    settle: Callable[[], None],
 ) -> None:
-    """The answer ends done or cancelled: its terminal event, then its row."""
+    """The answer ends done or cancelled: its terminal event, its quota settled, its row."""
     writer.event(kind, data)
     metrics.count(DONE if kind == "done" else CANCELLED)
+    settle()
     if kind == "done":
         answer = "".join(writer.text)[: deps.settings.answer_max_chars]
         deps.tasks.finish(
@@ -363,8 +367,10 @@ def _end(
         deps.tasks.finish(task.task_id, task.attempt, "cancelled")
 
 
-def _fail(deps: Deps, writer: ChunkWriter, task: Task, message: str) -> None:
-    """The answer ends in an error: its terminal event, then its row."""
+def _fail(
+    deps: Deps, writer: ChunkWriter, task: Task, message: str, settle: Callable[[], None]
+) -> None:
+    """The answer ends in an error: its terminal event, its quota settled, then its row."""
     logger.warning("task %s ends in error: %s", task.task_id, message)
     try:
         writer.event("error", {"type": "error", "message": message})
@@ -375,6 +381,7 @@ def _fail(deps: Deps, writer: ChunkWriter, task: Task, message: str) -> None:
         # still has to reach viewers, after whatever the log holds now.
         writer.resync()
         writer.event("error", {"type": "error", "message": message})
+    settle()
     deps.tasks.finish(task.task_id, task.attempt, "error", error=message)
 
 

@@ -8,7 +8,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from fastapi import Depends, FastAPI, Header, Path, Response
 from mangum import Mangum
 
-from llmstream import chat, observe, ops, web
+from llmstream import chat, embeddings, observe, ops, web
 from llmstream.models import (
     ID_PATTERN,
     CancelResult,
@@ -57,7 +57,7 @@ ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {**ERRORS, 403: {"model": ErrorB
     "/chat",
     status_code=202,
     response_model=ChatAccepted,
-    responses={**ERRORS, 429: {"model": ErrorBody}},
+    responses={**ERRORS, 403: {"model": ErrorBody}, 429: {"model": ErrorBody}},
 )
 def post_chat(
     body: ChatRequest,
@@ -74,7 +74,8 @@ def post_chat(
         ),
     ] = None,
 ) -> ChatAccepted:
-    """Record and enqueue a chat request; answer at once with where to stream it from."""
+    """Record and enqueue a chat request; answer at once with where to stream it from.
+    A priority above 0 is for the PriorityGroup's members (403 for anyone else)."""
     return chat.submit(deps, cfg, user, body, idempotency_key)
 
 
@@ -151,8 +152,10 @@ def model_test(_: AdminUser, deps: DepsDep, response: Response) -> ModelTest:
 def post_embeddings(
     body: EmbeddingsRequest, user: CurrentUser, deps: DepsDep
 ) -> EmbeddingsResponse:
-    """Vectors for a batch of texts, in input order (split to the model's batch limit)."""
-    return ops.embeddings(deps, user, body)
+    """Vectors for a batch of texts, in input order (split to the model's batch limit).
+    The caller's daily tokens are reserved for the inputs (~4 characters a token) and each
+    batch is charged what the model reports as it comes back."""
+    return embeddings.embed(deps, user, body)
 
 
 _mangum = Mangum(app, lifespan="off")

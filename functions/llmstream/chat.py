@@ -24,11 +24,11 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel
 
-from llmstream import observe, tokens
+from llmstream import observe, reservations, tokens
 from llmstream.admission import admit
 from llmstream.auth import Principal
 from llmstream.deps import Deps
-from llmstream.exceptions import IdempotencyConflict, QueueUnavailable
+from llmstream.exceptions import IdempotencyConflict, QueueUnavailable, StoreUnavailable
 from llmstream.models import (
     FINAL_STATES,
     CancelResult,
@@ -125,21 +125,27 @@ def _enqueue(
         deps, settings, user, request, now=now, trace_id=observe.trace_id(trace), metrics=metrics
     )
     task_id, session_id = task.task_id, task.session_id
-    if request.session_id:
-        # Continuing a conversation: only its owner may (another user's id is not found).
-        deps.sessions.touch(user.sub, session_id, now)
-    else:
-        deps.sessions.start(user.sub, session_id, request.message, now)
-    # The row first, then the message: a worker that receives the id always finds the row.
-    deps.tasks.create(task)
+    stored = False
     try:
-        deps.sqs.send_message(
-            QueueUrl=settings.queue_url_for(request.priority),
-            MessageBody=TaskMessage(task_id=task_id).model_dump_json(),
-            **observe.trace_attribute(trace),
-        )
-    except (ClientError, BotoCoreError) as e:
-        raise QueueUnavailable(f"could not enqueue task: {e}") from e
+        if request.session_id:
+            # Continuing a conversation: only its owner may (another user's id is not found).
+            deps.sessions.touch(user.sub, session_id, now)
+        else:
+            deps.sessions.start(user.sub, session_id, request.message, now)
+        # The row first, then the message: a worker that receives the id always finds it.
+        deps.tasks.create(task)
+        stored = True
+        try:
+            deps.sqs.send_message(
+                QueueUrl=settings.queue_url_for(request.priority),
+                MessageBody=TaskMessage(task_id=task_id).model_dump_json(),
+                **observe.trace_attribute(trace),
+            )
+        except (ClientError, BotoCoreError) as e:
+            raise QueueUnavailable(f"could not enqueue task: {e}") from e
+    except Exception:
+        _give_back(deps, task, stored)
+        raise
     observe.correlate(task_id=task_id)
     observe.logger.info(
         "chat accepted",
@@ -149,6 +155,19 @@ def _enqueue(
     metrics.property(task_id=task_id, trace_id=task.trace_id)
     metrics.flush()
     return {"task_id": task_id, "session_id": session_id}
+
+
+def _give_back(deps: Deps, task: Task, stored: bool) -> None:
+    """A request admitted but not sent (a conversation not found, a store or the queue
+    down) gives its reserved tokens back; once its row exists, through the row, so that a
+    later cancel of it cannot give them back a second time."""
+    if stored:
+        reservations.settle_quietly(deps, task, 0)
+        return
+    try:
+        deps.quotas.settle(task.owner, task.reserved, 0, task.created_at)
+    except StoreUnavailable:
+        observe.logger.warning("could not give back a request's reserved tokens")
 
 
 def stream_url(deps: Deps, settings: ApiSettings, task_id: str, owner: str) -> str:
@@ -166,6 +185,7 @@ def cancel(deps: Deps, user: Principal, task_id: str) -> CancelResult:
     tasks = deps.tasks.owned_by(user.sub)
     task = tasks.request_cancel(task_id)
     if task.status in ("queued", "waiting") and tasks.cancel_unstarted(task_id):
+        reservations.release(deps, task)  # it never reaches the model now
         last = deps.log.last(task_id)  # a deferred task may have written part of an answer
         # No worker holds the task (its status moved from queued), so this seq is free.
         deps.log.append(task_id, (last.seq if last else 0) + 1, "cancelled", {"type": "cancelled"})
@@ -191,6 +211,10 @@ def delete_session(deps: Deps, user: Principal, session_id: str) -> None:
     deps.sessions.get(user.sub, session_id)  # SessionNotFound if not the caller's
     for task in deps.tasks.owned_by(user.sub).session(session_id, limit=DELETE_MAX_TURNS):
         deps.log.delete(task.task_id)
+        if task.status not in FINAL_STATES:
+            # The tombstone keeps no reservation: give it back first. A running answer
+            # then loses its claim and charges what it used itself (answer.py).
+            reservations.release(deps, task)
         deps.tasks.tombstone(task.task_id, user.sub)
         if task.status not in FINAL_STATES:
             deps.log.delete(task.task_id)

@@ -96,6 +96,10 @@ class QuotaExceeded(LlmStreamError):
         self.retry_after = retry_after
 
 
+class InputTooLarge(LlmStreamError):
+    """A request over a size the deployment sets (EMBEDDINGS_MAX_INPUTS, ..._MAX_CHARS): 422."""
+
+
 class ModelNotAllowed(LlmStreamError):
     """The request names a model the deployment does not offer (ALLOWED_MODELS): 422."""
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
@@ -131,9 +131,14 @@ class UserQuotas:
     """Each user's own limits, on top of the shared model limits: requests per minute (a
     token bucket per user, taken with the same conditional write as the shared ones, so
     concurrent requests never overspend it) and model tokens per UTC day (a counter per
-    user and day: a request is admitted while the day's count is under the quota, and the
-    tokens an answer used are added when it ends; answers in flight may run it over by
-    what they use, as the model providers' own usage limits do)."""
+    user and day).
+
+    The day's tokens are reserved, then settled: admission adds the request's estimate to
+    the counter with a write that fails when the counter would pass the quota, so requests
+    in flight together never hold more than the quota; when the call ends, what it used
+    less the estimate is added (``settle``; negative when it used less). An answer's
+    settlement is tied to its task row (reservations.py), so it happens once.
+    """
 
     def __init__(
         self,
@@ -150,49 +155,97 @@ class UserQuotas:
         self.requests_per_minute = requests_per_minute
         self.tokens_per_day = tokens_per_day
 
-    def admit(self, owner: str, now: float | None = None) -> None:
-        """Take one request of ``owner``'s minute; QuotaExceeded with the wait if none is
-        left, or if today's tokens are spent."""
+    def admit(self, owner: str, estimate: int = 1, now: float | None = None) -> int | None:
+        """Reserve ``estimate`` tokens of ``owner``'s day and take one request of their
+        minute; QuotaExceeded with the wait if either is spent. The tokens reserved (to
+        settle when the call ends), or None without a daily quota."""
         at = time.time() if now is None else now
-        if self.tokens_per_day > 0:
-            used = self.used_today(owner, at)
-            if used >= self.tokens_per_day:
-                raise QuotaExceeded(
-                    f"daily token quota spent ({used} of {self.tokens_per_day} tokens); "
-                    "it starts again at 00:00 UTC",
-                    retry_after=86400 - at % 86400,
-                )
+        reserved = self.reserve(owner, estimate, at)
         if self.requests_per_minute > 0:
             bucket = Bucket(f"user-rpm#{owner}", self.requests_per_minute)
             # The bucket reads the clock on each try: a try that lost to a concurrent
             # writer must not price its retry at the moment it first read.
             wait = self._buckets.take(bucket, 1, now=now)
             if wait > 0:
+                if reserved:
+                    self.adjust(owner, -reserved, at)  # not admitted after all
                 raise QuotaExceeded(
                     f"request quota spent ({self.requests_per_minute} a minute); "
                     f"retry in {wait:.0f} s",
                     retry_after=wait,
                 )
+        return reserved
 
-    def charge(self, owner: str, tokens: int, now: float | None = None) -> None:
-        """Add the tokens an answer (or an embeddings call) used to ``owner``'s day."""
-        if self.tokens_per_day <= 0 or tokens <= 0 or not owner:
-            return
-        at = time.time() if now is None else now
+    def reserve(self, owner: str, tokens: int, at: float) -> int | None:
+        """Add ``tokens`` (at least 1) to ``owner``'s day if the day stays within the quota;
+        QuotaExceeded (until the day rolls over) if not. None without a daily quota."""
+        if self.tokens_per_day <= 0:
+            return None
+        tokens = max(1, int(tokens))
+        retry_after = 86400 - at % 86400
+        if tokens > self.tokens_per_day:
+            raise QuotaExceeded(
+                f"this request may use up to {tokens} tokens, more than the daily token "
+                f"quota of {self.tokens_per_day}; ask for fewer (max_tokens, shorter input)",
+                retry_after=retry_after,
+            )
+        add = self._add(owner, tokens, at)
+        add["ExpressionAttributeValues"][":room"] = {"N": str(self.tokens_per_day - tokens)}
         try:
             self._client.update_item(
-                TableName=self._table,
-                Key={"bucket": {"S": _day_key(owner, at)}},
-                UpdateExpression="ADD used :n SET expires_at = :exp",
-                ExpressionAttributeValues={
-                    ":n": {"N": str(int(tokens))},
-                    ":exp": {"N": str(int(at - at % 86400) + 2 * 86400)},
-                },
+                **add,
+                # Only while what is used and held stays within the quota: concurrent
+                # reservations are serialised by the item, none overspends the day.
+                ConditionExpression="attribute_not_exists(used) OR used <= :room",
             )
+        except ClientError as e:
+            if e.response["Error"]["Code"] != "ConditionalCheckFailedException":
+                raise StoreUnavailable(str(e)) from e
+            used = self.used_today(owner, at)
+            raise QuotaExceeded(
+                f"daily token quota spent ({used} of {self.tokens_per_day} tokens used or "
+                f"held by requests in flight; this one may use up to {tokens}); "
+                "it starts again at 00:00 UTC",
+                retry_after=retry_after,
+            ) from e
+        return tokens
+
+    def settle(self, owner: str, reserved: int | None, actual: int, at: float) -> None:
+        """A call that reserved ``reserved`` at ``at`` used ``actual``: correct its day."""
+        if reserved is not None:
+            self.adjust(owner, int(actual) - reserved, at)
+
+    def charge(self, owner: str, tokens: int, now: float | None = None) -> None:
+        """Add tokens used without a reservation (an attempt of an answer that is retried)."""
+        if tokens > 0:
+            self.adjust(owner, tokens, time.time() if now is None else now)
+
+    def adjust(self, owner: str, delta: int, at: float) -> None:
+        """Add ``delta`` (may be negative) to ``owner``'s count of the day of ``at``."""
+        if self.tokens_per_day <= 0 or delta == 0 or not owner:
+            return
+        try:
+            self._client.update_item(**self._add(owner, delta, at))
         except ClientError as e:
             raise StoreUnavailable(str(e)) from e
 
+    def adjustment(self, owner: str, delta: int, at: float) -> dict[str, Any]:
+        """The same addition as ``adjust``, as an item of a DynamoDB transaction."""
+        return {"Update": self._add(owner, delta, at)}
+
+    def _add(self, owner: str, delta: int, at: float) -> dict[str, Any]:
+        return {
+            "TableName": self._table,
+            "Key": {"bucket": {"S": _day_key(owner, at)}},
+            "UpdateExpression": "ADD used :n SET expires_at = :exp",
+            "ExpressionAttributeValues": {
+                ":n": {"N": str(int(delta))},
+                ":exp": {"N": str(int(at - at % 86400) + 2 * 86400)},
+            },
+        }
+
     def used_today(self, owner: str, now: float | None = None) -> int:
+        """Tokens of ``owner``'s day used or held by requests in flight."""
         at = time.time() if now is None else now
         try:
             got = self._client.get_item(
@@ -207,6 +260,20 @@ class UserQuotas:
 
 def _day_key(owner: str, at: float) -> str:
     return f"user-tokens#{owner}#{time.strftime('%Y%m%d', time.gmtime(at))}"
+
+
+def text_tokens(text: str) -> int:
+    """A text's tokens by the rule the model APIs roughly follow: ~4 characters a token, at
+    least 1 (a quota's estimate of an embeddings input or a prompt's message)."""
+    return max(1, -(-len(text) // 4))
+
+
+MESSAGE_OVERHEAD_TOKENS = 4  # a chat message's role and framing (3 at OpenAI), rounded up
+
+
+def prompt_tokens(texts: list[str]) -> int:
+    """A chat prompt of these messages: their text and each message's framing."""
+    return sum(text_tokens(t) + MESSAGE_OVERHEAD_TOKENS for t in texts)
 
 
 def estimate_tokens(messages: list[dict[str, str]], max_tokens: int | None) -> int:

@@ -1,4 +1,4 @@
-"""The api function's operational routes: /health/full, /stats, /test, /embeddings."""
+"""The api function's operational routes: /health/full, /stats, /test."""
 
 from __future__ import annotations
 
@@ -9,14 +9,10 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from llmstream.auth import Principal
 from llmstream.deps import Deps
 from llmstream.exceptions import StoreUnavailable
 from llmstream.models import (
     Check,
-    Embedding,
-    EmbeddingsRequest,
-    EmbeddingsResponse,
     HealthFull,
     LatencyStats,
     ModelTest,
@@ -141,24 +137,3 @@ def test_model(deps: Deps) -> ModelTest:
     )
     text = reply.choices[0].message.content if reply is not None else None
     return ModelTest(ok=error is None, model=model, latency_ms=ms, reply=text, error=error)
-
-
-def embeddings(deps: Deps, user: Principal, request: EmbeddingsRequest) -> EmbeddingsResponse:
-    """Embed a batch of texts, split to the model's batch limit; order is kept. Counts
-    toward the caller's quotas like a chat request."""
-    deps.quotas.admit(user.sub)
-    model = request.model or deps.settings.embedding_model
-    size = deps.settings.embeddings_batch_size
-    data: list[Embedding] = []
-    usage: Counter[str] = Counter()
-    batches = 0
-    for start in range(0, len(request.input), size):
-        answer = deps.openai.embeddings.create(
-            model=model, input=request.input[start : start + size]
-        )
-        batches += 1
-        for item in sorted(answer.data, key=lambda d: d.index):
-            data.append(Embedding(index=start + item.index, embedding=item.embedding))
-        usage.update({k: int(v) for k, v in answer.usage.model_dump().items() if v is not None})
-    deps.quotas.charge(user.sub, usage.get("total_tokens", 0))
-    return EmbeddingsResponse(model=model, data=data, usage=dict(usage), batches=batches)

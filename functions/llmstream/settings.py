@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     auth_token_use: str = Field(default="access", description="Accepted token_use values")
     auth_groups_claim: str = "cognito:groups"
     auth_admin_group: str = Field(default="admins", min_length=1)
+    # The group whose members may ask for a priority above the default (the high queue,
+    # ahead of everyone's default work); anyone else asking is refused (403).
+    priority_group: str = Field(default="admins", min_length=1)
     # Per-user quotas on top of the shared model limits; 0 means no limit.
     user_rpm: int = Field(default=0, ge=0, description="Requests per minute per user")
     user_tokens_per_day: int = Field(default=0, ge=0, description="Model tokens per user a day")
@@ -83,9 +86,13 @@ class Settings(BaseSettings):
     openai_max_retries: int = Field(default=2, ge=0)
     openai_timeout_seconds: float = Field(default=60.0, gt=0)
     max_tokens_limit: int = Field(default=4096, gt=0)
-    # POST /embeddings: inputs per model call (OpenAI takes at most 2,048).
+    # POST /embeddings: inputs per model call (OpenAI takes at most 2,048), and what one
+    # request may carry: its inputs and their characters together (~4 a token), so one
+    # request neither spends a day's quota nor outlasts the API's 29 s.
     embedding_model: str = "text-embedding-3-small"
     embeddings_batch_size: int = Field(default=256, ge=1, le=2048)
+    embeddings_max_inputs: int = Field(default=256, ge=1, le=10_000)
+    embeddings_max_chars: int = Field(default=200_000, ge=1)
     # GET /stats looks at requests of this recent window.
     stats_window_seconds: int = Field(default=3600, gt=0, le=86400)
     # POST /direct on the stream function (the older service's direct mode).
@@ -190,12 +197,14 @@ def priority_name(priority: int) -> str:
     return "high" if priority >= 5 else "low" if priority <= -5 else "default"
 
 
-def choose_model(settings: Settings, requested: str | None) -> str:
-    """The model a request gets: MODEL_ID unless it names one that ALLOWED_MODELS offers."""
-    if requested is None or requested == settings.model_id:
-        return settings.model_id
+def choose_model(settings: Settings, requested: str | None, default: str | None = None) -> str:
+    """The model a request gets: the default (MODEL_ID, or EMBEDDING_MODEL for embeddings)
+    unless it names one that ALLOWED_MODELS offers."""
+    default = default or settings.model_id
+    if requested is None or requested == default:
+        return default
     allowed = [m.strip() for m in settings.allowed_models.split(",") if m.strip()]
     if "*" in allowed or requested in allowed:
         return requested
-    offered = ", ".join([settings.model_id, *allowed])
+    offered = ", ".join([default, *allowed])
     raise ModelNotAllowed(f"model {requested!r} is not offered here; choose one of: {offered}")

@@ -254,10 +254,13 @@ async def direct(body: ChatRequest, user: CurrentUser, deps: DepsDep) -> Streami
         except OpenAIError as e:
             yield f"\n[error: model error: {e}]"
         finally:
-            # Direct mode has no usage from the model: charge the estimate (4 chars a token).
+            # Direct mode has no usage from the model: settle the reservation with the
+            # estimate (4 chars a token) of what was sent and said.
             spent = (len(body.message) + len(body.system or "") + said) // 4
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(deps.quotas.charge, user.sub, spent)
+                await anyio.to_thread.run_sync(
+                    deps.quotas.settle, user.sub, task.reserved, spent, task.created_at
+                )
 
     return StreamingResponse(
         text(),

@@ -57,6 +57,7 @@ class Task:
     # The X-Ray trace of the request (observe.py): the worker's and the stream's log lines
     # of this answer carry it too.
     trace_id: str | None = None
+    reserved: int | None = None  # owner's day tokens held until settled (reservations.py)
 
     def to_item(self, expires_at: int) -> dict[str, Any]:
         raw = {k: v for k, v in self.__dict__.items() if v is not None}

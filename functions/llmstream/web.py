@@ -20,6 +20,7 @@ from llmstream.exceptions import (
     AuthUnavailable,
     Forbidden,
     IdempotencyConflict,
+    InputTooLarge,
     LlmStreamError,
     ModelNotAllowed,
     ModelUnavailable,
@@ -78,6 +79,7 @@ _STATUS: dict[type[LlmStreamError], int] = {
     QueueUnavailable: 503,
     ModelUnavailable: 502,
     ModelNotAllowed: 422,
+    InputTooLarge: 422,
     StoreUnavailable: 503,
 }
 

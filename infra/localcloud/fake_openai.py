@@ -9,7 +9,11 @@ Timing is set per server (time to first token, tokens per second) and can be ove
 per request by a directive in the last user message, e.g. ``[[fake tokens=200 tps=20]]``
 (``status=500`` makes it fail that request, to test the error path; ``hang_ms=30000``
 makes the first request of a conversation wait that long before it answers at all, as a
-model endpoint that hangs once).
+model endpoint that hangs once). An embeddings input with ``status=...`` fails its batch.
+
+Usage is counted as the real API roughly counts it: about 4 characters a token, at least
+one per message or input (``text_tokens``), plus 3 per chat message for its framing; so a
+quota test sees what a real model would charge.
 """
 
 from __future__ import annotations
@@ -127,8 +131,16 @@ def fake_embedding(text: str, dimensions: int = EMBEDDING_DIMENSIONS) -> list[fl
     return [v / norm for v in raw]
 
 
+def text_tokens(text: str) -> int:
+    """A text's tokens as the model APIs roughly count them: ~4 characters a token, at least 1."""
+    return max(1, -(-len(text) // 4))
+
+
+MESSAGE_OVERHEAD_TOKENS = 3  # each chat message's role and framing, as OpenAI counts them
+
+
 def _count(messages: list[dict[str, Any]]) -> int:
-    return sum(len(str(m.get("content", "")).split()) + 3 for m in messages)
+    return sum(text_tokens(str(m.get("content") or "")) + MESSAGE_OVERHEAD_TOKENS for m in messages)
 
 
 def _error(
@@ -211,7 +223,17 @@ def create_app(behaviour: Behaviour | None = None) -> FastAPI:
         if len(inputs) > EMBEDDING_BATCH_LIMIT:
             return _error(f"at most {EMBEDDING_BATCH_LIMIT} inputs per request", 400)
         app.state.embedding_requests += 1
-        tokens = sum(len(str(text).split()) for text in inputs)
+        failing = [
+            b.status for t in inputs if (b := parse_directive(str(t), Behaviour())).status != 200
+        ]
+        if failing:  # a directive in an input fails its whole batch, as a model error would
+            return _error(
+                f"fake failure {failing[0]}",
+                failing[0],
+                kind="server_error",
+                headers={"retry-after-ms": "10"},
+            )
+        tokens = sum(text_tokens(str(text)) for text in inputs)
         return {
             "object": "list",
             "model": body["model"],

@@ -114,8 +114,9 @@ def test_cancel_on_disconnect(local_stack: Stack) -> None:
 
 
 def test_high_priority_work_does_not_wait_behind_a_default_backlog(local_stack: Stack) -> None:
-    # One user's backlog (8 requests plus the urgent one: within a user's minute of requests)
-    me = "backlog"
+    # One user's backlog (8 requests: within a user's minute of requests); the urgent one
+    # is an operator's (a priority above 0 is for the PriorityGroup, admins)
+    me, ops = "backlog", "backlog-ops"
     # GIVEN more slow default-priority work than the default queue's workers (4 locally):
     # 20 s answers, so the first four hold their workers well past the time a new execution
     # environment may take to start (the urgent one may need a fresh one: several seconds
@@ -130,15 +131,17 @@ def test_high_priority_work_does_not_wait_behind_a_default_backlog(local_stack: 
 
     wait_for(lambda: running() >= 4, timeout=40)  # may start environments: seconds each
     # WHEN a high-priority request arrives
-    urgent = post_chat(local_stack, {"message": "urgent [[fake tokens=5]]", "priority": 9}, me)
+    urgent_body = {"message": "urgent [[fake tokens=5]]", "priority": 9}
+    urgent = post_chat(local_stack, urgent_body, ops, admin=True)
+    assert urgent.status_code == 202, urgent.text
     urgent_id = urgent.json()["task_id"]
-    wait_for(lambda: status(local_stack, urgent_id, me)["status"] == "done", timeout=30)
+    wait_for(lambda: status(local_stack, urgent_id, ops)["status"] == "done", timeout=30)
     # THEN it was answered while default work was still waiting for a worker
     states = {t: status(local_stack, t, me)["status"] for t in backlog}
     waiting = [t for t, state in states.items() if state == "queued"]
     assert waiting, f"the backlog should still have queued work: {states}"
     started = {t: status(local_stack, t, me)["started_at"] for t in backlog}
-    urgent_started = status(local_stack, urgent_id, me)["started_at"]
+    urgent_started = status(local_stack, urgent_id, ops)["started_at"]
     assert all(s is None or s > urgent_started for t, s in started.items() if t in waiting)
     for task_id in backlog:
         cancel(local_stack, task_id, me)

@@ -24,12 +24,15 @@ def post_chat(
     body: dict[str, Any],
     user: str = DEFAULT_USER,
     headers: dict[str, str] | None = None,
+    *,
+    admin: bool = False,
 ) -> httpx.Response:
-    """POST /chat as ``user`` (signed in on ``stack``), with any further ``headers``."""
+    """POST /chat as ``user`` (signed in on ``stack``; ``admin``: an operator, who may ask
+    for a priority above 0), with any further ``headers``."""
     return httpx.post(
         f"{stack.urls['api']}/chat",
         json=body,
-        headers={**auth(stack, user), **(headers or {})},
+        headers={**auth(stack, user, admin=admin), **(headers or {})},
         timeout=10,
     )
 

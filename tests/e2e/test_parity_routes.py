@@ -84,8 +84,12 @@ def test_health_full_reports_every_dependency(local_stack: Stack) -> None:
 
 def test_stats_show_depths_statuses_and_speed(local_stack: Stack) -> None:
     for priority in (9, 0, -9):
+        # (a priority above 0 is for the operators' group: PriorityGroup)
         body = post_chat(
-            local_stack, {"message": f"stats {priority}", "priority": priority}, "e2e-stats"
+            local_stack,
+            {"message": f"stats {priority}", "priority": priority},
+            "e2e-stats-ops" if priority > 0 else "e2e-stats",
+            admin=priority > 0,
         )
         read_stream(body.json()["stream_url"])
     stats = operators_get(local_stack, "/stats")

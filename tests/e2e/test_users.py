@@ -11,8 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 
+from llmstream.limits import prompt_tokens
 from localcloud.up import Stack
 from tests.e2e.conftest import auth, stack_options, user
 from tests.e2e.test_chat_flow import read_stream
@@ -224,3 +226,124 @@ def test_a_token_whose_payload_was_swapped_is_refused(local_stack: Stack) -> Non
     )
     assert resp.status_code == 401, resp.text
     assert "signature" in resp.json()["detail"].lower()
+
+
+# A chat request of the token-quota stack: a new conversation, at most ANSWER_TOKENS of
+# answer, and an answer of exactly that many that takes 5 s (so all are in flight at once).
+ANSWER_TOKENS = 50
+SLOW = f"[[fake tokens={ANSWER_TOKENS} tps=10]]"
+# What admission reserves for one (~4 characters a token, the framing, its max_tokens).
+RESERVED = prompt_tokens([f"q00 {SLOW}"]) + ANSWER_TOKENS
+DAILY = 3 * RESERVED + RESERVED // 2  # fits 3 of them, and half of a fourth
+
+
+@pytest.fixture(scope="module")
+def token_quota_stack() -> Iterator[Stack]:
+    """A stack whose users may spend DAILY model tokens a day, and no request quota."""
+    extra = {"USER_RPM": "0", "USER_TOKENS_PER_DAY": str(DAILY), "EMBEDDINGS_BATCH_SIZE": "2"}
+    stack = Stack(stack_options("e2e-tokens", extra_env=extra))
+    stack.start()
+    yield stack
+    stack.stop()
+
+
+def used_today(stack: Stack, name: str) -> int:
+    """The user's tokens of the day, as the api reads them from the rate-limit table."""
+    assert stack.template is not None
+    table = stack.template.functions()["ApiFunction"].environment["RATE_LIMIT_TABLE"]
+    sub = jwt.decode(user(stack, name).access_token, options={"verify_signature": False})["sub"]
+    day = time.strftime("%Y%m%d", time.gmtime())
+    got = stack.client("dynamodb").get_item(
+        TableName=table, Key={"bucket": {"S": f"user-tokens#{sub}#{day}"}}, ConsistentRead=True
+    )
+    return int(got.get("Item", {}).get("used", {}).get("N", "0"))
+
+
+def assert_refused_for_the_day(refused: httpx.Response) -> None:
+    assert refused.status_code == 429, refused.text
+    assert 1 <= int(refused.headers["retry-after"]) <= 86400
+    assert "daily token quota" in refused.json()["detail"]
+
+
+def test_concurrent_chats_get_exactly_the_tokens_of_their_day(token_quota_stack: Stack) -> None:
+    api, gina = token_quota_stack.urls["api"], auth(token_quota_stack, "gina")
+
+    def post(i: int) -> httpx.Response:
+        body = {"message": f"q{i:02d} {SLOW}", "max_tokens": ANSWER_TOKENS}
+        return httpx.post(f"{api}/chat", json=body, headers=gina, timeout=30)
+
+    # GIVEN a day that fits 3 of her requests, WHEN she sends 10 at once
+    with ThreadPoolExecutor(10) as pool:
+        answers = list(pool.map(post, range(10)))
+    # THEN exactly 3 are accepted, and the 7 that did not fit are told why and until when
+    assert sorted(r.status_code for r in answers) == [202] * 3 + [429] * 7, [
+        r.text for r in answers
+    ]
+    for refused in (r for r in answers if r.status_code == 429):
+        assert_refused_for_the_day(refused)
+    # AND once the answers end, the day counts what the model reported: within the quota
+    # (an answer may go over its estimate by at most its max_tokens)
+    done = [
+        wait_final(token_quota_stack, r.json()["task_id"], gina)
+        for r in answers
+        if r.status_code == 202
+    ]
+    assert [d["status"] for d in done] == ["done"] * 3
+    used = used_today(token_quota_stack, "gina")
+    assert used == sum(d["usage"]["total_tokens"] for d in done)
+    assert used <= DAILY + ANSWER_TOKENS
+
+
+def test_concurrent_embeddings_get_exactly_the_tokens_of_their_day(
+    token_quota_stack: Stack,
+) -> None:
+    url, hal = f"{token_quota_stack.urls['api']}/embeddings", auth(token_quota_stack, "hal")
+    # GIVEN requests of 4 inputs of 60 characters: 60 tokens as the model counts them,
+    # so the day fits 3 of them
+    per_request = 4 * 15
+    assert 3 * per_request <= DAILY < 4 * per_request
+
+    def post(i: int) -> httpx.Response:
+        texts = [f"{i:02d}-{n}-".ljust(60, "x") for n in range(4)]
+        return httpx.post(url, json={"input": texts}, headers=hal, timeout=30)
+
+    # WHEN he sends 10 at once
+    with ThreadPoolExecutor(10) as pool:
+        answers = list(pool.map(post, range(10)))
+    # THEN exactly 3 are answered, the others refused with the reason, and the day counts
+    # what the model reported for the 3
+    assert sorted(r.status_code for r in answers) == [200] * 3 + [429] * 7, [
+        r.text for r in answers
+    ]
+    for refused in (r for r in answers if r.status_code == 429):
+        assert_refused_for_the_day(refused)
+    reported = [r.json()["usage"]["total_tokens"] for r in answers if r.status_code == 200]
+    assert reported == [per_request] * 3
+    assert used_today(token_quota_stack, "hal") == 3 * per_request <= DAILY
+
+
+def test_embeddings_that_fail_midway_are_charged_the_batches_sent(token_quota_stack: Stack) -> None:
+    url, ivy = f"{token_quota_stack.urls['api']}/embeddings", auth(token_quota_stack, "ivy")
+    # GIVEN batches of 2 (the stack's EMBEDDINGS_BATCH_SIZE), the second failing at the model
+    texts = ["a" * 40, "b" * 40, "boom [[fake status=500]]", "d" * 40, "e" * 40]
+    # WHEN they are embedded
+    failed = httpx.post(url, json={"input": texts}, headers=ivy, timeout=30)
+    # THEN the caller is told the model failed, and charged the first batch only (2 of 10)
+    assert failed.status_code == 502, failed.text
+    assert "model error" in failed.json()["detail"]
+    assert used_today(token_quota_stack, "ivy") == 20
+    # AND bad requests are refused before any model call, with the reason
+    too_many = httpx.post(url, json={"input": ["a"] * 257}, headers=ivy, timeout=30)
+    assert too_many.status_code == 422 and "at most 256" in too_many.json()["detail"]
+    other = httpx.post(url, json={"input": ["a"], "model": "o3"}, headers=ivy, timeout=30)
+    assert other.status_code == 422 and "text-embedding-3-small" in other.json()["detail"]
+    assert used_today(token_quota_stack, "ivy") == 20
+
+
+def test_a_priority_above_the_default_is_for_the_priority_group(token_quota_stack: Stack) -> None:
+    api = token_quota_stack.urls["api"]
+    urgent = {"message": "urgent", "priority": 9, "max_tokens": 5}
+    refused = httpx.post(f"{api}/chat", json=urgent, headers=auth(token_quota_stack, "jay"))
+    assert refused.status_code == 403 and "admins" in refused.json()["detail"]
+    ops = auth(token_quota_stack, "ops", admin=True)
+    assert httpx.post(f"{api}/chat", json=urgent, headers=ops).status_code == 202

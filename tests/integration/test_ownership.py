@@ -126,12 +126,15 @@ def test_concurrent_requests_take_exactly_the_users_minute(deps: Deps) -> None:
 
 
 def test_the_daily_token_quota_counts_what_answers_used(deps: Deps) -> None:
+    # GIVEN 100 tokens a day, and an answer admitted for up to 70 that used 60
     q = quotas(deps, tokens_per_day=100)
     alice = user("alice")
-    q.admit(alice.sub)
-    q.charge(alice.sub, 60)
-    q.admit(alice.sub)  # 60 of 100: still admitted
-    q.charge(alice.sub, 45)
+    reserved = q.admit(alice.sub, 70)
+    q.settle(alice.sub, reserved, 60, time.time())
+    q.admit(alice.sub, 40)  # 60 of 100: one that may use 40 still fits
+    # WHEN that one used 45 (more than its estimate)
+    q.settle(alice.sub, 40, 45, time.time())
+    # THEN the day counts 105, and the next request is refused until the day is over
     with pytest.raises(QuotaExceeded, match="105 of 100") as refused:
         q.admit(alice.sub)
     assert 0 < refused.value.retry_after <= 86400
