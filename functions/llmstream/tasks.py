@@ -1,111 +1,33 @@
-"""The requests table: one row per accepted chat request, its status and timings."""
+"""The requests table: one row per accepted chat request, its status and timings, as the
+routes read and change it (the worker's attempt-fenced writes: attempt_rows.py; the row
+itself: task_row.py)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Literal
 
-from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
-from llmstream.exceptions import ClaimLost, StoreUnavailable, TaskAlreadyFinal, TaskNotFound
-from llmstream.models import TaskState
+from llmstream.attempt_rows import AttemptWrites
+from llmstream.exceptions import StoreUnavailable, TaskNotFound
+from llmstream.task_row import (
+    HOUR_INDEX,
+    SESSION_INDEX,
+    Task,
+    attribute,
+    hour_of,
+    partial,
+    session_key,
+    worker_lost,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
-SESSION_INDEX = "by-owner-session"  # GlobalSecondaryIndexes in template.yaml
-HOUR_INDEX = "by-hour"
-_ser = TypeSerializer()
-_de = TypeDeserializer()
-
-
-@dataclass
-class Task:
-    task_id: str
-    session_id: str
-    status: TaskState
-    model: str
-    message: str
-    # The signed-in user's sub. The by-owner-session index is keyed by owner and session
-    # together (``session_key``), so a conversation is only ever read as its owner's.
-    owner: str = ""
-    priority: int = 0
-    system: str | None = None
-    max_tokens: int | None = None
-    temperature: float | None = None
-    attempt: int = 0
-    created_at: float = field(default_factory=time.time)
-    started_at: float | None = None
-    heartbeat_at: float | None = None  # the running attempt's last sign of life
-    first_token_at: float | None = None
-    finished_at: float | None = None
-    usage: dict[str, Any] | None = None
-    error: str | None = None
-    cancel_requested: bool = False
-    cancel_on_disconnect: bool = False
-    retry_at: float | None = None
-    answer: str | None = None
-    deleted: bool = False  # a tombstone: its conversation was deleted
-    hour: str | None = None  # UTC yyyymmddhh of created_at: the by-hour index of /stats
-    # The request started its session (no session_id given): the worker has no history to
-    # look up, which saves a query on the answer's critical path.
-    new_session: bool = False
-    # The X-Ray trace of the request (observe.py): the worker's and the stream's log lines
-    # of this answer carry it too.
-    trace_id: str | None = None
-    reserved: int | None = None  # owner's day tokens held until settled (reservations.py)
-
-    def to_item(self, expires_at: int) -> dict[str, Any]:
-        raw = {k: v for k, v in self.__dict__.items() if v is not None}
-        raw["expires_at"] = expires_at
-        raw["session_key"] = session_key(self.owner, self.session_id)
-        return {k: _ser.serialize(_to_dynamo(v)) for k, v in raw.items()}
-
-    @classmethod
-    def from_item(cls, item: dict[str, Any]) -> Task:
-        raw = {k: _from_dynamo(_de.deserialize(v)) for k, v in item.items()}
-        raw.pop("expires_at", None)
-        known = cls.__dataclass_fields__
-        base = {"session_id": "", "model": "", "message": ""}  # a tombstone keeps none
-        return cls(**{**base, **{k: v for k, v in raw.items() if k in known}})
-
-
-def _to_dynamo(value: Any) -> Any:
-    if isinstance(value, float):
-        return Decimal(repr(value))
-    if isinstance(value, dict):
-        return {k: _to_dynamo(v) for k, v in value.items()}
-    return value
-
-
-def _from_dynamo(value: Any) -> Any:
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
-    if isinstance(value, dict):
-        return {k: _from_dynamo(v) for k, v in value.items()}
-    return value
-
-
-def worker_lost(task: Task, window: float, now: float) -> bool:
-    """A running task whose worker missed two heartbeats (it beats every quarter window):
-    it has died, and its message comes back on the queue within the window."""
-    return (
-        task.status == "running"
-        and task.heartbeat_at is not None
-        and now - task.heartbeat_at > window / 2 + 1
-    )
-
-
-def session_key(owner: str, session_id: str) -> str:
-    return f"{owner}#{session_id}"
-
-
-def hour_of(timestamp: float) -> str:
-    return time.strftime("%Y%m%d%H", time.gmtime(timestamp))
+# The record's names, as the rest of the package imports them from here.
+__all__ = ["OwnedTasks", "Task", "TaskStore", "hour_of", "session_key", "worker_lost"]
 
 
 def _hours(since: float, now: float) -> list[str]:
@@ -131,15 +53,7 @@ def _query_pages(
     return tasks
 
 
-def _partial(item: dict[str, Any]) -> Task:
-    """A task from the by-hour index, which projects only what /stats reads."""
-    raw = {k: _from_dynamo(_de.deserialize(v)) for k, v in item.items()}
-    known = Task.__dataclass_fields__
-    base = {"session_id": "", "model": "", "message": ""}
-    return Task(**{**base, **{k: v for k, v in raw.items() if k in known}})
-
-
-class TaskStore:
+class TaskStore(AttemptWrites):
     def __init__(self, table: str, client: DynamoDBClient, retention_seconds: int) -> None:
         self._table = table
         self._client = client
@@ -180,10 +94,10 @@ class TaskStore:
                     "ExpressionAttributeNames": {"#h": "hour"},
                     "ExpressionAttributeValues": {
                         ":h": {"S": hour},
-                        ":since": _ser.serialize(_to_dynamo(float(since))),
+                        ":since": attribute(float(since)),
                     },
                 }
-                tasks.extend(_query_pages(self._client, kwargs, limit - len(tasks), _partial))
+                tasks.extend(_query_pages(self._client, kwargs, limit - len(tasks), partial))
         except ClientError as e:
             raise StoreUnavailable(str(e)) from e
         return tasks[:limit]
@@ -207,41 +121,6 @@ class TaskStore:
         except ClientError as e:
             raise StoreUnavailable(str(e)) from e
         return tasks[:limit][::-1]
-
-    def claim(self, task_id: str, now: float | None = None) -> Task:
-        """Take the task for a new attempt: queued, waiting or running (a crashed attempt)
-        -> running.
-
-        The conditional write makes the claim atomic: a final task is never run again.
-        """
-        try:
-            got = self._client.update_item(
-                TableName=self._table,
-                Key={"task_id": {"S": task_id}},
-                UpdateExpression=(
-                    "SET #s = :running, attempt = if_not_exists(attempt, :zero) + :one, "
-                    "started_at = :now, heartbeat_at = :now REMOVE retry_at"
-                ),
-                ConditionExpression=(
-                    "attribute_exists(task_id) AND #s IN (:queued, :waiting, :running)"
-                ),
-                ExpressionAttributeNames={"#s": "status"},
-                ExpressionAttributeValues={
-                    ":running": {"S": "running"},
-                    ":queued": {"S": "queued"},
-                    ":waiting": {"S": "waiting"},
-                    ":zero": {"N": "0"},
-                    ":one": {"N": "1"},
-                    ":now": _ser.serialize(_to_dynamo(time.time() if now is None else now)),
-                },
-                ReturnValues="ALL_NEW",
-            )
-        except ClientError as e:
-            if e.response["Error"]["Code"] == "ConditionalCheckFailedException":
-                task = self.get(task_id)  # raises TaskNotFound if the row is gone
-                raise TaskAlreadyFinal(f"task {task_id} is {task.status}") from e
-            raise StoreUnavailable(str(e)) from e
-        return Task.from_item(got["Attributes"])
 
     def request_cancel(self, task_id: str, owner: str) -> Task:
         """Flag a live task of ``owner`` for cancelling; a final one is returned as it is
@@ -321,7 +200,7 @@ class TaskStore:
                     ":cancelled": {"S": "cancelled"},
                     ":queued": {"S": "queued"},
                     ":waiting": {"S": "waiting"},
-                    ":now": _ser.serialize(_to_dynamo(time.time() if now is None else now)),
+                    ":now": attribute(time.time() if now is None else now),
                 },
             )
         except ClientError as e:
@@ -329,81 +208,6 @@ class TaskStore:
                 return False
             raise StoreUnavailable(str(e)) from e
         return True
-
-    def control(self, task_id: str) -> tuple[bool, int]:
-        """What a running answer checks twice a second: is a cancel requested, and which
-        attempt holds the task (a newer one means this one must stop writing)."""
-        try:
-            got = self._client.get_item(
-                TableName=self._table,
-                Key={"task_id": {"S": task_id}},
-                ConsistentRead=True,
-                ProjectionExpression="cancel_requested, attempt",
-            )
-        except ClientError as e:
-            raise StoreUnavailable(str(e)) from e
-        item = got.get("Item")
-        if item is None:
-            raise TaskNotFound(task_id)  # deleted with its conversation: stop
-        return (
-            bool(item.get("cancel_requested", {}).get("BOOL", False)),
-            int(item.get("attempt", {}).get("N", "0")),
-        )
-
-    def beat(self, task_id: str, attempt: int, now: float | None = None) -> None:
-        """The running attempt is alive (ClaimLost if it no longer holds the task)."""
-        self._update(task_id, attempt, {"heartbeat_at": time.time() if now is None else now})
-
-    def defer(self, task_id: str, attempt: int, retry_at: float, error: str) -> None:
-        """running -> waiting: the message goes back to its queue until ``retry_at``."""
-        self._update(task_id, attempt, {"status": "waiting", "retry_at": retry_at, "error": error})
-
-    def mark_first_token(self, task_id: str, attempt: int, at: float) -> None:
-        self._update(task_id, attempt, {"first_token_at": at})
-
-    def finish(
-        self,
-        task_id: str,
-        attempt: int,
-        status: TaskState,
-        *,
-        usage: dict[str, Any] | None = None,
-        error: str | None = None,
-        answer: str | None = None,
-        now: float | None = None,
-    ) -> None:
-        fields: dict[str, Any] = {
-            "status": status,
-            "finished_at": time.time() if now is None else now,
-        }
-        if usage is not None:
-            fields["usage"] = usage
-        if error is not None:
-            fields["error"] = error
-        if answer is not None:
-            fields["answer"] = answer
-        self._update(task_id, attempt, fields)
-
-    def _update(self, task_id: str, attempt: int, fields: dict[str, Any]) -> None:
-        names = {f"#f{i}": k for i, k in enumerate(fields)}
-        values = {f":v{i}": _ser.serialize(_to_dynamo(v)) for i, v in enumerate(fields.values())}
-        values[":attempt"] = {"N": str(attempt)}
-        values[":running"] = {"S": "running"}
-        names["#s"] = "status"
-        try:
-            self._client.update_item(
-                TableName=self._table,
-                Key={"task_id": {"S": task_id}},
-                UpdateExpression="SET " + ", ".join(f"#f{i} = :v{i}" for i in range(len(fields))),
-                # Only the attempt that owns the task may move it on.
-                ConditionExpression="attempt = :attempt AND #s = :running",
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=values,
-            )
-        except ClientError as e:
-            if e.response["Error"]["Code"] == "ConditionalCheckFailedException":
-                raise ClaimLost(f"task {task_id}: attempt {attempt} no longer owns it") from e
-            raise StoreUnavailable(str(e)) from e
 
 
 class OwnedTasks:
