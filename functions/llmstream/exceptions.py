@@ -96,6 +96,11 @@ class QuotaExceeded(LlmStreamError):
         self.retry_after = retry_after
 
 
+class TooManyStreams(QuotaExceeded):
+    """The caller has USER_MAX_STREAMS streams open already: 429 with Retry-After (when the
+    first of their leases could run out)."""
+
+
 class ModelNotAllowed(LlmStreamError):
     """The request names a model the deployment does not offer (ALLOWED_MODELS): 422."""
 
