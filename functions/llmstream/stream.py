@@ -217,6 +217,7 @@ async def _events(
         metrics.count("StreamsCutShort")
         logger.warning("chunk log unavailable, ending the stream of %s: %s", task_id, e)
     finally:
+        await held.release()  # first: nothing below may keep the slot from coming back
         seconds = time.monotonic() - opened
         metrics.measure("StreamDuration", seconds, observe.Unit.Seconds)
         metrics.flush()
@@ -224,7 +225,6 @@ async def _events(
             "stream closed",
             extra={"ending": ending, "events": sent, "seconds": round(seconds, 3)},
         )
-        await held.release()
         if left_early and task.cancel_on_disconnect:
             # The viewer went away and the request asked to stop then. The response is
             # being torn down (cancelled): shield the call that records the cancel.
@@ -285,11 +285,11 @@ async def direct(body: ChatRequest, user: CurrentUser, deps: DepsDep) -> Streami
         except OpenAIError as e:
             yield f"\n[error: model error: {e}]"
         finally:
+            await held.release()
             # Direct mode has no usage from the model: charge the estimate (4 chars a token).
             spent = (len(body.message) + len(body.system or "") + said) // 4
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(deps.quotas.charge, user.sub, spent)
-            await held.release()
 
     return StreamingResponse(
         text(),
