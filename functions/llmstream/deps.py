@@ -16,6 +16,7 @@ from botocore.config import Config
 from llmstream import vault
 from llmstream.chunklog.base import ChunkLog
 from llmstream.chunklog.dynamodb import DynamoDBChunkLog
+from llmstream.leases import StreamLeases
 from llmstream.limits import ModelLimits, TokenBuckets, UserQuotas
 from llmstream.sessions import SessionStore
 from llmstream.settings import Settings, get_settings
@@ -46,6 +47,7 @@ class Deps:
     log: ChunkLog
     limits: ModelLimits
     quotas: UserQuotas
+    leases: StreamLeases
     _openai: OpenAI | None = field(default=None, repr=False)
 
     @property
@@ -87,6 +89,12 @@ def build_deps(
             settings.rate_limit_table,
             requests_per_minute=settings.user_rpm,
             tokens_per_day=settings.user_tokens_per_day,
+        ),
+        leases=StreamLeases(
+            settings.rate_limit_table,
+            ddb,
+            max_streams=settings.user_max_streams,
+            lease_seconds=settings.stream_lease_seconds,
         ),
         _openai=openai,
     )

@@ -100,6 +100,11 @@ class InputTooLarge(LlmStreamError):
     """A request over a size the deployment sets (EMBEDDINGS_MAX_INPUTS, ..._MAX_CHARS): 422."""
 
 
+class TooManyStreams(QuotaExceeded):
+    """The caller has USER_MAX_STREAMS streams open already: 429 with Retry-After (when the
+    first of their leases could run out)."""
+
+
 class ModelNotAllowed(LlmStreamError):
     """The request names a model the deployment does not offer (ALLOWED_MODELS): 422."""
 

@@ -74,6 +74,7 @@ METRICS: dict[str, str] = {
     "AnswersRateLimited": "worker: an attempt waited for the shared model rate limits",
     "StreamsOpened": "stream: an SSE response began",
     "StreamResumes": "stream: an SSE response resumed after Last-Event-ID (a reconnect)",
+    "StreamsRefused": "stream: a stream refused, its user's streams all open (429)",
     "StreamsCutShort": "stream: a response the server ended before the terminal event",
     "StreamDuration": "stream, s: one SSE response, open to close",
 }

@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     # Per-user quotas on top of the shared model limits; 0 means no limit.
     user_rpm: int = Field(default=0, ge=0, description="Requests per minute per user")
     user_tokens_per_day: int = Field(default=0, ge=0, description="Model tokens per user a day")
+    # Streams a user may have open at once (the stream function; leases.py), 0 = no cap. A
+    # stream's lease runs out this long after its last renewal (a third of it apart), so
+    # the streams of an environment that died free their slots within it.
+    user_max_streams: int = Field(default=10, ge=0, description="Open streams per user")
+    stream_lease_seconds: int = Field(default=60, ge=3)
     cors_allow_origins: str = Field(description="Comma-separated origins, or *")
     # The HMAC key of stream tokens: in the cloud a Secrets Manager secret (read once per
     # cold start); a plain value only where there is no Secrets Manager (unit tests).

@@ -18,15 +18,17 @@ import anyio
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query
 from fastapi.responses import StreamingResponse
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.background import BackgroundTask
 
 from llmstream import observe, web
 from llmstream.admission import admit
 from llmstream.auth import Principal
 from llmstream.deps import Deps
-from llmstream.exceptions import StoreUnavailable, TaskNotFound, TokenMissing
+from llmstream.exceptions import StoreUnavailable, TaskNotFound, TokenMissing, TooManyStreams
 from llmstream.follow import Pacer, follow, watched
+from llmstream.leases import HeldLease
 from llmstream.models import ID_PATTERN, ChatRequest, ErrorBody, Health
-from llmstream.settings import get_settings
+from llmstream.settings import choose_model, get_settings
 from llmstream.tasks import Task, worker_lost
 from llmstream.tokens import StreamTokenVerifier
 from llmstream.web import BearerCredentials, CurrentUser, DepsDep
@@ -105,6 +107,7 @@ StreamViewer = Annotated[Viewer, Depends(stream_viewer)]
         400: {"model": ErrorBody},
         401: {"model": ErrorBody},
         404: {"model": ErrorBody},
+        429: {"model": ErrorBody},
     },
 )
 async def stream(
@@ -115,13 +118,15 @@ async def stream(
 ) -> EventSourceResponse:
     """Follow one of your tasks' answer: chunk events, then one terminal event
     (done/error/cancelled). Opened with the stream_url's token (EventSource cannot send
-    headers), or with your Bearer token."""
+    headers), or with your Bearer token. A user has at most USER_MAX_STREAMS streams
+    open at once (429 with Retry-After beyond that)."""
     start = _resume_point(last_event_id, after)
     task = viewer.task
     task_id = task.task_id
     # This response's log lines carry the answer's trace (the api's), not the request's.
     observe.correlate(task_id=task_id, user=task.owner, trace_id=task.trace_id)
     metrics = observe.Record("stream", backend=settings.chunklog_backend)
+    held = await _take_lease(deps, task.owner, metrics)
     metrics.count("StreamsOpened")
     if start > 0:
         metrics.count("StreamResumes")  # a reconnect that picks up after Last-Event-ID
@@ -130,15 +135,29 @@ async def stream(
     logger.info("stream opened", extra={"after": start, "cold_start": cold})
 
     return EventSourceResponse(
-        _events(deps, task, start, metrics),
+        _events(deps, task, start, metrics, held),
         ping=settings.stream_ping_seconds,
         ping_message_factory=_ping,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        # The events' own ending gives the lease back; this, for a response whose events
+        # never started (HEAD, or a client gone before the first one).
+        background=BackgroundTask(held.release),
     )
 
 
+async def _take_lease(deps: Deps, owner: str, metrics: observe.Record) -> HeldLease:
+    """One of ``owner``'s open-stream slots (leases.py), or TooManyStreams (429)."""
+    try:
+        lease = await anyio.to_thread.run_sync(deps.leases.acquire, owner)
+    except TooManyStreams:
+        metrics.count("StreamsRefused")
+        metrics.flush()
+        raise
+    return HeldLease(deps.leases, lease)
+
+
 async def _events(
-    deps: Deps, task: Task, start: int, metrics: observe.Record
+    deps: Deps, task: Task, start: int, metrics: observe.Record, held: HeldLease
 ) -> AsyncIterator[ServerSentEvent]:
     """The task's events after ``start`` as SSE, a status event when its worker is lost, and
     the response's metrics and closing log line; a viewer leaving early cancels the answer
@@ -153,6 +172,7 @@ async def _events(
         # a new attempt starts with a reset. Say so once, as a named event (`event:
         # status`), which clients that do not listen for named events ignore.
         nonlocal told
+        await held.tick()  # a silence is no reason to lose the stream's slot
         row = await anyio.to_thread.run_sync(deps.tasks.get, task_id)
         if told or not worker_lost(row, window, time.time()):
             return None
@@ -175,6 +195,7 @@ async def _events(
     )
     try:
         async for event in watched(followed, min(5.0, window / 4), on_quiet):
+            await held.tick()
             if isinstance(event, ServerSentEvent):
                 yield event
                 continue
@@ -196,6 +217,7 @@ async def _events(
         metrics.count("StreamsCutShort")
         logger.warning("chunk log unavailable, ending the stream of %s: %s", task_id, e)
     finally:
+        await held.release()  # first: nothing below may keep the slot from coming back
         seconds = time.monotonic() - opened
         metrics.measure("StreamDuration", seconds, observe.Unit.Seconds)
         metrics.flush()
@@ -236,11 +258,19 @@ async def direct(body: ChatRequest, user: CurrentUser, deps: DepsDep) -> Streami
     Nothing is recorded: no resume, no status; a disconnect stops the model call."""
     if not settings.direct_mode_enabled:
         raise HTTPException(404, "direct mode is disabled (template parameter EnableDirectMode)")
-    # ModelNotAllowed (422) before any quota, then QuotaExceeded (429): as POST /chat.
-    task = await anyio.to_thread.run_sync(
-        partial(admit, deps, settings, user, body, status="running")
-    )
-    client = await anyio.to_thread.run_sync(_async_model)  # reads the key secret once
+    # ModelNotAllowed (422) before any quota; then a slot of the caller's open streams, so
+    # that a refusal for too many (429) spends nothing of the request quota; then the
+    # request quota (429), as POST /chat.
+    choose_model(settings, body.model)
+    held = await _take_lease(deps, user.sub, observe.Record("stream", mode="direct"))
+    try:
+        task = await anyio.to_thread.run_sync(
+            partial(admit, deps, settings, user, body, status="running")
+        )
+        client = await anyio.to_thread.run_sync(_async_model)  # reads the key secret once
+    except BaseException:
+        await held.release()
+        raise
     from openai import OpenAIError
 
     from llmstream.llm import direct_pieces
@@ -249,11 +279,13 @@ async def direct(body: ChatRequest, user: CurrentUser, deps: DepsDep) -> Streami
         said = 0
         try:
             async for piece in direct_pieces(client, task):
+                await held.tick()
                 said += len(piece)
                 yield piece
         except OpenAIError as e:
             yield f"\n[error: model error: {e}]"
         finally:
+            await held.release()
             # Direct mode has no usage from the model: settle the reservation with the
             # estimate (4 chars a token) of what was sent and said.
             spent = (len(body.message) + len(body.system or "") + said) // 4
@@ -270,6 +302,7 @@ async def direct(body: ChatRequest, user: CurrentUser, deps: DepsDep) -> Streami
             "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no",
         },
+        background=BackgroundTask(held.release),  # if the text never started
     )
 
 

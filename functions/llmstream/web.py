@@ -31,6 +31,7 @@ from llmstream.exceptions import (
     TaskNotFound,
     TokenExpired,
     TokenMissing,
+    TooManyStreams,
     Unauthenticated,
 )
 from llmstream.settings import Settings
@@ -75,6 +76,7 @@ _STATUS: dict[type[LlmStreamError], int] = {
     Unauthenticated: 401,
     Forbidden: 403,
     QuotaExceeded: 429,
+    TooManyStreams: 429,  # a QuotaExceeded: its Retry-After below
     AuthUnavailable: 503,
     QueueUnavailable: 503,
     ModelUnavailable: 502,

@@ -71,7 +71,7 @@ USERS = 10
 # The benchmark measures the pipeline, not the per-user quotas: they are off on its stack
 # (0 = no limit), so no level's burst is refused with 429. Each quota check is a DynamoDB
 # call or two per request, which the cost figures therefore leave out.
-NO_USER_QUOTAS = {"USER_RPM": "0", "USER_TOKENS_PER_DAY": "0"}
+NO_USER_QUOTAS = {"USER_RPM": "0", "USER_TOKENS_PER_DAY": "0", "USER_MAX_STREAMS": "0"}
 
 
 def run(

@@ -84,6 +84,24 @@ def test_settings_refuse_a_short_token_secret(monkeypatch: pytest.MonkeyPatch) -
 
 
 @pytest.mark.usefixtures("settings_env")
+def test_the_cap_on_open_streams_is_on_by_default_and_0_turns_it_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    got = Settings()  # type: ignore[call-arg]
+    assert (got.user_max_streams, got.stream_lease_seconds) == (10, 60)
+    monkeypatch.setenv("USER_MAX_STREAMS", "0")
+    monkeypatch.setenv("STREAM_LEASE_SECONDS", "5")
+    got = Settings()  # type: ignore[call-arg]
+    assert (got.user_max_streams, got.stream_lease_seconds) == (0, 5)
+    # A lease shorter than a renewal's round trip, or a negative cap, is refused at start
+    for key, value in (("USER_MAX_STREAMS", "-1"), ("STREAM_LEASE_SECONDS", "1")):
+        monkeypatch.setenv(key, value)
+        with pytest.raises(ValidationError, match=key.lower()):
+            Settings()  # type: ignore[call-arg]
+        monkeypatch.setenv(key, "5")
+
+
+@pytest.mark.usefixtures("settings_env")
 def test_api_settings_need_the_stream_url(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValidationError, match="stream_base_url"):
         ApiSettings()  # type: ignore[call-arg]

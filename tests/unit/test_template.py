@@ -498,3 +498,44 @@ def test_the_local_page_gets_the_templates_policy_with_the_local_endpoints() -> 
         "https://cognito-idp.eu-west-1.amazonaws.com",
         "http://127.0.0.1:8007 http://127.0.0.1:8008",
     )
+
+
+@pytest.mark.parametrize(
+    ("value", "reserved"), [(None, NO_VALUE), ("50", "50"), ("0", NO_VALUE), ("", NO_VALUE)]
+)
+def test_the_stream_function_reserves_its_concurrency_when_told_to(
+    value: str | None, reserved: Any
+) -> None:
+    tpl = LocalTemplate.load(
+        "unit", parameters={} if value is None else {"StreamReservedConcurrency": value}
+    )
+    got = tpl.resolve(tpl.props("StreamFunction").get("ReservedConcurrentExecutions", NO_VALUE))
+    assert got == reserved
+    # AND the worker reserves none: it shares what the stream (and the api) leave
+    assert "ReservedConcurrentExecutions" not in tpl.props("WorkerFunction")
+    from samtranslator.yaml_helper import yaml_parse
+
+    declared = yaml_parse((ROOT / "template.yaml").read_text())["Parameters"]
+    assert "concurrency quota" in declared["StreamReservedConcurrency"]["Description"]
+
+
+def test_the_stream_function_gets_the_cap_on_open_streams_and_exactly_its_table_actions() -> None:
+    tpl = LocalTemplate.load("unit", parameters={"UserMaxStreams": "4"})
+    tpl.queue_urls = {q: f"http://aws/{q}" for q in tpl.of_type("AWS::SQS::Queue")}
+    tpl.overrides["StreamFunctionUrl.FunctionUrl"] = "http://stream/"
+    assert tpl.functions()["StreamFunction"].environment["USER_MAX_STREAMS"] == "4"
+    table = tpl.resolve({"Fn::GetAtt": ["RateLimitTable", "Arn"]})
+    actions: set[str] = set()
+    for policy in tpl.props("StreamFunctionRole")["Policies"]:
+        for statement in tpl.resolve(policy["PolicyDocument"])["Statement"]:
+            resources = statement["Resource"]
+            if table in (resources if isinstance(resources, list) else [resources]):
+                acts = statement["Action"]
+                actions |= set(acts if isinstance(acts, list) else [acts])
+    # Quotas of direct mode (read, conditional write, add) and the leases (put, renew, delete)
+    assert actions == {
+        "dynamodb:GetItem",
+        "dynamodb:PutItem",
+        "dynamodb:UpdateItem",
+        "dynamodb:DeleteItem",
+    }
