@@ -20,6 +20,25 @@ from localcloud.redis_server import redis_answers, redis_server_command
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
 
+# The functions' required settings, as the template gives them (values that only need to
+# be valid): for tests that build Settings or import an app without a stack.
+FUNCTION_ENV = {
+    "REQUESTS_TABLE": "r",
+    "SESSIONS_TABLE": "s",
+    "CHUNKS_TABLE": "c",
+    "QUEUE_URL_HIGH": "http://high",
+    "QUEUE_URL_DEFAULT": "http://default",
+    "QUEUE_URL_LOW": "http://low",
+    "DEAD_LETTER_QUEUE_URL": "http://dlq",
+    "IDEMPOTENCY_TABLE": "i",
+    "RATE_LIMIT_TABLE": "l",
+    "MODEL_ID": "m",
+    "STREAM_TOKEN_SECRET": "s" * 32,
+    "CORS_ALLOW_ORIGINS": "*",
+    "AUTH_ISSUER": "https://issuer.example/pool",
+    "AUTH_AUDIENCE": "client-a, client-b",
+}
+
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"

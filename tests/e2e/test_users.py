@@ -6,7 +6,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -265,6 +265,20 @@ def assert_refused_for_the_day(refused: httpx.Response) -> None:
     assert "daily token quota" in refused.json()["detail"]
 
 
+def ten_at_once_three_through(
+    post: Callable[[int], httpx.Response], accepted: int
+) -> list[httpx.Response]:
+    """Ten requests at once against a day that fits three: three ``accepted``, seven
+    refused for the day with the reason and until when."""
+    with ThreadPoolExecutor(10) as pool:
+        answers = list(pool.map(post, range(10)))
+    statuses = sorted(r.status_code for r in answers)
+    assert statuses == [accepted] * 3 + [429] * 7, [r.text for r in answers]
+    for refused in (r for r in answers if r.status_code == 429):
+        assert_refused_for_the_day(refused)
+    return answers
+
+
 def test_concurrent_chats_get_exactly_the_tokens_of_their_day(token_quota_stack: Stack) -> None:
     api, gina = token_quota_stack.urls["api"], auth(token_quota_stack, "gina")
 
@@ -273,14 +287,8 @@ def test_concurrent_chats_get_exactly_the_tokens_of_their_day(token_quota_stack:
         return httpx.post(f"{api}/chat", json=body, headers=gina, timeout=30)
 
     # GIVEN a day that fits 3 of her requests, WHEN she sends 10 at once
-    with ThreadPoolExecutor(10) as pool:
-        answers = list(pool.map(post, range(10)))
     # THEN exactly 3 are accepted, and the 7 that did not fit are told why and until when
-    assert sorted(r.status_code for r in answers) == [202] * 3 + [429] * 7, [
-        r.text for r in answers
-    ]
-    for refused in (r for r in answers if r.status_code == 429):
-        assert_refused_for_the_day(refused)
+    answers = ten_at_once_three_through(post, 202)
     # AND once the answers end, the day counts what the model reported: within the quota
     # (an answer may go over its estimate by at most its max_tokens)
     done = [
@@ -308,15 +316,9 @@ def test_concurrent_embeddings_get_exactly_the_tokens_of_their_day(
         return httpx.post(url, json={"input": texts}, headers=hal, timeout=30)
 
     # WHEN he sends 10 at once
-    with ThreadPoolExecutor(10) as pool:
-        answers = list(pool.map(post, range(10)))
     # THEN exactly 3 are answered, the others refused with the reason, and the day counts
     # what the model reported for the 3
-    assert sorted(r.status_code for r in answers) == [200] * 3 + [429] * 7, [
-        r.text for r in answers
-    ]
-    for refused in (r for r in answers if r.status_code == 429):
-        assert_refused_for_the_day(refused)
+    answers = ten_at_once_three_through(post, 200)
     reported = [r.json()["usage"]["total_tokens"] for r in answers if r.status_code == 200]
     assert reported == [per_request] * 3
     assert used_today(token_quota_stack, "hal") == 3 * per_request <= DAILY

@@ -17,25 +17,13 @@ from fastapi.routing import APIRoute
 from fastapi.security.http import HTTPBase
 from samtranslator.yaml_helper import yaml_parse
 
+from tests.conftest import FUNCTION_ENV
+
 pytestmark = pytest.mark.unit
 ROOT = Path(__file__).resolve().parents[2]
 
-# The functions' settings, as the template gives them (values that only need to be valid).
 ENV = {
-    "REQUESTS_TABLE": "r",
-    "SESSIONS_TABLE": "s",
-    "CHUNKS_TABLE": "c",
-    "QUEUE_URL_HIGH": "http://high",
-    "QUEUE_URL_DEFAULT": "http://default",
-    "QUEUE_URL_LOW": "http://low",
-    "DEAD_LETTER_QUEUE_URL": "http://dlq",
-    "IDEMPOTENCY_TABLE": "i",
-    "RATE_LIMIT_TABLE": "l",
-    "MODEL_ID": "m",
-    "STREAM_TOKEN_SECRET": "s" * 32,
-    "CORS_ALLOW_ORIGINS": "*",
-    "AUTH_ISSUER": "https://issuer.example/pool",
-    "AUTH_AUDIENCE": "client-a",
+    **FUNCTION_ENV,
     "AUTH_JWKS_URL": "https://issuer.example/pool/.well-known/jwks.json",
     "STREAM_BASE_URL": "https://stream.example/",
 }

@@ -5,25 +5,11 @@ from pydantic import ValidationError
 
 from llmstream.models import ChatRequest, TaskMessage
 from llmstream.settings import ApiSettings, Settings
+from tests.conftest import FUNCTION_ENV
 
 pytestmark = pytest.mark.unit
 
-ENV = {
-    "REQUESTS_TABLE": "r",
-    "SESSIONS_TABLE": "s",
-    "CHUNKS_TABLE": "c",
-    "QUEUE_URL_HIGH": "http://high",
-    "QUEUE_URL_DEFAULT": "http://default",
-    "QUEUE_URL_LOW": "http://low",
-    "DEAD_LETTER_QUEUE_URL": "http://dlq",
-    "IDEMPOTENCY_TABLE": "i",
-    "RATE_LIMIT_TABLE": "l",
-    "MODEL_ID": "m",
-    "STREAM_TOKEN_SECRET": "s" * 32,
-    "CORS_ALLOW_ORIGINS": "*",
-    "AUTH_ISSUER": "https://issuer.example/pool",
-    "AUTH_AUDIENCE": "client-a, client-b",
-}
+ENV = FUNCTION_ENV
 
 
 @pytest.fixture
