@@ -62,6 +62,15 @@ class Settings(BaseSettings):
     user_max_streams: int = Field(default=10, ge=0, description="Open streams per user")
     stream_lease_seconds: int = Field(default=60, ge=3)
     cors_allow_origins: str = Field(description="Comma-separated origins, or *")
+    # In the cloud API Gateway and the function URL answer CORS from the template; the local
+    # stack sets these from the same template, so a method or header it lacks fails there too.
+    cors_allow_methods: str = Field(
+        default="GET,POST,DELETE,OPTIONS", description="Comma-separated CORS methods"
+    )
+    cors_allow_headers: str = Field(
+        default="content-type,idempotency-key,authorization,last-event-id",
+        description="Comma-separated CORS request headers",
+    )
     # The HMAC key of stream tokens: in the cloud a Secrets Manager secret (read once per
     # cold start); a plain value only where there is no Secrets Manager (unit tests).
     stream_token_secret_arn: str | None = None
@@ -171,7 +180,15 @@ class Settings(BaseSettings):
 
     @property
     def cors_origins(self) -> list[str]:
-        return [o.strip() for o in self.cors_allow_origins.split(",") if o.strip()]
+        return _items(self.cors_allow_origins)
+
+    @property
+    def cors_methods(self) -> list[str]:
+        return _items(self.cors_allow_methods)
+
+    @property
+    def cors_headers(self) -> list[str]:
+        return _items(self.cors_allow_headers)
 
     @property
     def flush_interval_seconds(self) -> float:
@@ -213,3 +230,8 @@ def choose_model(settings: Settings, requested: str | None, default: str | None 
         return requested
     offered = ", ".join([default, *allowed])
     raise ModelNotAllowed(f"model {requested!r} is not offered here; choose one of: {offered}")
+
+
+def _items(text: str) -> list[str]:
+    """A comma-separated setting's items."""
+    return [item.strip() for item in text.split(",") if item.strip()]

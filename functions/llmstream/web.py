@@ -123,8 +123,8 @@ def configure(app: FastAPI, settings: Settings, *, expose_headers: list[str] | N
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,
-        allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
-        allow_headers=["content-type", "idempotency-key", "authorization", "last-event-id"],
+        allow_methods=settings.cors_methods,
+        allow_headers=settings.cors_headers,
         expose_headers=[*(expose_headers or []), "Retry-After"],
     )
     app.add_exception_handler(LlmStreamError, _domain_error)

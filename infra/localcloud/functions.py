@@ -51,12 +51,30 @@ def environment(stack: Stack, logical_id: str) -> dict[str, str]:
         **stack.opts.extra_env,
     }
     env.update(stack.opts.function_endpoints)
+    env.update(cors(stack, logical_id))
     if not env.get("AUTH_JWKS_URL") and stack.pool is not None:
         env["AUTH_JWKS_URL"] = jwks_url(stack)
     env.pop("AWS_LWA_INVOKE_MODE", None)
     env.pop("AWS_LAMBDA_EXEC_WRAPPER", None)
     stack.env[logical_id] = env
     return env
+
+
+def cors(stack: Stack, logical_id: str) -> dict[str, str]:
+    """The CORS methods and headers the cloud answers for this function, from the template
+    (the HTTP API's for the api, the function URL's for the stream function): the local
+    apps answer the same, so the page on its own port meets the cloud's rules."""
+    assert stack.template is not None
+    tpl = stack.template
+    if logical_id == API_FUNCTION:
+        rules = tpl.props("HttpApi")["Body"]["x-amazon-apigateway-cors"]
+        methods, headers = rules["allowMethods"], rules["allowHeaders"]
+    elif logical_id == STREAM_FUNCTION:
+        rules = tpl.props(f"{STREAM_FUNCTION}Url")["Cors"]
+        methods, headers = rules["AllowMethods"], rules["AllowHeaders"]
+    else:
+        return {}
+    return {"CORS_ALLOW_METHODS": ",".join(methods), "CORS_ALLOW_HEADERS": ",".join(headers)}
 
 
 def container_environments(stack: Stack) -> dict[str, dict[str, str]]:
