@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from llmstream.exceptions import InputTooLarge
 from llmstream.models import ChatRequest
@@ -163,12 +170,15 @@ def to_chat_request(
     users = [m["content"] for m in messages if m["role"] == "user" and m["content"].strip()]
     if not users:
         raise InputTooLarge("input: needs a user message with text")
-    return ChatRequest(
-        message=users[-1][:32_000],
-        session_id=session_id,
-        model=model,
-        system=system,
-        max_tokens=max_tokens,
-        temperature=temperature,
-        cancel_on_disconnect=cancel_on_disconnect,
-    )
+    try:
+        return ChatRequest(
+            message=users[-1][:32_000],
+            session_id=session_id,
+            model=model,
+            system=system,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            cancel_on_disconnect=cancel_on_disconnect,
+        )
+    except ValidationError as e:  # the fields were checked above; this is the backstop
+        raise InputTooLarge(f"input: {e.errors()[0]['msg']}") from e
