@@ -62,7 +62,8 @@ class Task:
     # message) in place of ``message``, which then holds its last user text (the title).
     input: list[dict[str, str]] | None = None
     top_p: float | None = None
-    metadata: dict[str, str] | None = None
+    # Its metadata as JSON text: a map of the caller's own keys is no DynamoDB map.
+    metadata: str | None = None
     api: str | None = None  # "responses" or "chat.completions": the shape it was asked in
     background: bool = False  # a Responses request with background: true
     previous_response_id: str | None = None  # the Responses turn it continues

@@ -104,7 +104,7 @@ def response_object(
         "incomplete_details": incomplete,
         "instructions": task.system,
         "max_output_tokens": task.max_tokens,
-        "metadata": task.metadata or {},
+        "metadata": json.loads(task.metadata) if task.metadata else {},
         "model": task.model,
         "output": [_item(task, i, item) for i, item in enumerate(replay.items)] if output else [],
         "parallel_tool_calls": True,

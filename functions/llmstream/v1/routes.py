@@ -10,6 +10,7 @@ personal API key (api_keys.py).
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import AsyncIterator
@@ -159,7 +160,7 @@ async def create_response(
     extras = {
         "input": messages,
         "top_p": body.top_p,
-        "metadata": body.metadata,
+        "metadata": _json(body.metadata),
         "api": "responses",
         "background": body.background,
         "store": body.store,
@@ -235,7 +236,7 @@ async def create_chat_completion(
         temperature=body.temperature,
         cancel_on_disconnect=True,  # as OpenAI: a client that leaves stops the answer
     )
-    extras = {"input": messages, "top_p": body.top_p, "metadata": body.metadata}
+    extras = {"input": messages, "top_p": body.top_p, "metadata": _json(body.metadata)}
     task, held = await _accept(deps, user, request, {**extras, "api": "chat.completions"}, True)
     assert held is not None
     if body.stream:
@@ -262,6 +263,10 @@ def retrieve_model(model: str, user: CurrentUser) -> dict[str, Any]:
     if model not in _offered():
         raise ModelNotAllowed(f"The model '{model}' does not exist or is not offered here.")
     return _model(model)
+
+
+def _json(metadata: dict[str, str] | None) -> str | None:
+    return json.dumps(metadata, ensure_ascii=False) if metadata else None
 
 
 def _offered() -> list[str]:

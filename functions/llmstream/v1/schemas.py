@@ -22,9 +22,10 @@ from pydantic import (
 from llmstream.exceptions import InputTooLarge
 from llmstream.models import ChatRequest
 
-# What one request may send the model in all (its messages' text): the request row holds
-# it (a DynamoDB item is at most 400 KB).
-MAX_INPUT_CHARS = 200_000
+# What one request may send the model in all (its messages' text, UTF-8): the request row
+# holds it beside the answer (a DynamoDB item is at most 400 KB).
+MAX_INPUT_BYTES = 150_000
+TITLE_CHARS = 2_000  # the task's ``message``: the conversation's title and history line
 _MODEL = r"^[A-Za-z0-9._:/-]{1,128}$"
 RESPONSE_ID = r"^resp_[0-9a-f]{32}$"
 
@@ -92,15 +93,7 @@ class ResponsesRequest(_Strict):
     text: TextConfig | None = None
     stream_options: dict[str, Any] | None = None
 
-    @field_validator("metadata")
-    @classmethod
-    def _metadata(cls, value: dict[str, str] | None) -> dict[str, str] | None:
-        # OpenAI's limits: 16 pairs, keys up to 64 characters, values up to 512.
-        if value is not None and (
-            len(value) > 16 or any(len(k) > 64 or len(v) > 512 for k, v in value.items())
-        ):
-            raise ValueError("metadata: at most 16 pairs, keys <= 64 and values <= 512 chars")
-        return value
+    _metadata = field_validator("metadata")(lambda cls, v: _check_metadata(v))
 
     @model_validator(mode="after")
     def _background_is_stored(self) -> ResponsesRequest:
@@ -138,11 +131,22 @@ class ChatCompletionsRequest(_Strict):
     prompt_cache_key: str | None = None
     service_tier: Literal["auto", "default"] | None = None
     store: bool | None = None
+
+    _metadata = field_validator("metadata")(lambda cls, v: _check_metadata(v))
     logprobs: Literal[False] | None = None
     response_format: TextFormat | None = None
 
     def messages_sent(self) -> list[dict[str, str]]:
         return [_message(m.role, m.content or "") for m in self.messages]
+
+
+def _check_metadata(value: dict[str, str] | None) -> dict[str, str] | None:
+    # OpenAI's limits: 16 pairs, keys up to 64 characters, values up to 512.
+    if value is not None and (
+        len(value) > 16 or any(len(k) > 64 or len(v) > 512 for k, v in value.items())
+    ):
+        raise ValueError("metadata: at most 16 pairs, keys <= 64 and values <= 512 chars")
+    return value
 
 
 def _message(role: str, content: str | list[TextPart]) -> dict[str, str]:
@@ -164,15 +168,15 @@ def to_chat_request(
 ) -> ChatRequest:
     """The /chat request an OpenAI-style one is: its last user text as the message (the
     conversation's title; the task carries the messages themselves)."""
-    said = sum(len(m["content"]) for m in messages) + len(system or "")
-    if said > MAX_INPUT_CHARS:
-        raise InputTooLarge(f"input: at most {MAX_INPUT_CHARS} characters in all, got {said}")
+    said = sum(len(m["content"].encode()) for m in messages) + len((system or "").encode())
+    if said > MAX_INPUT_BYTES:
+        raise InputTooLarge(f"input: at most {MAX_INPUT_BYTES} bytes of text in all, got {said}")
     users = [m["content"] for m in messages if m["role"] == "user" and m["content"].strip()]
     if not users:
         raise InputTooLarge("input: needs a user message with text")
     try:
         return ChatRequest(
-            message=users[-1][:32_000],
+            message=users[-1][:TITLE_CHARS],
             session_id=session_id,
             model=model,
             system=system,
