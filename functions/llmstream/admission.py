@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import Any
 
 from llmstream.auth import Principal
 from llmstream.deps import Deps
@@ -31,6 +32,7 @@ def admit(
     now: float | None = None,
     trace_id: str | None = None,
     metrics: Record | None = None,
+    extras: dict[str, Any] | None = None,
 ) -> Task:
     """The task that answers ``request`` for ``user``, once its model is one the deployment
     offers (ModelNotAllowed: 422, before any quota), its priority is the caller's to ask
@@ -38,7 +40,8 @@ def admit(
     Retry-After). The tokens it may use are reserved on the caller's day (``reserved``):
     whoever ends it settles them (reservations.py), or gives them back if it is never
     sent. Its session is the request's or a new id; nothing is stored. ``metrics``, if
-    given, gets the model's dimension and counts a refusal."""
+    given, gets the model's dimension and counts a refusal. ``extras`` are Task fields an
+    OpenAI-style request adds (its ``input`` messages, ``top_p``, ``metadata``...)."""
     now = time.time() if now is None else now
     model = choose_model(settings, request.model)
     if metrics is not None:
@@ -49,8 +52,10 @@ def admit(
             "send 0 (default) or below"
         )
     max_tokens = min(request.max_tokens or settings.max_tokens_limit, settings.max_tokens_limit)
+    extras = extras or {}
+    wanted = estimate(settings, request, max_tokens, extras.get("input"))
     try:
-        reserved = deps.quotas.admit(user.sub, estimate(settings, request, max_tokens), now)
+        reserved = deps.quotas.admit(user.sub, wanted, now)
     except QuotaExceeded:
         if metrics is not None:
             metrics.count("RequestsRateLimited")
@@ -72,12 +77,20 @@ def admit(
         new_session=request.session_id is None,
         trace_id=trace_id,
         reserved=reserved,
+        **extras,
     )
 
 
-def estimate(settings: Settings, request: ChatRequest, max_tokens: int) -> int:
-    """The most an answer may use, to reserve: its prompt (~4 characters a token), the
-    history a continued conversation may send with it, and the completion it allows."""
-    texts = [request.message, *([request.system] if request.system else [])]
+def estimate(
+    settings: Settings,
+    request: ChatRequest,
+    max_tokens: int,
+    messages: list[dict[str, str]] | None = None,
+) -> int:
+    """The most an answer may use, to reserve: its prompt (~4 characters a token; the
+    request's ``messages`` in place of its message when it has them), the history a
+    continued conversation may send with it, and the completion it allows."""
+    said = [m["content"] for m in messages] if messages else [request.message]
+    texts = [*said, *([request.system] if request.system else [])]
     history = settings.history_token_budget if request.session_id else 0
     return prompt_tokens(texts) + history + max_tokens

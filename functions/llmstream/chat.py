@@ -21,16 +21,13 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
     IdempotencyAlreadyInProgressError,
     IdempotencyValidationError,
 )
-from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel
 
-from llmstream import observe, reservations, tokens
-from llmstream.admission import admit
+from llmstream import intake, tokens
 from llmstream.auth import Principal
 from llmstream.deps import Deps
-from llmstream.exceptions import IdempotencyConflict, QueueUnavailable, StoreUnavailable
+from llmstream.exceptions import IdempotencyConflict
 from llmstream.models import (
-    FINAL_STATES,
     CancelResult,
     ChatAccepted,
     ChatRequest,
@@ -38,12 +35,11 @@ from llmstream.models import (
     SessionList,
     SessionSummary,
     SessionTurn,
-    TaskMessage,
     TaskStatus,
     Usage,
 )
 from llmstream.sessions import Session
-from llmstream.settings import ApiSettings, priority_name
+from llmstream.settings import ApiSettings
 from llmstream.tasks import Task, worker_lost
 
 View = TypeVar("View", bound=BaseModel)
@@ -68,7 +64,7 @@ def submit(
     Keys are the caller's own: another user's identical key is another request.
     """
     if idempotency_key is None:
-        ids = _enqueue(deps, settings, user, request)
+        ids = intake.enqueue(deps, settings, user, request)
     else:
         ids = _idempotent_enqueue(deps, settings, user, request, idempotency_key)
     return ChatAccepted(
@@ -98,7 +94,7 @@ def _idempotent_enqueue(
         key_prefix="llmstream.chat",
     )
     def enqueue_once(data: dict[str, Any]) -> dict[str, str]:
-        return _enqueue(deps, settings, user, request)
+        return intake.enqueue(deps, settings, user, request)
 
     try:
         result: dict[str, str] = enqueue_once(
@@ -115,61 +111,6 @@ def _idempotent_enqueue(
     return result
 
 
-def _enqueue(
-    deps: Deps, settings: ApiSettings, user: Principal, request: ChatRequest
-) -> dict[str, str]:
-    now = time.time()
-    metrics = observe.Record("api", priority=priority_name(request.priority))
-    trace = observe.current_trace()
-    task = admit(
-        deps, settings, user, request, now=now, trace_id=observe.trace_id(trace), metrics=metrics
-    )
-    task_id, session_id = task.task_id, task.session_id
-    stored = False
-    try:
-        if request.session_id:
-            # Continuing a conversation: only its owner may (another user's id is not found).
-            deps.sessions.touch(user.sub, session_id, now)
-        else:
-            deps.sessions.start(user.sub, session_id, request.message, now)
-        # The row first, then the message: a worker that receives the id always finds it.
-        deps.tasks.create(task)
-        stored = True
-        try:
-            deps.sqs.send_message(
-                QueueUrl=settings.queue_url_for(request.priority),
-                MessageBody=TaskMessage(task_id=task_id).model_dump_json(),
-                **observe.trace_attribute(trace),
-            )
-        except (ClientError, BotoCoreError) as e:
-            raise QueueUnavailable(f"could not enqueue task: {e}") from e
-    except Exception:
-        _give_back(deps, task, stored)
-        raise
-    observe.correlate(task_id=task_id)
-    observe.logger.info(
-        "chat accepted",
-        extra={"priority": request.priority, "model": task.model, "new_session": task.new_session},
-    )
-    metrics.count("ChatAccepted")
-    metrics.property(task_id=task_id, trace_id=task.trace_id)
-    metrics.flush()
-    return {"task_id": task_id, "session_id": session_id}
-
-
-def _give_back(deps: Deps, task: Task, stored: bool) -> None:
-    """A request admitted but not sent (a conversation not found, a store or the queue
-    down) gives its reserved tokens back; once its row exists, through the row, so that a
-    later cancel of it cannot give them back a second time."""
-    if stored:
-        reservations.settle_quietly(deps, task, 0)
-        return
-    try:
-        deps.quotas.settle(task.owner, task.reserved, 0, task.created_at)
-    except StoreUnavailable:
-        observe.logger.warning("could not give back a request's reserved tokens")
-
-
 def stream_url(deps: Deps, settings: ApiSettings, task_id: str, owner: str) -> str:
     token = tokens.sign(deps.token_key, task_id, owner, settings.stream_token_ttl_seconds)
     base = settings.stream_base_url.rstrip("/")
@@ -177,19 +118,9 @@ def stream_url(deps: Deps, settings: ApiSettings, task_id: str, owner: str) -> s
 
 
 def cancel(deps: Deps, user: Principal, task_id: str) -> CancelResult:
-    """Cancel a task; calling it again, or on a finished task, changes nothing.
-
-    A task no worker holds yet is ended here (its stream gets the cancelled event); a
-    running one is flagged, and its worker stops the model call within a second.
-    """
-    tasks = deps.tasks.owned_by(user.sub)
-    task = tasks.request_cancel(task_id)
-    if task.status in ("queued", "waiting") and tasks.cancel_unstarted(task_id):
-        reservations.release(deps, task)  # it never reaches the model now
-        last = deps.log.last(task_id)  # a deferred task may have written part of an answer
-        # No worker holds the task (its status moved from queued), so this seq is free.
-        deps.log.append(task_id, (last.seq if last else 0) + 1, "cancelled", {"type": "cancelled"})
-        task = tasks.get(task_id)
+    """Cancel a task (intake.cancel); calling it again, or on a finished task, changes
+    nothing."""
+    task = intake.cancel(deps, user, task_id)
     return CancelResult(task_id=task_id, status=task.status, cancel_requested=task.cancel_requested)
 
 
@@ -200,24 +131,14 @@ def sessions(deps: Deps, user: Principal) -> SessionList:
 def delete_session(deps: Deps, user: Principal, session_id: str) -> None:
     """Delete a conversation with its turns and their answers.
 
-    Turn by turn, page after page (a query page stops at 1 MB, a few dozen long turns):
-    its chunk log is deleted, then its row becomes a tombstone (no text; it leaves the
-    session's index; a running answer's worker sees its claim gone within a second and
-    stops), then, for an answer that was still running, its log once more (what it wrote
-    in between). The session row goes last, so a delete cut short (a timeout, a store
+    Turn by turn (intake.forget), page after page (a query page stops at 1 MB, a few dozen
+    long turns). The session row goes last, so a delete cut short (a timeout, a store
     error) leaves the conversation listed with the turns not yet deleted, and deleting it
     again finishes the job.
     """
     deps.sessions.get(user.sub, session_id)  # SessionNotFound if not the caller's
     for task in deps.tasks.owned_by(user.sub).session(session_id, limit=DELETE_MAX_TURNS):
-        deps.log.delete(task.task_id)
-        if task.status not in FINAL_STATES:
-            # The tombstone keeps no reservation: give it back first. A running answer
-            # then loses its claim and charges what it used itself (answer.py).
-            reservations.release(deps, task)
-        deps.tasks.tombstone(task.task_id, user.sub)
-        if task.status not in FINAL_STATES:
-            deps.log.delete(task.task_id)
+        intake.forget(deps, task)
     deps.sessions.delete(user.sub, session_id)
 
 

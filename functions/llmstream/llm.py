@@ -56,7 +56,8 @@ def build_messages(
     task: Task, history: list[Task] | None = None, token_budget: int = 0
 ) -> list[dict[str, str]]:
     """System prompt, the session's earlier finished turns that fit the token budget
-    (newest kept first), then this message."""
+    (newest kept first), then this request's messages (its message, or the conversation
+    an OpenAI-style request sent)."""
     turns: list[dict[str, str]] = []
     spent = 0
     for earlier in reversed(history or []):
@@ -64,16 +65,21 @@ def build_messages(
             continue
         if earlier.status != "done" or not earlier.answer:
             continue
-        cost = (len(earlier.message) + len(earlier.answer)) // 4 + 8
+        said = _said(earlier)
+        cost = sum(len(m["content"]) for m in said) // 4 + len(earlier.answer) // 4 + 8
         if spent + cost > token_budget:
             break
         spent += cost
-        turns[:0] = [
-            {"role": "user", "content": earlier.message},
-            {"role": "assistant", "content": earlier.answer},
-        ]
+        turns[:0] = [*said, {"role": "assistant", "content": earlier.answer}]
     messages = [{"role": "system", "content": task.system}] if task.system else []
-    return [*messages, *turns, {"role": "user", "content": task.message}]
+    return [*messages, *turns, *_said(task)]
+
+
+def _said(task: Task) -> list[dict[str, str]]:
+    """What a turn sent: its conversation (v1/), or its one user message."""
+    return (
+        [dict(m) for m in task.input] if task.input else [{"role": "user", "content": task.message}]
+    )
 
 
 @dataclass(frozen=True)
@@ -98,6 +104,8 @@ def open_stream(
         kwargs["max_tokens"] = task.max_tokens
     if task.temperature is not None:
         kwargs["temperature"] = task.temperature
+    if task.top_p is not None:
+        kwargs["top_p"] = task.top_p
     return cast("Stream[ChatCompletionChunk]", client.chat.completions.create(**kwargs))
 
 

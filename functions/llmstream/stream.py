@@ -7,8 +7,6 @@ locally under plain uvicorn. Each event carries ``id: <seq>``; a reconnect with
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from functools import lru_cache, partial
@@ -17,19 +15,17 @@ from typing import TYPE_CHECKING, Annotated
 import anyio
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query
 from fastapi.responses import StreamingResponse
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette import EventSourceResponse
 from starlette.background import BackgroundTask
 
-from llmstream import observe, web
+from llmstream import observe, v1, web
 from llmstream.admission import admit
 from llmstream.auth import Principal
-from llmstream.deps import Deps
-from llmstream.exceptions import StoreUnavailable, TaskNotFound, TokenMissing, TooManyStreams
-from llmstream.follow import Pacer, follow, watched
-from llmstream.leases import HeldLease
+from llmstream.exceptions import TaskNotFound, TokenMissing
 from llmstream.models import ID_PATTERN, ChatRequest, ErrorBody, Health
 from llmstream.settings import choose_model, get_settings
-from llmstream.tasks import Task, worker_lost
+from llmstream.streaming import live_events, ping, take_lease
+from llmstream.tasks import Task
 from llmstream.tokens import StreamTokenVerifier
 from llmstream.web import BearerCredentials, CurrentUser, DepsDep
 
@@ -47,10 +43,7 @@ app = FastAPI(
     description="Server-Sent Events of a task's answer: resumable, several viewers per task.",
 )
 web.configure(app, settings, expose_headers=["X-Session-ID"])
-
-
-def _ping() -> ServerSentEvent:
-    return ServerSentEvent(comment="ping")
+v1.install(app)  # the OpenAI-compatible routes (v1/)
 
 
 def _resume_point(last_event_id: str | None, after: int | None) -> int:
@@ -126,7 +119,7 @@ async def stream(
     # This response's log lines carry the answer's trace (the api's), not the request's.
     observe.correlate(task_id=task_id, user=task.owner, trace_id=task.trace_id)
     metrics = observe.Record("stream", backend=settings.chunklog_backend)
-    held = await _take_lease(deps, task.owner, metrics)
+    held = await take_lease(deps, task.owner, metrics)
     metrics.count("StreamsOpened")
     if start > 0:
         metrics.count("StreamResumes")  # a reconnect that picks up after Last-Event-ID
@@ -135,101 +128,14 @@ async def stream(
     logger.info("stream opened", extra={"after": start, "cold_start": cold})
 
     return EventSourceResponse(
-        _events(deps, task, start, metrics, held),
+        live_events(deps, task, start, metrics, held),
         ping=settings.stream_ping_seconds,
-        ping_message_factory=_ping,
+        ping_message_factory=ping,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         # The events' own ending gives the lease back; this, for a response whose events
         # never started (HEAD, or a client gone before the first one).
         background=BackgroundTask(held.release),
     )
-
-
-async def _take_lease(deps: Deps, owner: str, metrics: observe.Record) -> HeldLease:
-    """One of ``owner``'s open-stream slots (leases.py), or TooManyStreams (429)."""
-    try:
-        lease = await anyio.to_thread.run_sync(deps.leases.acquire, owner)
-    except TooManyStreams:
-        metrics.count("StreamsRefused")
-        metrics.flush()
-        raise
-    return HeldLease(deps.leases, lease)
-
-
-async def _events(
-    deps: Deps, task: Task, start: int, metrics: observe.Record, held: HeldLease
-) -> AsyncIterator[ServerSentEvent]:
-    """The task's events after ``start`` as SSE, a status event when its worker is lost, and
-    the response's metrics and closing log line; a viewer leaving early cancels the answer
-    if the request asked for that."""
-    task_id = task.task_id
-    window = settings.worker_heartbeat_seconds
-    told = False
-
-    async def on_quiet() -> ServerSentEvent | None:
-        # A silence: is the answer's worker alive? A running task that missed two heartbeats
-        # lost its worker; its message is back on the queue within the heartbeat window and
-        # a new attempt starts with a reset. Say so once, as a named event (`event:
-        # status`), which clients that do not listen for named events ignore.
-        nonlocal told
-        await held.tick()  # a silence is no reason to lose the stream's slot
-        row = await anyio.to_thread.run_sync(deps.tasks.get, task_id)
-        if told or not worker_lost(row, window, time.time()):
-            return None
-        told = True
-        state = {"state": "worker_lost", "attempt": row.attempt, "since": row.heartbeat_at}
-        return ServerSentEvent(event="status", data=json.dumps(state))
-
-    left_early = True
-    sent, ending, opened = 0, "viewer left", time.monotonic()
-    followed = follow(
-        deps.log,
-        task_id,
-        start,
-        pacer=Pacer(
-            interval=settings.stream_poll_interval_ms / 1000,
-            max_interval=settings.stream_poll_max_interval_ms / 1000,
-            write_interval=settings.flush_interval_seconds,
-        ),
-        max_seconds=settings.stream_max_seconds,
-    )
-    try:
-        async for event in watched(followed, min(5.0, window / 4), on_quiet):
-            await held.tick()
-            if isinstance(event, ServerSentEvent):
-                yield event
-                continue
-            told = False
-            yield ServerSentEvent(data=event.sse_data(), id=str(event.seq))
-            sent += 1
-            if event.terminal:
-                ending = event.kind
-        left_early = False  # the terminal event, or the end of this response's time
-        if ending == "viewer left":
-            ending = "time limit"  # STREAM_MAX_SECONDS: the client resumes
-            metrics.count("StreamsCutShort")
-    except StoreUnavailable as e:
-        # The chunk log does not answer: end this response cleanly; the client resumes
-        # with Last-Event-ID, as after any disconnect (a cut body would look like an
-        # error to it, and the viewer has not left: no cancel-on-disconnect).
-        left_early = False
-        ending = "store unavailable"
-        metrics.count("StreamsCutShort")
-        logger.warning("chunk log unavailable, ending the stream of %s: %s", task_id, e)
-    finally:
-        await held.release()  # first: nothing below may keep the slot from coming back
-        seconds = time.monotonic() - opened
-        metrics.measure("StreamDuration", seconds, observe.Unit.Seconds)
-        metrics.flush()
-        logger.info(
-            "stream closed",
-            extra={"ending": ending, "events": sent, "seconds": round(seconds, 3)},
-        )
-        if left_early and task.cancel_on_disconnect:
-            # The viewer went away and the request asked to stop then. The response is
-            # being torn down (cancelled): shield the call that records the cancel.
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(deps.tasks.cancel_on_disconnect, task_id, task.owner)
 
 
 @lru_cache(maxsize=1)
@@ -262,7 +168,7 @@ async def direct(body: ChatRequest, user: CurrentUser, deps: DepsDep) -> Streami
     # that a refusal for too many (429) spends nothing of the request quota; then the
     # request quota (429), as POST /chat.
     choose_model(settings, body.model)
-    held = await _take_lease(deps, user.sub, observe.Record("stream", mode="direct"))
+    held = await take_lease(deps, user.sub, observe.Record("stream", mode="direct"))
     try:
         task = await anyio.to_thread.run_sync(
             partial(admit, deps, settings, user, body, status="running")

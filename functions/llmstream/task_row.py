@@ -58,6 +58,17 @@ class Task:
     # of this answer carry it too.
     trace_id: str | None = None
     reserved: int | None = None  # owner's day tokens held until settled (reservations.py)
+    # A request in OpenAI's shape (v1/): the conversation it sends (role and text of each
+    # message) in place of ``message``, which then holds its last user text (the title).
+    input: list[dict[str, str]] | None = None
+    top_p: float | None = None
+    # Its metadata as JSON text: a map of the caller's own keys is no DynamoDB map.
+    metadata: str | None = None
+    api: str | None = None  # "responses" or "chat.completions": the shape it was asked in
+    background: bool = False  # a Responses request with background: true
+    previous_response_id: str | None = None  # the Responses turn it continues
+    # store: false (Responses): the row and its log are deleted once the answer is served.
+    store: bool = True
 
     def to_item(self, expires_at: int) -> dict[str, Any]:
         raw = {k: v for k, v in self.__dict__.items() if v is not None}

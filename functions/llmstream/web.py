@@ -4,6 +4,7 @@ errors mapped to HTTP in one place."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Annotated
 
 import anyio
@@ -86,6 +87,12 @@ _STATUS: dict[type[LlmStreamError], int] = {
 }
 
 
+# A path prefix's own error body (v1/errors.py: OpenAI's shape under /v1/), given the
+# status and headers below; every other path answers {"detail": reason}.
+ErrorShape = Callable[[int, LlmStreamError, dict[str, str]], JSONResponse]
+ERROR_SHAPES: dict[str, ErrorShape] = {}
+
+
 async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     status = next((code for cls, code in _STATUS.items() if isinstance(exc, cls)), 500)
     if isinstance(exc, IdempotencyConflict):
@@ -93,6 +100,9 @@ async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
     if isinstance(exc, QuotaExceeded):
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    for prefix, shape in ERROR_SHAPES.items():
+        if request.url.path.startswith(prefix) and isinstance(exc, LlmStreamError):
+            return shape(status, exc, headers)
     return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
 
 

@@ -347,7 +347,7 @@ def test_the_worker_may_keep_its_message_invisible_while_it_answers() -> None:
         assert ("sqs:SendMessage", arn) in granted  # a rate-limited task, delayed
 
 
-def test_only_the_api_creates_requests_and_deletes_conversations() -> None:
+def test_the_worker_never_creates_requests_and_only_the_api_deletes_conversations() -> None:
     tpl = LocalTemplate.load("unit")
     table = {
         name: tpl.resolve({"Fn::GetAtt": [name, "Arn"]})
@@ -356,11 +356,16 @@ def test_only_the_api_creates_requests_and_deletes_conversations() -> None:
     api, worker, stream = (_granted(tpl, f) for f in FUNCTIONS)
     assert ("dynamodb:DeleteItem", table["SessionsTable"]) in api
     assert ("dynamodb:BatchWriteItem", table["ChunksTable"]) in api
-    for action, resource in worker | stream:
+    for action, resource in worker:
         if resource in table.values():
             assert action not in ("dynamodb:DeleteItem", "dynamodb:BatchWriteItem")
-    assert not any(resource == table["SessionsTable"] for _, resource in worker | stream)
-    assert ("dynamodb:PutItem", table["RequestsTable"]) not in worker | stream
+    assert not any(resource == table["SessionsTable"] for _, resource in worker)
+    assert ("dynamodb:PutItem", table["RequestsTable"]) not in worker
+    # /v1 on the stream function accepts requests (a row, a session) and deletes one
+    # response (its log, its tombstone), never a conversation.
+    assert ("dynamodb:PutItem", table["RequestsTable"]) in stream
+    assert ("dynamodb:DeleteItem", table["SessionsTable"]) not in stream
+    assert ("dynamodb:DeleteItem", table["RequestsTable"]) not in stream
 
 
 @pytest.mark.parametrize(("direct", "has_key"), [("true", True), ("false", False)])
@@ -386,7 +391,13 @@ class _RecordingClient:
 
     def update_item(self, **kwargs: Any) -> dict[str, Any]:
         self.calls.append(("UpdateItem", kwargs))
-        return {}
+        return {
+            "Attributes": {
+                "task_id": {"S": "t1"},
+                "owner": {"S": "owner-1"},
+                "status": {"S": "running"},
+            }
+        }
 
 
 _EXPRESSION_WORDS = {"SET", "REMOVE", "ADD", "DELETE", "AND", "OR", "NOT", "IN", "BETWEEN"}
@@ -407,7 +418,7 @@ def _attributes_named(call: dict[str, Any]) -> set[str]:
     return names
 
 
-def test_the_stream_functions_cancel_fits_its_attribute_limited_permission() -> None:
+def test_the_stream_functions_cancels_fit_its_attribute_limited_permission() -> None:
     from llmstream.tasks import TaskStore
 
     tpl = LocalTemplate.load("unit")
@@ -420,17 +431,20 @@ def test_the_stream_functions_cancel_fits_its_attribute_limited_permission() -> 
     (statement,) = updates
     assert statement.get("Condition"), "UpdateItem of any attribute of the requests table"
     allowed = set(statement["Condition"]["ForAllValues:StringEquals"]["dynamodb:Attributes"])
-    returns = set(statement["Condition"]["StringEqualsIfExists"]["dynamodb:ReturnValues"])
-    assert "ALL_NEW" not in returns and "ALL_OLD" not in returns
 
     client = _RecordingClient()
-    TaskStore("requests", client, 3600).cancel_on_disconnect("t1", "owner-1")  # type: ignore[arg-type]
-    ((action, call),) = client.calls
-    assert action == "UpdateItem"
-    assert _attributes_named(call) <= allowed
-    assert call.get("ReturnValues", "NONE") in returns
-    # what it writes is the cancel flag alone
-    assert call["UpdateExpression"] == "SET cancel_requested = :true"
+    store = TaskStore("requests", client, 3600)  # type: ignore[arg-type]
+    store.cancel_on_disconnect("t1", "owner-1")
+    store.request_cancel("t1", "owner-1")
+    store.cancel_unstarted("t1")
+    assert len(client.calls) == 3
+    for action, call in client.calls:
+        assert action == "UpdateItem"
+        assert _attributes_named(call) <= allowed
+    # a viewer that leaves writes the cancel flag alone, and reads nothing back
+    first = client.calls[0][1]
+    assert first["UpdateExpression"] == "SET cancel_requested = :true"
+    assert first.get("ReturnValues", "NONE") == "NONE"
 
 
 # ------------------------------------------------------------------ the page's headers

@@ -1,0 +1,127 @@
+"""A task as a Chat Completions answer: the ``chat.completion`` object, or its chunk log as
+``chat.completion.chunk`` events ending in ``data: [DONE]``.
+
+A Chat Completions stream has one text and no way to take any of it back, so a worker
+retry whose new text differs from what the stream already showed (replay.py: a second
+output item) ends the stream with an error event, which the SDKs raise; a retry that says
+the same again (a deterministic model) goes on unseen, as in the Responses API.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sse_starlette import ServerSentEvent
+
+from llmstream.models import Event
+from llmstream.tasks import Task
+from llmstream.v1.replay import Finished, ItemAdded, Op, Replay, TextDelta
+
+
+def completion_id(task_id: str) -> str:
+    return f"chatcmpl-{task_id}"
+
+
+def usage_of(usage: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not usage:
+        return None
+    prompt = int(usage.get("prompt_tokens", 0))
+    completion = int(usage.get("completion_tokens", 0))
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": int(usage.get("total_tokens", prompt + completion)),
+    }
+
+
+def _error(message: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": "server_error", "param": None, "code": None}}
+
+
+def completion_object(task: Task, replay: Replay) -> dict[str, Any] | None:
+    """The finished answer as a ``chat.completion``; an error body if it failed; None while
+    it runs. Its text is the latest attempt's (the last output item)."""
+    end = replay.finished
+    if end is None:
+        return None
+    if end.kind != "done":
+        return _error(end.message or f"the answer ended {end.kind}")
+    text = replay.items[-1].text if replay.items else ""
+    return {
+        "id": completion_id(task.task_id),
+        "object": "chat.completion",
+        "created": int(task.created_at),
+        "model": task.model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "refusal": None},
+                "finish_reason": end.finish_reason or "stop",
+                "logprobs": None,
+            }
+        ],
+        "usage": usage_of(end.usage),
+    }
+
+
+class CompletionChunks:
+    """The ``chat.completion.chunk`` events of one task, from its log's events."""
+
+    def __init__(self, task: Task, *, include_usage: bool) -> None:
+        self.task = task
+        self.replay = Replay()
+        self.include_usage = include_usage
+        self._items = 0
+
+    def __call__(self, event: Event) -> list[ServerSentEvent]:
+        """The events one log event adds (streaming.Render)."""
+        out: list[dict[str, Any] | str] = []
+        for op in self.replay.feed(event):
+            out += self._chunks(op)
+        return [
+            ServerSentEvent(data=o if isinstance(o, str) else json.dumps(o, ensure_ascii=False))
+            for o in out
+        ]
+
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        chunk: dict[str, Any] = {
+            "id": completion_id(self.task.task_id),
+            "object": "chat.completion.chunk",
+            "created": int(self.task.created_at),
+            "model": self.task.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
+        }
+        if self.include_usage:
+            chunk["usage"] = None
+        return chunk
+
+    def _chunks(self, op: Op) -> list[dict[str, Any] | str]:
+        if isinstance(op, ItemAdded):
+            self._items += 1
+            if self._items == 1:
+                return [self._chunk({"role": "assistant", "content": ""})]
+            return [
+                _error(
+                    "the answer was restarted after a worker failure and said something else "
+                    "than this stream showed; ask again, or use the Responses API, whose "
+                    "streams keep both"
+                ),
+                "[DONE]",
+            ]
+        if isinstance(op, TextDelta) and self._items == 1:
+            return [self._chunk({"content": op.text})]
+        if isinstance(op, Finished) and self._items <= 1:
+            return self._ending(op)
+        return []
+
+    def _ending(self, op: Finished) -> list[dict[str, Any] | str]:
+        if op.kind != "done":
+            return [_error(op.message or f"the answer ended {op.kind}"), "[DONE]"]
+        out: list[dict[str, Any] | str] = [self._chunk({}, op.finish_reason or "stop")]
+        if self.include_usage:
+            last = self._chunk({})
+            last["choices"] = []
+            last["usage"] = usage_of(op.usage)
+            out.append(last)
+        return [*out, "[DONE]"]
