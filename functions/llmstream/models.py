@@ -12,7 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 TaskState = Literal["queued", "waiting", "running", "done", "error", "cancelled"]
 FINAL_STATES: frozenset[str] = frozenset({"done", "error", "cancelled"})
 
-EventKind = Literal["chunk", "reset", "done", "error", "cancelled"]
+# chunk: answer text; call: a function call starts (id, name); args: its arguments, more of
+# them; a call ends where the next item starts or the answer ends.
+EventKind = Literal["chunk", "call", "args", "reset", "done", "error", "cancelled"]
 TERMINAL_KINDS: frozenset[str] = frozenset({"done", "error", "cancelled"})
 
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"

@@ -21,6 +21,7 @@ from llmstream.v1.replay import (
     ItemDone,
     Op,
     Replay,
+    Restarted,
     Started,
     TextDelta,
 )
@@ -67,17 +68,29 @@ def _part(text: str) -> dict[str, Any]:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
-def _item_id(task: Task, index: int) -> str:
-    return f"msg_{task.task_id}_{index}"
+def _item_id(task: Task, index: int, item: Item) -> str:
+    prefix = "fc" if item.kind == "function_call" else "msg"
+    return f"{prefix}_{task.task_id}_{index}"
 
 
-def _item(task: Task, index: int, item: Item, *, parts: bool = True) -> dict[str, Any]:
+def _item(task: Task, index: int, item: Item, *, fresh: bool = False) -> dict[str, Any]:
+    """An output item as a Response holds it (``fresh``: as it was added, nothing in it)."""
+    status = "in_progress" if fresh else item.status
+    if item.kind == "function_call":
+        return {
+            "id": _item_id(task, index, item),
+            "type": "function_call",
+            "call_id": item.call_id,
+            "name": item.name,
+            "arguments": "" if fresh else item.text,
+            "status": status,
+        }
     return {
-        "id": _item_id(task, index),
+        "id": _item_id(task, index, item),
         "type": "message",
         "role": "assistant",
-        "status": item.status,
-        "content": [_part(item.text)] if parts else [],
+        "status": status,
+        "content": [] if fresh else [_part(item.text)],
     }
 
 
@@ -149,55 +162,78 @@ class ResponseEvents:
             snapshot = response_object(task, self.replay, "in_progress", output=False)
             return [{"type": "response.in_progress", "response": snapshot}]
         if isinstance(op, ItemAdded):
-            where = {"item_id": _item_id(task, op.index), "output_index": op.index}
-            return [
-                {
-                    "type": "response.output_item.added",
-                    "output_index": op.index,
-                    "item": _item(task, op.index, Item(), parts=False),
-                },
-                {
-                    "type": "response.content_part.added",
-                    **where,
-                    "content_index": 0,
-                    "part": _part(""),
-                },
-            ]
+            return self._added(op.index)
         if isinstance(op, TextDelta):
+            item = self.replay.items[op.index]
+            where = {"item_id": _item_id(task, op.index, item), "output_index": op.index}
+            if item.kind == "function_call":
+                return [
+                    {"type": "response.function_call_arguments.delta", **where, "delta": op.text}
+                ]
             return [
                 {
                     "type": "response.output_text.delta",
-                    "item_id": _item_id(task, op.index),
-                    "output_index": op.index,
+                    **where,
                     "content_index": 0,
                     "delta": op.text,
                     "logprobs": [],
                 }
             ]
         if isinstance(op, ItemDone):
-            item = self.replay.items[op.index]
-            where = {"item_id": _item_id(task, op.index), "output_index": op.index}
+            return self._done(op.index)
+        if isinstance(op, Restarted):
+            return []  # the items say it: one ends incomplete, the next ones follow
+        return [self._ending(op)]
+
+    def _added(self, index: int) -> list[dict[str, Any]]:
+        item = self.replay.items[index]
+        added = {
+            "type": "response.output_item.added",
+            "output_index": index,
+            "item": _item(self.task, index, item, fresh=True),
+        }
+        if item.kind == "function_call":
+            return [added]
+        where = {"item_id": _item_id(self.task, index, item), "output_index": index}
+        return [
+            added,
+            {"type": "response.content_part.added", **where, "content_index": 0, "part": _part("")},
+        ]
+
+    def _done(self, index: int) -> list[dict[str, Any]]:
+        item = self.replay.items[index]
+        where = {"item_id": _item_id(self.task, index, item), "output_index": index}
+        done = {
+            "type": "response.output_item.done",
+            "output_index": index,
+            "item": _item(self.task, index, item),
+        }
+        if item.kind == "function_call":
             return [
                 {
-                    "type": "response.output_text.done",
+                    "type": "response.function_call_arguments.done",
                     **where,
-                    "content_index": 0,
-                    "text": item.text,
-                    "logprobs": [],
+                    "name": item.name,
+                    "arguments": item.text,
                 },
-                {
-                    "type": "response.content_part.done",
-                    **where,
-                    "content_index": 0,
-                    "part": _part(item.text),
-                },
-                {
-                    "type": "response.output_item.done",
-                    "output_index": op.index,
-                    "item": _item(task, op.index, item),
-                },
+                done,
             ]
-        return [self._ending(op)]
+        return [
+            {
+                "type": "response.output_text.done",
+                **where,
+                "content_index": 0,
+                "text": item.text,
+                "logprobs": [],
+            },
+            {
+                "type": "response.content_part.done",
+                **where,
+                "content_index": 0,
+                "part": _part(item.text),
+            },
+            done,
+        ]
 
     def _ending(self, op: Finished) -> dict[str, Any]:
         response = response_object(self.task, self.replay)
