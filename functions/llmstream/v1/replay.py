@@ -144,6 +144,11 @@ class Replay:
     def text(self) -> str:
         return "".join(item.text for item in self.items if item.kind == "message")
 
+    @property
+    def latest(self) -> list[Item]:
+        """The items of the latest attempt (all of them, unless one said something else)."""
+        return self.items[self._base :]
+
     def feed(self, event: Event) -> list[Op]:
         if self.finished is not None:
             return []

@@ -25,6 +25,7 @@ from llmstream.v1.replay import (
     Started,
     TextDelta,
 )
+from llmstream.v1.tools import responses_choice, responses_format, responses_tools
 
 _ROW_STATUS = {
     "queued": "queued",
@@ -120,13 +121,13 @@ def response_object(
         "metadata": json.loads(task.metadata) if task.metadata else {},
         "model": task.model,
         "output": [_item(task, i, item) for i, item in enumerate(replay.items)] if output else [],
-        "parallel_tool_calls": True,
+        "parallel_tool_calls": task.parallel_tool_calls is not False,
         "previous_response_id": task.previous_response_id,
         "store": task.store,
         "temperature": task.temperature,
-        "text": {"format": {"type": "text"}},
-        "tool_choice": "auto",
-        "tools": [],
+        "text": {"format": responses_format(task.response_format)},
+        "tool_choice": responses_choice(task.tool_choice),
+        "tools": responses_tools(task.tools),
         "top_p": task.top_p,
         "truncation": "disabled",
         "usage": usage_of(end.usage if end else task.usage),

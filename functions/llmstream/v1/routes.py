@@ -165,6 +165,7 @@ async def create_response(
         "background": body.background,
         "store": body.store,
         "previous_response_id": previous,
+        **body.tool_fields(),
     }
     connected = body.stream or not body.background
     task, held = await _accept(deps, user, request, extras, connected)
@@ -236,7 +237,12 @@ async def create_chat_completion(
         temperature=body.temperature,
         cancel_on_disconnect=True,  # as OpenAI: a client that leaves stops the answer
     )
-    extras = {"input": messages, "top_p": body.top_p, "metadata": _json(body.metadata)}
+    extras = {
+        "input": messages,
+        "top_p": body.top_p,
+        "metadata": _json(body.metadata),
+        **body.tool_fields(),
+    }
     task, held = await _accept(deps, user, request, {**extras, "api": "chat.completions"}, True)
     assert held is not None
     if body.stream:
