@@ -153,17 +153,24 @@ def session(deps: Deps, user: Principal, session_id: str) -> SessionHistory:
 def status(deps: Deps, settings: ApiSettings, user: Principal, task_id: str) -> TaskStatus:
     task = deps.tasks.owned_by(user.sub).get(task_id)
     text: list[str] = []
+    calls: list[dict[str, str]] = []
     last_seq = 0
     for event in deps.log.read_all(task_id):
         last_seq = event.seq
-        if event.kind == "reset":  # a retried attempt starts its text over
+        if event.kind == "reset":  # a retried attempt starts its answer over
             text.clear()
+            calls.clear()
         elif event.kind == "chunk":
             text.append(str(event.data.get("chunk", "")))
+        elif event.kind == "call":
+            calls.append({"id": event.data["id"], "name": event.data["name"], "arguments": ""})
+        elif event.kind == "args" and calls:
+            calls[-1]["arguments"] += str(event.data.get("delta", ""))
     return _view(
         TaskStatus,
         task,
         text="".join(text),
+        calls=calls,
         usage=_usage(task.usage),
         last_seq=last_seq,
         worker_lost=worker_lost(task, deps.settings.worker_heartbeat_seconds, time.time()),

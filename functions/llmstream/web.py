@@ -19,6 +19,7 @@ from llmstream.auth import Principal, get_authenticator
 from llmstream.deps import Deps, get_deps
 from llmstream.exceptions import (
     AuthUnavailable,
+    BadRequest,
     Forbidden,
     IdempotencyConflict,
     InputTooLarge,
@@ -70,6 +71,7 @@ AdminUser = Annotated[Principal, Depends(admin_user)]
 DepsDep = Annotated[Deps, Depends(get_deps)]
 
 _STATUS: dict[type[LlmStreamError], int] = {
+    BadRequest: 400,
     TaskNotFound: 404,
     SessionNotFound: 404,
     TokenMissing: 401,

@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmstream import web
 from llmstream.exceptions import (
+    BadRequest,
     InputTooLarge,
     LlmStreamError,
     ModelNotAllowed,
@@ -43,15 +44,6 @@ _TYPES = {
 # A 429 whose wait is longer than this is a spent day, not a busy minute: the SDKs would
 # retry it in vain (they wait at most 60 s for a Retry-After), so they are told not to.
 _RETRY_WORTH_SECONDS = 60
-
-
-class BadRequest(LlmStreamError):
-    """A /v1 request OpenAI's API would refuse too: 400, naming its ``param``."""
-
-    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
-        self.code = code
 
 
 def body(

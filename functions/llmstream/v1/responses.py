@@ -14,6 +14,7 @@ from sse_starlette import ServerSentEvent
 
 from llmstream.models import Event
 from llmstream.tasks import Task
+from llmstream.tool_specs import responses_choice, responses_format, responses_tools
 from llmstream.v1.replay import (
     Finished,
     Item,
@@ -25,7 +26,6 @@ from llmstream.v1.replay import (
     Started,
     TextDelta,
 )
-from llmstream.v1.tools import responses_choice, responses_format, responses_tools
 
 _ROW_STATUS = {
     "queued": "queued",

@@ -26,7 +26,7 @@ from starlette.background import BackgroundTask
 from llmstream import intake, observe
 from llmstream.auth import Principal
 from llmstream.deps import Deps
-from llmstream.exceptions import ModelNotAllowed, TaskNotFound
+from llmstream.exceptions import BadRequest, ModelNotAllowed, TaskNotFound
 from llmstream.leases import HeldLease
 from llmstream.models import ChatRequest
 from llmstream.settings import get_settings
@@ -142,7 +142,7 @@ async def create_response(
         try:
             session_id = (await _owned(deps, user, previous)).session_id
         except TaskNotFound as e:
-            raise errors.BadRequest(
+            raise BadRequest(
                 f"Previous response with id '{previous}' not found.", "previous_response_id"
             ) from e
     messages = body.messages()
@@ -204,7 +204,7 @@ async def cancel_response(response_id: ResponseId, user: CurrentUser, deps: Deps
     task = await _owned(deps, user, response_id)
     if task.status in ("done", "error"):
         status = "completed" if task.status == "done" else "failed"
-        raise errors.BadRequest(f"Cannot cancel a {status} response.")
+        raise BadRequest(f"Cannot cancel a {status} response.")
     await anyio.to_thread.run_sync(intake.cancel, deps, user, task.task_id)
     deadline = time.monotonic() + _CANCEL_WAIT_SECONDS
     replay = await _replayed(deps, task)

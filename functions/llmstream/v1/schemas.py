@@ -22,7 +22,7 @@ from pydantic import (
 
 from llmstream.exceptions import InputTooLarge
 from llmstream.models import ChatRequest
-from llmstream.v1.tools import (
+from llmstream.tool_specs import (
     ChatJsonSchemaFormat,
     ChatTool,
     JsonObjectFormat,

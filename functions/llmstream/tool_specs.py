@@ -1,6 +1,7 @@
-"""Function tools and structured output in the two OpenAI shapes /v1 accepts, and their one
-shape on the task: Chat Completions' (``{"type": "function", "function": {...}}``), which is
-what the worker sends the model."""
+"""Function tools and structured output in the shapes the routes accept (POST /chat and
+/v1's Chat Completions take Chat Completions' shapes; /v1/responses its own flat ones), and
+their one shape on the task: Chat Completions' (``{"type": "function", "function": {...}}``),
+which is what the worker sends the model."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from llmstream.v1.errors import BadRequest
+from llmstream.exceptions import BadRequest
 
 _NAME = r"^[A-Za-z0-9_-]{1,64}$"
 MAX_TOOLS = 128  # OpenAI's limit on the functions of one request
