@@ -14,6 +14,9 @@ model endpoint that hangs once). An embeddings input with ``status=...`` fails i
 Usage is counted as the real API roughly counts it: about 4 characters a token, at least
 one per message or input (``text_tokens``), plus 3 per chat message for its framing; so a
 quota test sees what a real model would charge.
+
+``/fake/conversations`` lists the message lists the model received, ``/fake/requests``
+the whole request bodies, oldest first.
 """
 
 from __future__ import annotations
@@ -168,6 +171,7 @@ def create_app(behaviour: Behaviour | None = None) -> FastAPI:
     # The conversations the model was sent (newest last, bounded): tests check what reached
     # the model, e.g. that one user's history never goes out with another user's request.
     app.state.conversations = collections.deque(maxlen=2000)
+    app.state.bodies = collections.deque(maxlen=2000)  # the whole requests, likewise
     app.state.hung = set()  # the conversations that have had their hang
 
     def _auth_error(request: Request) -> JSONResponse | None:
@@ -203,6 +207,11 @@ def create_app(behaviour: Behaviour | None = None) -> FastAPI:
     async def conversations() -> dict[str, Any]:
         """The message lists of the chat requests received, oldest first."""
         return {"conversations": list(app.state.conversations)}
+
+    @app.get("/fake/requests")
+    async def requests() -> dict[str, Any]:
+        """The whole bodies of the chat requests received (tools, response_format...)."""
+        return {"requests": list(app.state.bodies)}
 
     @app.get("/fake/emissions/{key}")
     async def emissions(key: str) -> Any:
@@ -254,6 +263,7 @@ def create_app(behaviour: Behaviour | None = None) -> FastAPI:
             return _error("'messages' and 'model' are required", 400)
         app.state.requests += 1
         app.state.conversations.append(messages)
+        app.state.bodies.append(body)
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
         behave = parse_directive(_last_user(messages), base)
         if behave.hang_ms and (key := request_key(messages)) not in app.state.hung:

@@ -18,7 +18,7 @@ from localcloud.fake_openai import (
 )
 
 pytestmark = pytest.mark.unit
-HI = [{"role": "user", "content": "hi there"}]
+HI: list[Any] = [{"role": "user", "content": "hi there"}]
 
 
 def test_answer_is_deterministic_and_derived_from_the_prompt() -> None:
@@ -41,11 +41,16 @@ def test_directive_overrides_behaviour() -> None:
 
 
 @pytest.fixture
-def model() -> Iterator[OpenAI]:
-    """The fake server in process, through the real SDK (as the functions call it)."""
-    app = create_app(Behaviour(tokens=12, ttft_ms=0, tps=1e6))
-    with TestClient(app) as http:
-        yield OpenAI(api_key="sk-test", base_url="http://fake/v1", http_client=http, max_retries=0)
+def http() -> Iterator[TestClient]:
+    """The fake server in process, over HTTP."""
+    with TestClient(create_app(Behaviour(tokens=12, ttft_ms=0, tps=1e6))) as client:
+        yield client
+
+
+@pytest.fixture
+def model(http: TestClient) -> OpenAI:
+    """The fake server through the real SDK (as the functions call it)."""
+    return OpenAI(api_key="sk-test", base_url="http://fake/v1", http_client=http, max_retries=0)
 
 
 def test_embeddings_usage_counts_about_four_characters_a_token(model: OpenAI) -> None:
@@ -75,3 +80,12 @@ def test_a_directive_in_an_embeddings_input_fails_its_batch(model: OpenAI) -> No
     with pytest.raises(InternalServerError):
         model.embeddings.create(model="m", input=["fine", "boom [[fake status=500]]"])
     assert model.embeddings.create(model="m", input=["fine"]).usage.total_tokens == 1
+
+
+def test_the_fake_records_whole_requests_beside_the_conversations(
+    http: TestClient, model: OpenAI
+) -> None:
+    model.chat.completions.create(model="m", messages=HI, temperature=0.5, max_tokens=3)
+    assert http.get("/fake/conversations").json()["conversations"] == [HI]
+    (body,) = http.get("/fake/requests").json()["requests"]
+    assert body == {"model": "m", "messages": HI, "temperature": 0.5, "max_tokens": 3}
