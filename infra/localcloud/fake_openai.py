@@ -11,22 +11,23 @@ per request by a directive in the last user message, e.g. ``[[fake tokens=200 tp
 makes the first request of a conversation wait that long before it answers at all, as a
 model endpoint that hangs once). An embeddings input with ``status=...`` fails its batch.
 
-Tools and structured output behave as on the real API (details in ``fake_tools.py``). A
-request may carry ``tools``, ``tool_choice``, ``parallel_tool_calls`` and
-``response_format``, its messages assistant ``tool_calls`` and ``role: "tool"`` results.
-The model calls tools only when the last message is the user's and ``tool_choice`` is not
-"none": the forced function, the first tool when "required", and with "auto" only when
-the last user message says ``[[fake calls=N]]`` (the first N tools in order, cycling; with
-a forced function or "required", N calls of them; one at most when
-``parallel_tool_calls`` is false).
-``expected_calls`` computes them: ids ``call_`` + 24 hex digits from the conversation and
-the call's index, arguments the compact JSON that fills the required properties of the
-function's schema. Streamed as OpenAI streams them: ``{"role": "assistant", "content":
-null}``, then each call's header (index, id, type, name, empty arguments) and its
-arguments in pieces of 4 characters paced like tokens, then finish_reason "tool_calls";
-whole, a message with ``content`` null and ``tool_calls``. After tool results the text
-answer opens with each one (``Based on get_weather: {"temp": 21}.``). The answer to a
-``response_format`` json_schema is the JSON document that fills its schema, to json_object
+Tools and structured output behave as on the real API (details in ``fake_tools.py``; what
+it refuses with OpenAI's 400s, in ``fake_validation.py``). A request may carry ``tools``,
+``tool_choice``, ``parallel_tool_calls`` and ``response_format``, its messages assistant
+``tool_calls`` and ``role: "tool"`` results. The model calls tools only when the last
+message is the user's and ``tool_choice`` is not "none": the forced function, the first
+tool when "required", and with "auto" only when the last user message says
+``[[fake calls=N]]`` (the first N tools in order, cycling; with a forced function or
+"required", N calls of them; one at most when ``parallel_tool_calls`` is false).
+``expected_calls``
+computes them: ids ``call_`` + 24 hex digits from the conversation and the call's index,
+arguments the compact JSON that fills the required properties of the function's schema.
+Streamed as OpenAI streams them: ``{"role": "assistant", "content": null}``, then each
+call's header (index, id, type, name, empty arguments) and its arguments in pieces of 4
+characters paced like tokens, then finish_reason "tool_calls"; whole, a message with
+``content`` null and ``tool_calls``. After tool results the text answer opens with each
+one (``Based on get_weather: {"temp": 21}.``). The answer to a ``response_format``
+json_schema is the JSON document that fills its schema, to json_object
 ``{"answer": ...}``, streamed as text in pieces of 4 characters.
 
 Usage is counted as the real API roughly counts it: about 4 characters a token, at least
@@ -55,7 +56,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from localcloud import fake_tools
+from localcloud import fake_tools, fake_validation
 
 _VOCABULARY = """
 the stream arrives in small pieces while the worker writes each chunk to the log and
@@ -214,12 +215,13 @@ def _error(
     status: int,
     *,
     kind: str = "invalid_request_error",
+    param: str | None = None,
     code: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     """An error body as the OpenAI API sends it."""
     return JSONResponse(
-        {"error": {"message": message, "type": kind, "code": code}},
+        {"error": {"message": message, "type": kind, "param": param, "code": code}},
         status_code=status,
         headers=headers,
     )
@@ -324,6 +326,8 @@ def create_app(behaviour: Behaviour | None = None) -> FastAPI:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages or "model" not in body:
             return _error("'messages' and 'model' are required", 400)
+        if (problem := fake_validation.validate(body)) is not None:
+            return _error(problem.message, 400, param=problem.param, code=problem.code)
         app.state.requests += 1
         app.state.conversations.append(messages)
         app.state.bodies.append(body)

@@ -14,6 +14,8 @@ Pure functions, no web framework, so tests can compute what the fake sends:
 - ``tool_results``: the results at the end of a conversation, which the answer mentions.
 - ``structured_text``: the JSON answer to a ``response_format`` of json_schema or
   json_object.
+
+What OpenAI refuses in such requests (the 400s) is in ``fake_validation.py``.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from typing import Any, Literal
 import jsonschema
 import pytest
 from fastapi.testclient import TestClient
-from openai import InternalServerError, OpenAI
+from openai import BadRequestError, InternalServerError, OpenAI
 from openai.types.chat import ChatCompletionMessage, ChatCompletionMessageFunctionToolCall
 from pydantic import BaseModel
 
@@ -381,6 +381,110 @@ def test_a_json_object_answer_is_a_small_json_object(model: OpenAI) -> None:
     assert json.loads(reply.choices[0].message.content or "") == {
         "answer": 'You asked: "answer in JSON: hi".'
     }
+
+
+STRICT_LOOSE: Any = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}
+
+
+@pytest.mark.parametrize(
+    ("extra", "param", "says"),
+    [
+        (
+            {"messages": [*HI, {"role": "tool", "tool_call_id": "call_x", "content": "1"}]},
+            "messages.[1].role",
+            "must be a response to a preceeding message with 'tool_calls'",
+        ),
+        (
+            {
+                "messages": [
+                    *HI,
+                    {
+                        "role": "assistant",
+                        "content": None,
+                        "tool_calls": [
+                            {
+                                "id": "call_a",
+                                "type": "function",
+                                "function": {"name": "get_time", "arguments": "{}"},
+                            }
+                        ],
+                    },
+                    {"role": "tool", "tool_call_id": "call_b", "content": "1"},
+                ],
+                "tools": TOOLS,
+            },
+            "messages.[2].tool_call_id",
+            "'tool_call_id' of 'call_b' not found",
+        ),
+        (
+            {
+                "messages": [
+                    *HI,
+                    {
+                        "role": "assistant",
+                        "content": None,
+                        "tool_calls": [
+                            {
+                                "id": "call_a",
+                                "type": "function",
+                                "function": {"name": "get_time", "arguments": "{}"},
+                            }
+                        ],
+                    },
+                    *HI,
+                ],
+            },
+            "messages.[1].role",
+            "did not have response messages: call_a",
+        ),
+        (
+            {"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}},
+            "tool_choice",
+            "function 'nope' is not in 'tools'",
+        ),
+        (
+            {"tools": [{"type": "function", "function": {"parameters": {}}}]},
+            "tools[0].function.name",
+            "Missing required parameter",
+        ),
+        ({"tool_choice": "required"}, "tool_choice", "only allowed when 'tools' are specified"),
+        ({"tools": TOOLS, "tool_choice": "sometimes"}, "tool_choice", "Supported values are"),
+        ({"response_format": {"type": "json_object"}}, "messages", "must contain the word 'json'"),
+        (
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "schema": STRICT_LOOSE, "strict": True},
+                }
+            },
+            "response_format",
+            "'additionalProperties' is required to be supplied and to be false",
+        ),
+    ],
+)
+def test_malformed_tool_requests_are_refused_as_openai_refuses_them(
+    http: TestClient, extra: dict[str, Any], param: str, says: str
+) -> None:
+    reply = http.post(
+        "/v1/chat/completions", headers=AUTH, json={"model": "m", "messages": HI, **extra}
+    )
+    assert reply.status_code == 400
+    error = reply.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "invalid_request_error" and error["param"] == param
+    assert says in error["message"]
+    assert http.get("/fake/stats").json()["chat_requests"] == 0  # it never reached the model
+
+
+def test_the_sdk_raises_bad_request_for_a_forced_unknown_function(model: OpenAI) -> None:
+    with pytest.raises(BadRequestError) as raised:
+        model.chat.completions.create(
+            model="m",
+            messages=HI,
+            tools=TOOLS,
+            tool_choice={"type": "function", "function": {"name": "nope"}},
+        )
+    assert raised.value.param == "tool_choice"
 
 
 def test_the_fake_records_whole_requests_beside_the_conversations(
