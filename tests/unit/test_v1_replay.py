@@ -244,6 +244,8 @@ def test_chat_completion_chunks_stream_tool_calls_as_the_sdk_accumulates_them() 
         1: {"id": "c2", "name": "get_time", "arguments": "{}"},
     }
     assert chunks[-3]["choices"][0]["finish_reason"] == "tool_calls"
+    ended = _events(Task("t" * 32, "s", "running", "m", "hi"), TWO_CALLS)[-1]
+    assert (ended["type"], ended["response"]["status"]) == ("response.completed", "completed")
     replay, _ = fold(TWO_CALLS)
     whole = completion_object(Task("t" * 32, "s", "done", "m", "hi"), replay)
     assert whole is not None

@@ -234,7 +234,9 @@ class Replay:
                 ops += self._restart(self._retold)
             if len(self.items) == self._base:
                 ops += self._open(Item())  # an empty answer is still a message
-            ops += self._close("incomplete" if reason == "length" else "completed")
+            ops += self._close(
+                "incomplete" if reason in ("length", "content_filter") else "completed"
+            )
             self.finished = Finished("done", data.get("usage"), reason)
         else:
             self._retold = None

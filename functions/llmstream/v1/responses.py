@@ -47,7 +47,8 @@ def status_of(task: Task, replay: Replay) -> str:
     if end is None:
         return _ROW_STATUS[task.status]
     if end.kind == "done":
-        return "completed" if end.finish_reason == "stop" else "incomplete"
+        # max_tokens cut it (length) or a filter did: incomplete; stop and tool_calls end it
+        return "incomplete" if end.finish_reason in ("length", "content_filter") else "completed"
     return "failed" if end.kind == "error" else "cancelled"
 
 
@@ -107,7 +108,10 @@ def response_object(
         error = {"code": "server_error", "message": message}
     incomplete = None
     if status == "incomplete":
-        incomplete = {"reason": "max_output_tokens"}
+        reason = end.finish_reason if end else None
+        incomplete = {
+            "reason": "content_filter" if reason == "content_filter" else "max_output_tokens"
+        }
     return {
         "id": response_id(task.task_id),
         "object": "response",
