@@ -111,3 +111,16 @@ def test_another_users_key_id_is_not_found_and_bad_input_is_a_4xx(local_stack: S
         )
         assert resp.status_code == 401, resp.text
         assert bad not in resp.text
+
+
+def test_the_local_functions_get_the_keys_table_from_the_template(local_stack: Stack) -> None:
+    # Processes and `sam local` containers alike: their environments come from template.yaml
+    from localcloud.functions import container_environments
+
+    assert local_stack.template is not None
+    table = local_stack.template.physical_name("ApiKeysTable")
+    containers = container_environments(local_stack)
+    for function in ("ApiFunction", "StreamFunction"):
+        assert local_stack.env[function]["API_KEYS_TABLE"] == table
+        assert containers[function]["API_KEYS_TABLE"] == table
+    assert "API_KEYS_TABLE" not in containers["WorkerFunction"]
