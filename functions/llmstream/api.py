@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from fastapi import Depends, FastAPI, Header, Path, Response
+from fastapi import Depends, FastAPI, Header, HTTPException, Path, Response
 from mangum import Mangum
 
 from llmstream import chat, embeddings, observe, ops, web
+from llmstream.api_key_models import ApiKeyCreate, ApiKeyCreated, ApiKeyInfo, ApiKeyList
+from llmstream.api_keys import KEY_ID_PATTERN, ApiKeyStore
 from llmstream.models import (
     ID_PATTERN,
     CancelResult,
@@ -26,7 +28,7 @@ from llmstream.models import (
     TaskStatus,
 )
 from llmstream.settings import ApiSettings, get_api_settings
-from llmstream.web import AdminUser, CurrentUser, DepsDep
+from llmstream.web import AdminUser, DepsDep, SignedInUser
 
 observe.setup("api")
 logger = observe.logger
@@ -42,6 +44,7 @@ web.configure(app, settings)
 SettingsDep = Annotated[ApiSettings, Depends(get_api_settings)]
 SessionId = Annotated[str, Path(pattern=ID_PATTERN, description="session_id from POST /chat")]
 TaskId = Annotated[str, Path(pattern=ID_PATTERN, description="Task id from POST /chat")]
+KeyId = Annotated[str, Path(pattern=KEY_ID_PATTERN, description="id from POST or GET /keys")]
 ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody},
     409: {"model": ErrorBody},
@@ -61,7 +64,7 @@ ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {**ERRORS, 403: {"model": ErrorB
 )
 def post_chat(
     body: ChatRequest,
-    user: CurrentUser,
+    user: SignedInUser,
     deps: DepsDep,
     cfg: SettingsDep,
     idempotency_key: Annotated[
@@ -80,31 +83,31 @@ def post_chat(
 
 
 @app.get("/chat/{task_id}", response_model=TaskStatus, responses=ERRORS)
-def get_chat(task_id: TaskId, user: CurrentUser, deps: DepsDep, cfg: SettingsDep) -> TaskStatus:
+def get_chat(task_id: TaskId, user: SignedInUser, deps: DepsDep, cfg: SettingsDep) -> TaskStatus:
     """Status, text so far, usage and timings of one of your tasks, and a fresh stream URL."""
     return chat.status(deps, cfg, user, task_id)
 
 
 @app.post("/chat/{task_id}/cancel", response_model=CancelResult, responses=ERRORS)
-def cancel_chat(task_id: TaskId, user: CurrentUser, deps: DepsDep) -> CancelResult:
+def cancel_chat(task_id: TaskId, user: SignedInUser, deps: DepsDep) -> CancelResult:
     """Stop a task: queued ones at once, running ones within about a second. Idempotent."""
     return chat.cancel(deps, user, task_id)
 
 
 @app.get("/sessions", response_model=SessionList, responses=ERRORS)
-def list_sessions(user: CurrentUser, deps: DepsDep) -> SessionList:
+def list_sessions(user: SignedInUser, deps: DepsDep) -> SessionList:
     """Your conversations, most recently active first."""
     return chat.sessions(deps, user)
 
 
 @app.get("/sessions/{session_id}", response_model=SessionHistory, responses=ERRORS)
-def get_session(session_id: SessionId, user: CurrentUser, deps: DepsDep) -> SessionHistory:
+def get_session(session_id: SessionId, user: SignedInUser, deps: DepsDep) -> SessionHistory:
     """A conversation: its turns (message, answer, status, usage), oldest first."""
     return chat.session(deps, user, session_id)
 
 
 @app.delete("/sessions/{session_id}", status_code=204, responses=ERRORS)
-def delete_session(session_id: SessionId, user: CurrentUser, deps: DepsDep) -> Response:
+def delete_session(session_id: SessionId, user: SignedInUser, deps: DepsDep) -> Response:
     """Delete a conversation with its turns and answers (running ones are cancelled)."""
     chat.delete_session(deps, user, session_id)
     return Response(status_code=204)
@@ -150,12 +153,43 @@ def model_test(_: AdminUser, deps: DepsDep, response: Response) -> ModelTest:
     responses={**ERRORS, 429: {"model": ErrorBody}},
 )
 def post_embeddings(
-    body: EmbeddingsRequest, user: CurrentUser, deps: DepsDep
+    body: EmbeddingsRequest, user: SignedInUser, deps: DepsDep
 ) -> EmbeddingsResponse:
     """Vectors for a batch of texts, in input order (split to the model's batch limit).
     The caller's daily tokens are reserved for the inputs (~4 characters a token) and each
     batch is charged what the model reports as it comes back."""
     return embeddings.embed(deps, user, body)
+
+
+def key_store(deps: DepsDep) -> ApiKeyStore:
+    if deps.api_keys is None:
+        raise HTTPException(404, "personal API keys are off here (no API_KEYS_TABLE)")
+    return deps.api_keys
+
+
+KeyStore = Annotated[ApiKeyStore, Depends(key_store)]
+KEY_ERRORS: dict[int | str, dict[str, Any]] = {**ERRORS, 403: {"model": ErrorBody}}
+
+
+@app.post("/keys", status_code=201, response_model=ApiKeyCreated, responses=KEY_ERRORS)
+def create_key(body: ApiKeyCreate, user: SignedInUser, keys: KeyStore) -> ApiKeyCreated:
+    """A personal API key for the stream URL's routes (`Authorization: Bearer lls_...`;
+    OpenAI clients: `base_url=<stream url>/v1`). The key is in this answer only: it is kept
+    as a hash. Signed in only (403 for a key); USER_MAX_API_KEYS per user (409 beyond)."""
+    return ApiKeyCreated.of(keys.create(user.sub, user.username, body.name))
+
+
+@app.get("/keys", response_model=ApiKeyList, responses=KEY_ERRORS)
+def list_keys(user: SignedInUser, keys: KeyStore) -> ApiKeyList:
+    """Your API keys, newest first: name, prefix, created, last used (to the minute)."""
+    return ApiKeyList(keys=[ApiKeyInfo.of(key) for key in keys.list(user.sub)])
+
+
+@app.delete("/keys/{key_id}", status_code=204, responses=KEY_ERRORS)
+def revoke_key(key_id: KeyId, user: SignedInUser, keys: KeyStore) -> Response:
+    """Revoke one of your keys: its next request is refused (401)."""
+    keys.revoke(user.sub, key_id)
+    return Response(status_code=204)
 
 
 _mangum = Mangum(app, lifespan="off")

@@ -1,8 +1,8 @@
 """Who is calling: the request's bearer, verified, as a Principal every route depends on.
 
-A bearer is a JWT from the user pool today (Cognito, or any OIDC issuer the deployer
-names: AUTH_ISSUER, AUTH_AUDIENCE) and may be a personal API key tomorrow (the
-OpenAI-compatible /v1 routes). ``Authenticator`` asks its verifiers in turn which one takes
+A bearer is a JWT from the user pool (Cognito, or any OIDC issuer the deployer names:
+AUTH_ISSUER, AUTH_AUDIENCE) or a personal API key (``lls_...``, api_keys.py; where
+API_KEYS_TABLE is set). ``Authenticator`` asks its verifiers in turn which one takes
 a bearer, so a new kind of credential is one more verifier; routes see only ``Principal``.
 The stream URL's ``?token=`` is a verifier too (tokens.StreamTokenVerifier), of one task:
 the stream route asks it for that task alone, and it never takes an Authorization bearer.
@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import jwt
 from jwt import PyJWKClient
@@ -26,12 +26,15 @@ from jwt import PyJWKClient
 from llmstream.exceptions import AuthUnavailable, Forbidden, Unauthenticated
 from llmstream.settings import Settings, get_settings
 
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Principal:
-    """A signed-in caller. ``sub`` owns every task, session and (tomorrow) API key."""
+    """A signed-in caller. ``sub`` owns every task, session and API key."""
 
     sub: str
     username: str
@@ -138,7 +141,11 @@ class Authenticator:
         return principal
 
 
-def build_authenticator(settings: Settings, jwks: Any = None) -> Authenticator:
+def build_authenticator(
+    settings: Settings, jwks: Any = None, dynamodb: DynamoDBClient | None = None
+) -> Authenticator:
+    """The JWT verifier, and personal API keys where API_KEYS_TABLE is set (their table is
+    read through ``dynamodb``, else the process's shared client, made on first use)."""
     jwt_verifier = JwtVerifier(
         issuer=settings.auth_issuer,
         audiences=frozenset(settings.auth_audiences),
@@ -147,7 +154,23 @@ def build_authenticator(settings: Settings, jwks: Any = None) -> Authenticator:
         groups_claim=settings.auth_groups_claim,
         jwks=jwks,
     )
-    return Authenticator([jwt_verifier], admin_group=settings.auth_admin_group)
+    verifiers: list[Verifier] = [jwt_verifier]
+    if settings.api_keys_table:
+        from llmstream.api_keys import ApiKeyVerifier  # it imports this module
+
+        verifiers.append(
+            ApiKeyVerifier(
+                settings.api_keys_table,
+                (lambda: dynamodb) if dynamodb is not None else _shared_dynamodb,
+            )
+        )
+    return Authenticator(verifiers, admin_group=settings.auth_admin_group)
+
+
+def _shared_dynamodb() -> DynamoDBClient:
+    from llmstream.deps import get_deps  # on first use: deps builds every client
+
+    return get_deps().dynamodb
 
 
 @lru_cache(maxsize=1)

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
     from openai import OpenAI
 
+    from llmstream.api_keys import ApiKeyStore
+
 # Short timeouts: every call here is a single-item operation; a stuck connection must fail
 # fast and be retried by botocore's standard mode, not hold a request for a minute.
 _BOTO_CONFIG = Config(
@@ -49,6 +51,7 @@ class Deps:
     quotas: UserQuotas
     leases: StreamLeases
     _openai: OpenAI | None = field(default=None, repr=False)
+    _api_keys: ApiKeyStore | None = field(default=None, repr=False)
 
     @property
     def token_key(self) -> str:
@@ -64,6 +67,18 @@ class Deps:
 
             self._openai = make_client(self.settings)
         return self._openai
+
+    @property
+    def api_keys(self) -> ApiKeyStore | None:
+        """Personal API keys (the api's /keys routes), or None without API_KEYS_TABLE.
+        Built on first use: only the api function lists and creates keys."""
+        if self._api_keys is None and self.settings.api_keys_table:
+            from llmstream.api_keys import ApiKeyStore
+
+            self._api_keys = ApiKeyStore(
+                self.settings.api_keys_table, self.dynamodb, self.settings.user_max_api_keys
+            )
+        return self._api_keys
 
 
 def build_deps(

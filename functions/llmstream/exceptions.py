@@ -80,6 +80,15 @@ class Unauthenticated(LlmStreamError):
     """No credentials, or credentials that do not check out: 401."""
 
 
+class ApiKeyNotFound(LlmStreamError):
+    def __init__(self, key_id: str) -> None:
+        super().__init__(f"API key {key_id} not found")
+
+
+class TooManyApiKeys(LlmStreamError):
+    """The caller has USER_MAX_API_KEYS keys already: 409 until they revoke one."""
+
+
 class Forbidden(LlmStreamError):
     """Signed in, but not allowed (operator routes for non-admins): 403."""
 

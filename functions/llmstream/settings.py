@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     # the streams of an environment that died free their slots within it.
     user_max_streams: int = Field(default=10, ge=0, description="Open streams per user")
     stream_lease_seconds: int = Field(default=60, ge=3)
+    # Personal API keys (api_keys.py): their table (unset: no keys, only sign-in tokens),
+    # and how many one user may have.
+    api_keys_table: str | None = None
+    user_max_api_keys: int = Field(default=20, ge=1, le=1000, description="API keys per user")
     cors_allow_origins: str = Field(description="Comma-separated origins, or *")
     # In the cloud API Gateway and the function URL answer CORS from the template; the local
     # stack sets these from the same template, so a method or header it lacks fails there too.

@@ -18,6 +18,7 @@ from llmstream import observe
 from llmstream.auth import Principal, get_authenticator
 from llmstream.deps import Deps, get_deps
 from llmstream.exceptions import (
+    ApiKeyNotFound,
     AuthUnavailable,
     BadRequest,
     Forbidden,
@@ -33,6 +34,7 @@ from llmstream.exceptions import (
     TaskNotFound,
     TokenExpired,
     TokenMissing,
+    TooManyApiKeys,
     TooManyStreams,
     Unauthenticated,
 )
@@ -66,7 +68,19 @@ def admin_user(user: Annotated[Principal, Depends(current_user)]) -> Principal:
     return get_authenticator().require_admin(user)
 
 
+def signed_in_user(user: Annotated[Principal, Depends(current_user)]) -> Principal:
+    """A caller signed in with a token of the user pool; a personal API key is 403. The api
+    function's routes take sign-in tokens only, as API Gateway's JWT authorizer does in
+    front of it in the cloud; and a key never creates, lists or revokes keys."""
+    if user.via != "jwt":
+        raise Forbidden(
+            "API keys work on the stream URL only (/v1, /stream): sign in for this route"
+        )
+    return user
+
+
 CurrentUser = Annotated[Principal, Depends(current_user)]
+SignedInUser = Annotated[Principal, Depends(signed_in_user)]
 AdminUser = Annotated[Principal, Depends(admin_user)]
 DepsDep = Annotated[Deps, Depends(get_deps)]
 
@@ -74,6 +88,8 @@ _STATUS: dict[type[LlmStreamError], int] = {
     BadRequest: 400,
     TaskNotFound: 404,
     SessionNotFound: 404,
+    ApiKeyNotFound: 404,
+    TooManyApiKeys: 409,
     TokenMissing: 401,
     TokenExpired: 401,
     Unauthenticated: 401,

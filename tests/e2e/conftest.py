@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from llmstream.limits import prompt_tokens
 from localcloud.up import Options, Ports, Stack
 from localcloud.users import LocalUser
 from tests.conftest import ARTIFACTS, unique
@@ -21,6 +22,13 @@ SHARED_AWS: dict[str, str] = {}
 FAKE_TOKENS = 40
 DEFAULT_USER = "e2e-user"
 _users: dict[tuple[str, str, bool], LocalUser] = {}
+# A chat request of the token-quota stack: a new conversation, at most ANSWER_TOKENS of
+# answer, and an answer of exactly that many that takes 5 s (so all are in flight at once).
+ANSWER_TOKENS = 50
+SLOW = f"[[fake tokens={ANSWER_TOKENS} tps=10]]"
+# What admission reserves for one (~4 characters a token, the framing, its max_tokens).
+RESERVED = prompt_tokens([f"q00 {SLOW}"]) + ANSWER_TOKENS
+DAILY = 3 * RESERVED + RESERVED // 2  # fits 3 of them, and half of a fourth
 
 
 def user(stack: Stack, name: str = DEFAULT_USER, *, admin: bool = False) -> LocalUser:
@@ -92,6 +100,18 @@ def redis_stack() -> Iterator[Stack]:
     """The whole local stack with the Redis Streams chunk log (`--chunk-log redis`)."""
     opts = stack_options("e2e-redis", fake_tokens=FAKE_TOKENS, chunk_log="redis")
     stack = Stack(opts)
+    stack.start()
+    yield stack
+    stack.stop()
+
+
+@pytest.fixture(scope="session")
+def token_quota_stack() -> Iterator[Stack]:
+    """A stack whose users may spend DAILY model tokens a day, and no request quota: one
+    for the session, shared by the quota tests of /chat, /embeddings (test_users.py) and
+    /v1 (test_v1_chat.py, which runs next)."""
+    extra = {"USER_RPM": "0", "USER_TOKENS_PER_DAY": str(DAILY), "EMBEDDINGS_BATCH_SIZE": "2"}
+    stack = Stack(stack_options("e2e-tokens", extra_env=extra))
     stack.start()
     yield stack
     stack.stop()

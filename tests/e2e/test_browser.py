@@ -3,6 +3,7 @@ signed in through the page's own form against the local user pool."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -268,6 +269,67 @@ def test_delete_a_conversation(page: Page) -> None:
     page.reload()
     expect(page.locator("#conversations li")).to_have_count(1)
     assert conversations(page) == ["keep this one [[fake tokens=10]]"]
+
+
+def test_api_keys_panel_creates_lists_and_revokes_a_key(
+    page: Page, local_stack: Stack, user: LocalUser
+) -> None:
+    from axe_playwright_python.sync_playwright import Axe
+
+    refused: list[str] = []
+    page.on("console", lambda m: refused.append(m.text) if "Security Policy" in m.text else None)
+    stream = local_stack.urls["stream"]
+    # GIVEN the panel, opened from the top bar: no keys yet, and where keys work
+    page.get_by_role("button", name="API keys").click()
+    panel = page.get_by_role("dialog", name="API keys")
+    expect(panel).to_be_visible()
+    expect(panel.locator("#keys-base-url")).to_have_text(f"{stream}/v1")
+    expect(panel.locator("#keys-empty")).to_be_visible()
+    # WHEN a key is created THEN it is shown once, with the warning, and listed
+    panel.get_by_label("Name", exact=True).fill("my laptop")
+    panel.get_by_role("button", name="Create key").click()
+    field = panel.get_by_label("Your new API key")
+    expect(field).to_have_value(re.compile(r"^lls_[a-z2-7]{12}_[A-Za-z0-9_-]{43}$"))
+    expect(panel).to_contain_text("it will not be shown again")
+    key = field.input_value()
+    rows = panel.locator("#keys-list tr")
+    expect(rows).to_have_count(1)
+    expect(rows.first.locator("td").nth(0)).to_have_text("my laptop")
+    expect(rows.first.locator("td").nth(1)).to_have_text(f"{key[:12]}…")
+    expect(rows.first.locator("td").nth(3)).to_have_text("never")
+    # AND the copy button puts it on the clipboard
+    page.context.grant_permissions(
+        ["clipboard-read", "clipboard-write"], origin=local_stack.urls["frontend"]
+    )
+    panel.get_by_role("button", name="Copy").click()
+    expect(panel.locator("#keys-copied")).to_have_text("Copied.")
+    assert page.evaluate("navigator.clipboard.readText()") == key
+    results = Axe().run(page, options={"runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa"]}})
+    assert results.response["violations"] == [], results.generate_report()
+    # AND it opens the user's stream (the stream function checks it itself)
+    task = httpx.post(
+        f"{local_stack.urls['api']}/chat", json={"message": "by key"}, headers=user.headers
+    ).json()
+    with_key = {"Authorization": f"Bearer {key}"}
+    with httpx.stream("GET", f"{stream}/stream/{task['task_id']}", headers=with_key) as opened:
+        assert opened.status_code == 200
+    # WHEN the panel closes THEN the key leaves the page; the list says it was used
+    panel.get_by_role("button", name="Close").click()
+    expect(panel).to_be_hidden()
+    page.get_by_role("button", name="API keys").click()
+    expect(panel.locator("#keys-new")).to_be_hidden()
+    expect(field).to_have_value("")
+    expect(rows.first.locator("td").nth(3)).not_to_have_text("never")
+    assert key not in page.content()
+    shot(page, "api-keys-panel")
+    # WHEN it is revoked (after the page asks) THEN it is gone, and refused at once
+    page.once("dialog", lambda dialog: dialog.accept())
+    panel.get_by_role("button", name="Revoke my laptop").click()
+    expect(rows).to_have_count(0)
+    expect(panel.locator("#keys-empty")).to_be_visible()
+    expect(panel.locator("#keys-status")).to_have_text('Key "my laptop" revoked.')
+    assert httpx.get(f"{stream}/stream/{task['task_id']}", headers=with_key).status_code == 401
+    assert refused == []
 
 
 def test_each_user_sees_only_their_own_conversations(browser: Browser, local_stack: Stack) -> None:

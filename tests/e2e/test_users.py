@@ -14,9 +14,8 @@ import httpx
 import jwt
 import pytest
 
-from llmstream.limits import prompt_tokens
 from localcloud.up import Stack
-from tests.e2e.conftest import auth, stack_options, user
+from tests.e2e.conftest import ANSWER_TOKENS, DAILY, SLOW, auth, stack_options, user
 from tests.e2e.test_chat_flow import read_stream
 from tests.stacklogs import wait_records
 
@@ -226,25 +225,6 @@ def test_a_token_whose_payload_was_swapped_is_refused(local_stack: Stack) -> Non
     )
     assert resp.status_code == 401, resp.text
     assert "signature" in resp.json()["detail"].lower()
-
-
-# A chat request of the token-quota stack: a new conversation, at most ANSWER_TOKENS of
-# answer, and an answer of exactly that many that takes 5 s (so all are in flight at once).
-ANSWER_TOKENS = 50
-SLOW = f"[[fake tokens={ANSWER_TOKENS} tps=10]]"
-# What admission reserves for one (~4 characters a token, the framing, its max_tokens).
-RESERVED = prompt_tokens([f"q00 {SLOW}"]) + ANSWER_TOKENS
-DAILY = 3 * RESERVED + RESERVED // 2  # fits 3 of them, and half of a fourth
-
-
-@pytest.fixture(scope="module")
-def token_quota_stack() -> Iterator[Stack]:
-    """A stack whose users may spend DAILY model tokens a day, and no request quota."""
-    extra = {"USER_RPM": "0", "USER_TOKENS_PER_DAY": str(DAILY), "EMBEDDINGS_BATCH_SIZE": "2"}
-    stack = Stack(stack_options("e2e-tokens", extra_env=extra))
-    stack.start()
-    yield stack
-    stack.stop()
 
 
 def used_today(stack: Stack, name: str) -> int:

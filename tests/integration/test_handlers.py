@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import uuid
 from typing import Any
 
 import jwt
@@ -13,7 +14,7 @@ import pytest
 from llmstream.settings import Settings
 from localcloud.poller import LambdaContext
 from localcloud.template import LocalTemplate
-from localcloud.users import LocalUser
+from localcloud.users import LocalUser, UserPool
 from tests.integration.conftest import function_env, queued_task, received_event
 
 pytestmark = pytest.mark.integration
@@ -108,6 +109,47 @@ def test_post_chat_through_mangum_records_and_enqueues(
     assert bad["statusCode"] == 422
     health = api_module.handler(http_api_event("GET", "/health"), ctx)
     assert health["statusCode"] == 200
+
+
+def test_keys_through_mangum_for_a_signed_in_user_only(
+    api_module: Any, pool: UserPool, clients: dict[str, Any], stack: LocalTemplate
+) -> None:
+    ctx = LambdaContext(function_name="api", memory_limit_in_mb=512, timeout_seconds=29)
+    carol = pool.ensure_user(f"carol-{uuid.uuid4().hex[:6]}")
+
+    def call(method: str, path: str, body: Any = None, headers: Any = None) -> Any:
+        resp = api_module.handler(http_api_event(method, path, body, headers), ctx)
+        return resp["statusCode"], json.loads(resp["body"]) if resp.get("body") else None
+
+    status, made = call("POST", "/keys", {"name": "  laptop  "}, carol.headers)
+    assert status == 201, made
+    assert made["name"] == "laptop" and made["key"].startswith(made["prefix"])
+    assert made["key"].startswith(f"lls_{made['id']}_")
+    status, listed = call("GET", "/keys", headers=carol.headers)
+    assert status == 200
+    assert listed == {
+        "keys": [
+            {k: made[k] for k in ("id", "name", "prefix", "created_at")} | {"last_used_at": None}
+        ]
+    }
+    # A key is no sign-in: it may not mint, list or revoke keys, nor use the api's routes
+    with_key = {"Authorization": f"Bearer {made['key']}"}
+    for method, path in (("POST", "/keys"), ("GET", "/keys"), ("DELETE", f"/keys/{made['id']}")):
+        status, body = call(method, path, {"name": "more"}, with_key)
+        assert status == 403, (method, body)
+        assert made["key"] not in json.dumps(body)
+    assert call("GET", "/sessions", headers=with_key)[0] == 403
+    # Bad input: a clear 4xx naming what is wrong
+    assert call("POST", "/keys", {"name": ""}, carol.headers)[0] == 422
+    assert call("POST", "/keys", {"name": "x" * 65}, carol.headers)[0] == 422
+    assert call("POST", "/keys", {"name": "a\nb"}, carol.headers)[0] == 422
+    assert call("POST", "/keys", {"name": "k", "scope": "all"}, carol.headers)[0] == 422
+    assert call("DELETE", "/keys/not-a-key-id", headers=carol.headers)[0] == 422
+    # Revoked once: 204, then 404; and it is gone from the list
+    assert call("DELETE", f"/keys/{made['id']}", headers=carol.headers)[0] == 204
+    assert call("DELETE", f"/keys/{made['id']}", headers=carol.headers)[0] == 404
+    assert call("GET", "/keys", headers=carol.headers)[1] == {"keys": []}
+    assert call("GET", "/keys")[0] == 401
 
 
 @pytest.fixture

@@ -34,6 +34,16 @@ def test_queues_tables_and_bucket_exist_as_the_template_says(
         assert ttl["TimeToLiveStatus"] == "ENABLED"
         assert ttl["AttributeName"] == "expires_at"
 
+    # The keys table and its index, with no TTL (keys live until revoked)
+    keys = ddb.describe_table(TableName=stack.physical_name("ApiKeysTable"))["Table"]
+    assert keys["KeySchema"] == stack.props("ApiKeysTable")["KeySchema"]
+    (index,) = keys["GlobalSecondaryIndexes"]
+    assert index["IndexName"] == "by-owner"
+    assert (
+        index["KeySchema"] == stack.props("ApiKeysTable")["GlobalSecondaryIndexes"][0]["KeySchema"]
+    )
+    assert stack.functions()["StreamFunction"].environment["API_KEYS_TABLE"] == keys["TableName"]
+
     buckets = {b["Name"] for b in s3.list_buckets()["Buckets"]}
     assert stack.physical_name("FrontendBucket") in buckets
 

