@@ -113,7 +113,7 @@ ERROR_SHAPES: dict[str, ErrorShape] = {}
 
 async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     status = next((code for cls, code in _STATUS.items() if isinstance(exc, cls)), 500)
-    if isinstance(exc, IdempotencyConflict):
+    if isinstance(exc, IdempotencyConflict | BadRequest):
         status = exc.status
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
     if isinstance(exc, QuotaExceeded):

@@ -57,7 +57,7 @@ def _domain(status: int, exc: LlmStreamError, headers: dict[str, str]) -> JSONRe
     """A domain error on /v1 (web.py's status and headers), in OpenAI's shape."""
     param = code = None
     if isinstance(exc, BadRequest):
-        status, param, code = 400, exc.param, exc.code
+        status, param, code = exc.status, exc.param, exc.code
     elif isinstance(exc, ModelNotAllowed):
         status, param, code = 404, "model", "model_not_found"  # as OpenAI answers it
     elif isinstance(exc, InputTooLarge):

@@ -143,7 +143,9 @@ async def create_response(
             session_id = (await _owned(deps, user, previous)).session_id
         except TaskNotFound as e:
             raise BadRequest(
-                f"Previous response with id '{previous}' not found.", "previous_response_id"
+                f"Previous response with id '{previous}' not found.",
+                "previous_response_id",
+                status=404,  # another user's, as one that does not exist
             ) from e
     messages = body.messages()
     request = to_chat_request(
