@@ -24,6 +24,7 @@ def completion_id(task_id: str) -> str:
 
 
 def usage_of(usage: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The model's usage as Chat Completions names it (the worker keeps it so)."""
     if not usage:
         return None
     prompt = int(usage.get("prompt_tokens", 0))

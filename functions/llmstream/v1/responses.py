@@ -15,6 +15,7 @@ from sse_starlette import ServerSentEvent
 from llmstream.models import Event
 from llmstream.tasks import Task
 from llmstream.tool_specs import responses_choice, responses_format, responses_tools
+from llmstream.v1.completions import usage_of as chat_usage
 from llmstream.v1.replay import (
     Finished,
     Item,
@@ -53,16 +54,16 @@ def status_of(task: Task, replay: Replay) -> str:
 
 
 def usage_of(usage: dict[str, Any] | None) -> dict[str, Any] | None:
-    if not usage:
+    """The model's usage as the Responses API names it."""
+    counts = chat_usage(usage)
+    if counts is None:
         return None
-    prompt = int(usage.get("prompt_tokens", 0))
-    completion = int(usage.get("completion_tokens", 0))
     return {
-        "input_tokens": prompt,
+        "input_tokens": counts["prompt_tokens"],
         "input_tokens_details": {"cached_tokens": 0},
-        "output_tokens": completion,
+        "output_tokens": counts["completion_tokens"],
         "output_tokens_details": {"reasoning_tokens": 0},
-        "total_tokens": int(usage.get("total_tokens", prompt + completion)),
+        "total_tokens": counts["total_tokens"],
     }
 
 
