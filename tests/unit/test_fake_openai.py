@@ -386,6 +386,16 @@ def test_a_json_object_answer_is_a_small_json_object(model: OpenAI) -> None:
 STRICT_LOOSE: Any = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}
 
 
+# An assistant turn that called get_time as call_a.
+CALLED_A = {
+    "role": "assistant",
+    "content": None,
+    "tool_calls": [
+        {"id": "call_a", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}
+    ],
+}
+
+
 @pytest.mark.parametrize(
     ("extra", "param", "says"),
     [
@@ -398,17 +408,7 @@ STRICT_LOOSE: Any = {"type": "object", "properties": {"a": {"type": "string"}}, 
             {
                 "messages": [
                     *HI,
-                    {
-                        "role": "assistant",
-                        "content": None,
-                        "tool_calls": [
-                            {
-                                "id": "call_a",
-                                "type": "function",
-                                "function": {"name": "get_time", "arguments": "{}"},
-                            }
-                        ],
-                    },
+                    CALLED_A,
                     {"role": "tool", "tool_call_id": "call_b", "content": "1"},
                 ],
                 "tools": TOOLS,
@@ -420,17 +420,7 @@ STRICT_LOOSE: Any = {"type": "object", "properties": {"a": {"type": "string"}}, 
             {
                 "messages": [
                     *HI,
-                    {
-                        "role": "assistant",
-                        "content": None,
-                        "tool_calls": [
-                            {
-                                "id": "call_a",
-                                "type": "function",
-                                "function": {"name": "get_time", "arguments": "{}"},
-                            }
-                        ],
-                    },
+                    CALLED_A,
                     *HI,
                 ],
             },
