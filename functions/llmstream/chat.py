@@ -7,6 +7,7 @@ another user's task or session id is answered exactly like one that does not exi
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict
 from typing import Any, TypeVar
@@ -146,7 +147,11 @@ def session(deps: Deps, user: Principal, session_id: str) -> SessionHistory:
     deps.sessions.get(user.sub, session_id)  # SessionNotFound if not the caller's
     tasks = deps.tasks.owned_by(user.sub).session(session_id)
     return SessionHistory(
-        session_id=session_id, turns=[_view(SessionTurn, t, usage=_usage(t.usage)) for t in tasks]
+        session_id=session_id,
+        turns=[
+            _view(SessionTurn, t, usage=_usage(t.usage), calls=json.loads(t.calls or "[]"))
+            for t in tasks
+        ],
     )
 
 

@@ -163,6 +163,9 @@ class SessionTurn(BaseModel):
     status: TaskState
     message: str
     answer: str | None = Field(None, description="The answer, once done")
+    calls: list[dict[str, str]] = Field(
+        default_factory=list, description="The function calls the answer made, once done"
+    )
     usage: Usage | None = None
     created_at: float
     finished_at: float | None = None
