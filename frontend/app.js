@@ -31,7 +31,7 @@ let epoch = 0; // bumped on sign-in and sign-out: answers that arrive later are 
 let view = 0; // bumped when another conversation is opened
 let sessionId = null;
 let sessions = []; // GET /sessions: this user's conversations, most recently updated first
-let running = null; // {taskId, sessionId, source?, abort?, bubble, text, lastSeq}
+let running = null; // {taskId, sessionId, source?, abort?, bubble, parts, lastSeq}
 let queueLight = "unknown"; // the last POST /chat's outcome (users who are not operators)
 let operatorLights = true; // try /health/full while the user is in the admins group
 let leaving = false; // the page is unloading: a dropped stream is not the answer's end
@@ -80,6 +80,72 @@ function timeLabel(date) {
   return t;
 }
 
+// An answer as it streams: its text and the function calls it makes, in order; each part
+// {kind: "text", text} or {kind: "call", id, name, args}, drawn into an element of its own
+// (part.el) so a redraw keeps what the reader opened.
+function answerOf(text = "", calls = []) {
+  const parts = [];
+  if (text) parts.push({ kind: "text", text });
+  for (const c of calls) parts.push({ kind: "call", id: c.id ?? "", name: c.name ?? "", args: c.arguments ?? "" });
+  return parts;
+}
+
+function addText(parts, text) {
+  const last = parts.at(-1);
+  if (last?.kind === "text") last.text += text;
+  else if (text) parts.push({ kind: "text", text });
+}
+
+// The arguments of the current call (the last one begun), as the server counts them.
+function addArgs(parts, delta) {
+  const call = parts.findLast((p) => p.kind === "call");
+  if (call) call.args += delta;
+}
+
+// The calls of a `done` event, whole: they settle the streamed ones (and any not seen).
+function settleCalls(parts, calls) {
+  for (const c of Array.isArray(calls) ? calls : []) {
+    const call = parts.find((p) => p.kind === "call" && p.id === c.id);
+    if (call) call.args = c.arguments ?? call.args;
+    else parts.push(...answerOf("", [c]));
+  }
+}
+
+// A call's arguments: pretty-printed when they are JSON (once they are whole), else as sent.
+function prettyArgs(args) {
+  try { return JSON.stringify(JSON.parse(args), null, 2); } catch { return args; }
+}
+
+function drawAnswer(parts, body) {
+  body.replaceChildren(...parts.map((part) => {
+    if (part.kind === "text") {
+      if (!part.el) part.el = document.createElement("div");
+      if (part.drawn !== part.text) renderMarkdown(part.text, part.el);
+      part.drawn = part.text;
+      return part.el;
+    }
+    if (!part.el) {
+      part.el = document.createElement("details");
+      part.el.className = "call";
+      const summary = document.createElement("summary");
+      const icon = document.createElement("span");
+      icon.setAttribute("aria-hidden", "true");
+      icon.textContent = "⚙";
+      const name = document.createElement("span");
+      name.className = "name";
+      name.textContent = part.name;
+      summary.append(icon, " ", name);
+      if (part.id) summary.title = `function call ${part.id}`;
+      const pre = document.createElement("pre");
+      pre.appendChild(document.createElement("code"));
+      part.el.append(summary, pre);
+    }
+    if (part.drawn !== part.args) part.el.querySelector("code").textContent = prettyArgs(part.args);
+    part.drawn = part.args;
+    return part.el;
+  }));
+}
+
 function bubble(role, text, when = new Date()) {
   const wrap = document.createElement("article");
   wrap.className = `msg ${role}`;
@@ -87,7 +153,7 @@ function bubble(role, text, when = new Date()) {
   const body = document.createElement("div");
   body.className = "body";
   if (role === "user") body.textContent = text;
-  else renderMarkdown(text, body);
+  else drawAnswer(answerOf(text), body);
   const meta = document.createElement("div");
   meta.className = "meta";
   meta.appendChild(timeLabel(when));
@@ -109,13 +175,13 @@ function typing(wrap, on) {
 }
 
 let renderPending = false;
-function showText(state) {
+function showAnswer(state) {
   if (renderPending) return;
   renderPending = true;
   requestAnimationFrame(() => {
     renderPending = false;
-    if (state.finished) return; // finish() drew the final text and its note
-    renderMarkdown(state.text, state.bubble.querySelector(".body"));
+    if (state.finished) return; // finish() drew the final answer and its note
+    drawAnswer(state.parts, state.bubble.querySelector(".body"));
     state.bubble.scrollIntoView({ block: "end" });
   });
 }
@@ -208,18 +274,32 @@ async function openSession(id) {
   if (e !== epoch || v !== view) return;
   const active = store.get("active", null);
   for (const turn of turns) {
-    bubble("user", turn.message, new Date(turn.created_at * 1000));
+    // (a turn that only sends the results of the last answer's calls has no message)
+    if (turn.message) bubble("user", turn.message, new Date(turn.created_at * 1000));
     if (active && active.taskId === turn.task_id) continue; // resumed below
-    const b = bubble("assistant", turn.answer ?? "", new Date((turn.finished_at || turn.created_at) * 1000));
+    const b = bubble("assistant", "", new Date((turn.finished_at || turn.created_at) * 1000));
+    const calls = Array.isArray(turn.calls) ? turn.calls : null;
+    drawAnswer(answerOf(turn.answer ?? "", calls ?? []), b.querySelector(".body"));
     b.classList.add(turn.status);
     if (!turn.answer && turn.status !== "done") b.querySelector(".body").textContent = `[${turn.status}]`;
+    else if (!turn.answer && !calls?.length) drawCalls(turn.task_id, b, e, v).catch(report);
   }
   if (active && active.sessionId === id) follow(active.taskId, id, active.streamUrl, bubble("assistant", ""));
 }
 
+// A done answer without text may have been function calls alone, which a session's turns
+// do not carry: GET /chat/{task_id} has them (as long as the answer's chunk log is kept).
+async function drawCalls(taskId, wrap, e, v) {
+  const res = await authFetch(api(`/chat/${encodeURIComponent(taskId)}`));
+  if (e !== epoch || v !== view || !res.ok) return;
+  const task = await res.json();
+  if (e !== epoch || v !== view) return;
+  drawAnswer(answerOf(task.text ?? "", task.calls ?? []), wrap.querySelector(".body"));
+}
+
 // ---------------------------------------------------------------- queue mode
 function follow(taskId, taskSession, streamUrl, wrap) {
-  const state = { taskId, sessionId: taskSession, bubble: wrap, text: "", lastSeq: 0, renewals: 0 };
+  const state = { taskId, sessionId: taskSession, bubble: wrap, parts: [], lastSeq: 0, renewals: 0 };
   running = state;
   busy(true);
   typing(wrap, true);
@@ -233,19 +313,26 @@ function connect(state, url) {
   source.onopen = () => {
     state.renewals = 0;
     setLight("light-stream", "ok");
-    if (state.text) setStatus("streaming");
+    if (state.parts.length) setStatus("streaming");
   };
   source.onmessage = (e) => {
     if (state.finished) return;
     if (/^\d+$/.test(e.lastEventId)) state.lastSeq = Number(e.lastEventId);
     const data = JSON.parse(e.data);
     if (data.chunk !== undefined) {
-      state.text += data.chunk;
+      addText(state.parts, data.chunk);
       setStatus("streaming");
-      showText(state);
+      showAnswer(state);
+    } else if (data.type === "call") {
+      state.parts.push({ kind: "call", id: data.id ?? "", name: data.name ?? "", args: "" });
+      setStatus("streaming");
+      showAnswer(state);
+    } else if (data.type === "args") {
+      addArgs(state.parts, data.delta ?? "");
+      showAnswer(state);
     } else if (data.type === "reset") {
-      state.text = "";
-      showText(state);
+      state.parts = []; // the text and the calls start over
+      showAnswer(state);
       setStatus(`retrying (attempt ${data.attempt})`);
     } else if (data.type) {
       finish(state, data);
@@ -300,7 +387,8 @@ function finish(state, data) {
   state.finished = true;
   state.source?.close();
   typing(state.bubble, false);
-  renderMarkdown(state.text, state.bubble.querySelector(".body"));
+  if (data.type === "done") settleCalls(state.parts, data.calls);
+  drawAnswer(state.parts, state.bubble.querySelector(".body"));
   if (data.type === "error") {
     const note = document.createElement("p");
     note.className = "note";
@@ -379,7 +467,7 @@ async function sendQueued(message, priority) {
 async function sendDirect(message) {
   bubble("user", message);
   const wrap = bubble("assistant", "");
-  const state = { bubble: wrap, text: "", abort: new AbortController() };
+  const state = { bubble: wrap, parts: [], abort: new AbortController() };
   running = state;
   busy(true);
   typing(wrap, true);
@@ -402,8 +490,8 @@ async function sendDirect(message) {
     for (;;) {
       const { value, done } = await reader.read();
       if (done) break;
-      state.text += value;
-      showText(state);
+      addText(state.parts, value);
+      showAnswer(state);
     }
     finish(state, { type: "done" });
   } catch (err) {

@@ -8,6 +8,7 @@ idempotency layer, so the stream function's cold start does not pay for that.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any
@@ -53,7 +54,7 @@ def admit(
         )
     max_tokens = min(request.max_tokens or settings.max_tokens_limit, settings.max_tokens_limit)
     extras = extras or {}
-    wanted = estimate(settings, request, max_tokens, extras.get("input"))
+    wanted = estimate(settings, request, max_tokens, extras.get("input"), extras.get("tools"))
     try:
         reserved = deps.quotas.admit(user.sub, wanted, now)
     except QuotaExceeded:
@@ -85,12 +86,13 @@ def estimate(
     settings: Settings,
     request: ChatRequest,
     max_tokens: int,
-    messages: list[dict[str, str]] | None = None,
+    messages: list[dict[str, Any]] | None = None,
+    tools: str | None = None,
 ) -> int:
     """The most an answer may use, to reserve: its prompt (~4 characters a token; the
-    request's ``messages`` in place of its message when it has them), the history a
-    continued conversation may send with it, and the completion it allows."""
-    said = [m["content"] for m in messages] if messages else [request.message]
-    texts = [*said, *([request.system] if request.system else [])]
+    request's ``messages`` in place of its message when it has them, and its ``tools``),
+    the history a continued conversation may send with it, and the completion it allows."""
+    said = [json.dumps(m) for m in messages] if messages else [request.message]
+    texts = [*said, *([request.system] if request.system else []), *([tools] if tools else [])]
     history = settings.history_token_budget if request.session_id else 0
     return prompt_tokens(texts) + history + max_tokens

@@ -18,9 +18,18 @@ from openai import APIError, OpenAIError
 from llmstream import reservations
 from llmstream.chunklog.writer import ChunkWriter
 from llmstream.deps import Deps
+from llmstream.endings import (
+    CANCELLED,
+    DONE,
+    ERROR,
+    TIMED_OUT,
+    control,
+    end,
+    fail,
+    settle_ended,
+)
 from llmstream.exceptions import (
     ClaimLost,
-    LogDiverged,
     RateLimited,
     RequestUnusable,
     RetryLater,
@@ -29,7 +38,7 @@ from llmstream.exceptions import (
     TaskNotFound,
 )
 from llmstream.limits import estimate_tokens
-from llmstream.llm import Finished, build_messages, open_stream, pieces
+from llmstream.llm import Arguments, CallStarted, Finished, build_messages, open_stream, pieces
 from llmstream.models import EventKind
 from llmstream.observe import Record, Unit
 from llmstream.retry import backoff, describe, transient
@@ -44,14 +53,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# The metrics of an attempt's outcome (observe.py): exactly one per attempt that claimed
-# its task.
-DONE, ERROR, CANCELLED, TIMED_OUT = (
-    "AnswersDone",
-    "AnswersError",
-    "AnswersCancelled",
-    "AnswersTimedOut",
-)
 RETRIED, RATE_LIMITED = "AnswersRetried", "AnswersRateLimited"
 
 
@@ -101,7 +102,7 @@ def run_task(
             # charge). Settled already, this changes nothing.
             used = (last.data.get("usage") or {}).get("total_tokens", task.reserved or 0)
             reservations.settle_quietly(deps, task, int(used))
-            _settle(deps, task_id, task.attempt, last.kind, last.data)
+            settle_ended(deps, task_id, task.attempt, last.kind, last.data)
             return
         next_seq = (last.seq + 1) if last else 1
     writer = ChunkWriter(
@@ -221,7 +222,7 @@ class Attempt:
         stream = open_stream(self.deps.openai, self.task, messages)
         self.writer.start()
         watchdog = Watchdog(
-            check=lambda: _control(self.deps, self.task),
+            check=lambda: control(self.deps, self.task),
             deadline=time.monotonic() + budget,
             interval=self.settings.cancel_check_interval_ms / 1000,
             stop=stream.close,
@@ -255,7 +256,12 @@ class Attempt:
                     return piece
                 if watchdog.reason:
                     break
-                self.writer.add(piece)
+                if isinstance(piece, CallStarted):
+                    self.writer.call(piece.call_id, piece.name)
+                elif isinstance(piece, Arguments):
+                    self.writer.arguments(piece.delta)
+                else:
+                    self.writer.add(piece)
                 if self.first_at is None:
                     self._first_token(asked)
         except Exception:
@@ -285,6 +291,8 @@ class Attempt:
         data: dict[str, Any] = {"type": "done", "usage": usage}
         if finished and finished.finish_reason:
             data["finish_reason"] = finished.finish_reason
+        if self.writer.calls:
+            data["calls"] = self.writer.calls  # whole, for a reader of the last event alone
         self._end("done", data)
         completion = (usage or {}).get("completion_tokens")
         if completion and self.first_at is not None:
@@ -329,75 +337,17 @@ class Attempt:
         self._fail(reason)  # if it is still down: the DLQ
 
     def _end(self, kind: EventKind, data: dict[str, Any]) -> None:
-        _end(self.deps, self.writer, self.task, kind, data, self.metrics, self._settle)
+        end(self.deps, self.writer, self.task, kind, data, self.metrics, self._settle)
 
     def _fail(self, message: str) -> None:
-        _fail(self.deps, self.writer, self.task, message, self._settle)
+        fail(self.deps, self.writer, self.task, message, self._settle)
 
     def _settle(self) -> None:
-        self.spending.settle("".join(self.writer.text))
+        self.spending.settle(self.writer.said)
 
     def _wrap_up(self) -> None:
         """How long the answer took, and the tokens it spent settled and charged."""
         task, metrics = self.task, self.metrics
         if task.started_at and any(metrics.has(m) for m in (DONE, ERROR, CANCELLED, TIMED_OUT)):
             metrics.measure("AnswerDuration", time.time() - task.started_at, Unit.Seconds)
-        self.spending.close("".join(self.writer.text))
-
-
-def _end(
-    deps: Deps,
-    writer: ChunkWriter,
-    task: Task,
-    kind: EventKind,
-    data: dict[str, Any],
-    metrics: Record,
-    settle: Callable[[], None],
-) -> None:
-    """The answer ends done or cancelled: its terminal event, its quota settled, its row."""
-    writer.event(kind, data)
-    metrics.count(DONE if kind == "done" else CANCELLED)
-    settle()
-    if kind == "done":
-        answer = "".join(writer.text)[: deps.settings.answer_max_chars]
-        deps.tasks.finish(
-            task.task_id, task.attempt, "done", usage=data.get("usage"), answer=answer
-        )
-    else:
-        deps.tasks.finish(task.task_id, task.attempt, "cancelled")
-
-
-def _fail(
-    deps: Deps, writer: ChunkWriter, task: Task, message: str, settle: Callable[[], None]
-) -> None:
-    """The answer ends in an error: its terminal event, its quota settled, then its row."""
-    logger.warning("task %s ends in error: %s", task.task_id, message)
-    try:
-        writer.event("error", {"type": "error", "message": message})
-    except ClaimLost:
-        return
-    except LogDiverged:
-        # The log lost events under this attempt and there is no retry left: the error
-        # still has to reach viewers, after whatever the log holds now.
-        writer.resync()
-        writer.event("error", {"type": "error", "message": message})
-    settle()
-    deps.tasks.finish(task.task_id, task.attempt, "error", error=message)
-
-
-def _control(deps: Deps, task: Task) -> str | None:
-    """Why the running answer must stop now, if it must: a cancel, or a newer claim."""
-    cancel_requested, attempt = deps.tasks.control(task.task_id)
-    if attempt != task.attempt:
-        return "claim lost"
-    return "cancelled" if cancel_requested else None
-
-
-def _settle(deps: Deps, task_id: str, attempt: int, kind: str, data: dict[str, Any]) -> None:
-    """The row of a task whose log already ended (an earlier attempt wrote the end)."""
-    if kind == "done":
-        deps.tasks.finish(task_id, attempt, "done", usage=data.get("usage"))
-    elif kind == "error":
-        deps.tasks.finish(task_id, attempt, "error", error=data.get("message"))
-    else:
-        deps.tasks.finish(task_id, attempt, "cancelled")
+        self.spending.close(self.writer.said)

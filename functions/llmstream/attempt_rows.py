@@ -101,6 +101,7 @@ class AttemptWrites:
         usage: dict[str, Any] | None = None,
         error: str | None = None,
         answer: str | None = None,
+        calls: str | None = None,
         now: float | None = None,
     ) -> None:
         fields: dict[str, Any] = {
@@ -113,6 +114,8 @@ class AttemptWrites:
             fields["error"] = error
         if answer is not None:
             fields["answer"] = answer
+        if calls is not None:
+            fields["calls"] = calls  # the function calls the answer made, as JSON
         self._update(task_id, attempt, fields)
 
     def _update(self, task_id: str, attempt: int, fields: dict[str, Any]) -> None:

@@ -7,6 +7,7 @@ another user's task or session id is answered exactly like one that does not exi
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict
 from typing import Any, TypeVar
@@ -146,24 +147,35 @@ def session(deps: Deps, user: Principal, session_id: str) -> SessionHistory:
     deps.sessions.get(user.sub, session_id)  # SessionNotFound if not the caller's
     tasks = deps.tasks.owned_by(user.sub).session(session_id)
     return SessionHistory(
-        session_id=session_id, turns=[_view(SessionTurn, t, usage=_usage(t.usage)) for t in tasks]
+        session_id=session_id,
+        turns=[
+            _view(SessionTurn, t, usage=_usage(t.usage), calls=json.loads(t.calls or "[]"))
+            for t in tasks
+        ],
     )
 
 
 def status(deps: Deps, settings: ApiSettings, user: Principal, task_id: str) -> TaskStatus:
     task = deps.tasks.owned_by(user.sub).get(task_id)
     text: list[str] = []
+    calls: list[dict[str, str]] = []
     last_seq = 0
     for event in deps.log.read_all(task_id):
         last_seq = event.seq
-        if event.kind == "reset":  # a retried attempt starts its text over
+        if event.kind == "reset":  # a retried attempt starts its answer over
             text.clear()
+            calls.clear()
         elif event.kind == "chunk":
             text.append(str(event.data.get("chunk", "")))
+        elif event.kind == "call":
+            calls.append({"id": event.data["id"], "name": event.data["name"], "arguments": ""})
+        elif event.kind == "args" and calls:
+            calls[-1]["arguments"] += str(event.data.get("delta", ""))
     return _view(
         TaskStatus,
         task,
         text="".join(text),
+        calls=calls,
         usage=_usage(task.usage),
         last_seq=last_seq,
         worker_lost=worker_lost(task, deps.settings.worker_heartbeat_seconds, time.time()),

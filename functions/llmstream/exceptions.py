@@ -105,6 +105,19 @@ class QuotaExceeded(LlmStreamError):
         self.retry_after = retry_after
 
 
+class BadRequest(LlmStreamError):
+    """A request that cannot be answered as it is (a tool_choice naming no tool, ...): 400,
+    naming its ``param``."""
+
+    def __init__(
+        self, message: str, param: str | None = None, code: str | None = None, status: int = 400
+    ) -> None:
+        super().__init__(message)
+        self.param = param
+        self.code = code
+        self.status = status  # 404 where the field names something not found
+
+
 class InputTooLarge(LlmStreamError):
     """A request over a size the deployment sets (EMBEDDINGS_MAX_INPUTS, ..._MAX_CHARS): 422."""
 

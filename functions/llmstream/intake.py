@@ -55,7 +55,7 @@ def accept(
         now=now,
         trace_id=observe.trace_id(trace),
         metrics=metrics,
-        extras=extras,
+        extras={**request.task_fields(), **(extras or {})},
     )
     task_id, session_id = task.task_id, task.session_id
     stored = False

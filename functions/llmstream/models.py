@@ -6,16 +6,43 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from llmstream.tool_specs import (
+    ChatJsonSchemaFormat,
+    ChatTool,
+    JsonObjectFormat,
+    Mode,
+    NamedChatChoice,
+    TextFormat,
+    format_for_model,
+    tools_for_model,
+)
 
 # waiting: back on its queue for a while (model overloaded or rate limited), then retried.
 TaskState = Literal["queued", "waiting", "running", "done", "error", "cancelled"]
 FINAL_STATES: frozenset[str] = frozenset({"done", "error", "cancelled"})
 
-EventKind = Literal["chunk", "reset", "done", "error", "cancelled"]
+# chunk: answer text; call: a function call starts (id, name); args: its arguments, more of
+# them; a call ends where the next item starts or the answer ends.
+EventKind = Literal["chunk", "call", "args", "reset", "done", "error", "cancelled"]
 TERMINAL_KINDS: frozenset[str] = frozenset({"done", "error", "cancelled"})
 
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+class ToolResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    call_id: str = Field(min_length=1, max_length=128)
+    output: str = Field(max_length=100_000)
 
 
 class ChatRequest(BaseModel):
@@ -23,7 +50,13 @@ class ChatRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
 
-    message: str = Field(min_length=1, max_length=32_000, description="The user's message")
+    # Before the message: the message is checked knowing them (it may be empty with them).
+    tool_results: list[ToolResult] | None = Field(
+        default=None, max_length=128, description="Outputs of the last answer's calls"
+    )
+    message: str = Field(
+        default="", max_length=32_000, validate_default=True, description="The user's message"
+    )
     session_id: str | None = Field(
         default=None,
         pattern=ID_PATTERN,
@@ -41,13 +74,43 @@ class ChatRequest(BaseModel):
         description="Stop the answer when its last viewer disconnects (default: it goes on, "
         "to be resumed)",
     )
+    # Agents: function tools the model may call (its calls stream as `call` and `args`
+    # events), and the results of the calls the conversation's last answer made.
+    tools: list[ChatTool] | None = Field(default=None, description="Function tools")
+    tool_choice: Mode | NamedChatChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: TextFormat | JsonObjectFormat | ChatJsonSchemaFormat | None = Field(
+        default=None, description="Structured output: the answer as JSON (of a schema)"
+    )
 
     @field_validator("message")
     @classmethod
-    def _not_blank(cls, value: str) -> str:
-        if not value:
-            raise ValueError("message must not be blank")
+    def _not_blank(cls, value: str, info: ValidationInfo) -> str:
+        if not value and not info.data.get("tool_results"):
+            raise ValueError("message must not be blank (unless tool_results are sent)")
         return value
+
+    @model_validator(mode="after")
+    def _results_continue(self) -> ChatRequest:
+        if self.tool_results and not self.session_id:
+            raise ValueError("tool_results continue a conversation: send its session_id")
+        return self
+
+    def task_fields(self) -> dict[str, Any]:
+        """The Task fields beyond its message: the conversation it sends when it carries
+        tool results, and its tools and answer format (tool_specs.py)."""
+        fields = {
+            **tools_for_model(self.tools, self.tool_choice, self.parallel_tool_calls),
+            **format_for_model(self.response_format),
+        }
+        if self.tool_results:
+            said = [{"role": "user", "content": self.message}] if self.message else []
+            results = [
+                {"role": "tool", "tool_call_id": r.call_id, "content": r.output}
+                for r in self.tool_results
+            ]
+            fields["input"] = [*results, *said]
+        return fields
 
 
 class ChatAccepted(BaseModel):
@@ -75,6 +138,9 @@ class TaskStatus(BaseModel):
     status: TaskState
     model: str
     text: str = Field(description="Answer text so far (all chunks of the latest attempt)")
+    calls: list[dict[str, str]] = Field(
+        default_factory=list, description="Function calls so far: id, name, arguments"
+    )
     usage: Usage | None = None
     error: str | None = None
     attempt: int = 0
@@ -97,6 +163,9 @@ class SessionTurn(BaseModel):
     status: TaskState
     message: str
     answer: str | None = Field(None, description="The answer, once done")
+    calls: list[dict[str, str]] = Field(
+        default_factory=list, description="The function calls the answer made, once done"
+    )
     usage: Usage | None = None
     created_at: float
     finished_at: float | None = None

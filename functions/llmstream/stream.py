@@ -21,7 +21,7 @@ from starlette.background import BackgroundTask
 from llmstream import observe, v1, web
 from llmstream.admission import admit
 from llmstream.auth import Principal
-from llmstream.exceptions import TaskNotFound, TokenMissing
+from llmstream.exceptions import BadRequest, TaskNotFound, TokenMissing
 from llmstream.models import ID_PATTERN, ChatRequest, ErrorBody, Health
 from llmstream.settings import choose_model, get_settings
 from llmstream.streaming import live_events, ping, take_lease
@@ -168,6 +168,8 @@ async def direct(body: ChatRequest, user: CurrentUser, deps: DepsDep) -> Streami
     # that a refusal for too many (429) spends nothing of the request quota; then the
     # request quota (429), as POST /chat.
     choose_model(settings, body.model)
+    if body.task_fields():
+        raise BadRequest("direct mode streams text: send tools and their results to POST /chat")
     held = await take_lease(deps, user.sub, observe.Record("stream", mode="direct"))
     try:
         task = await anyio.to_thread.run_sync(

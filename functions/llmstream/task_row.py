@@ -60,7 +60,7 @@ class Task:
     reserved: int | None = None  # owner's day tokens held until settled (reservations.py)
     # A request in OpenAI's shape (v1/): the conversation it sends (role and text of each
     # message) in place of ``message``, which then holds its last user text (the title).
-    input: list[dict[str, str]] | None = None
+    input: list[dict[str, Any]] | None = None
     top_p: float | None = None
     # Its metadata as JSON text: a map of the caller's own keys is no DynamoDB map.
     metadata: str | None = None
@@ -69,6 +69,13 @@ class Task:
     previous_response_id: str | None = None  # the Responses turn it continues
     # store: false (Responses): the row and its log are deleted once the answer is served.
     store: bool = True
+    # Function tools and structured output as the model takes them (Chat Completions'
+    # shapes), JSON text; and the calls the answer made ({"id", "name", "arguments"}).
+    tools: str | None = None
+    tool_choice: str | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: str | None = None
+    calls: str | None = None
 
     def to_item(self, expires_at: int) -> dict[str, Any]:
         raw = {k: v for k, v in self.__dict__.items() if v is not None}

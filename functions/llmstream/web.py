@@ -20,6 +20,7 @@ from llmstream.deps import Deps, get_deps
 from llmstream.exceptions import (
     ApiKeyNotFound,
     AuthUnavailable,
+    BadRequest,
     Forbidden,
     IdempotencyConflict,
     InputTooLarge,
@@ -84,6 +85,7 @@ AdminUser = Annotated[Principal, Depends(admin_user)]
 DepsDep = Annotated[Deps, Depends(get_deps)]
 
 _STATUS: dict[type[LlmStreamError], int] = {
+    BadRequest: 400,
     TaskNotFound: 404,
     SessionNotFound: 404,
     ApiKeyNotFound: 404,
@@ -111,7 +113,7 @@ ERROR_SHAPES: dict[str, ErrorShape] = {}
 
 async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
     status = next((code for cls, code in _STATUS.items() if isinstance(exc, cls)), 500)
-    if isinstance(exc, IdempotencyConflict):
+    if isinstance(exc, IdempotencyConflict | BadRequest):
         status = exc.status
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
     if isinstance(exc, QuotaExceeded):

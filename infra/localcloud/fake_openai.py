@@ -11,9 +11,32 @@ per request by a directive in the last user message, e.g. ``[[fake tokens=200 tp
 makes the first request of a conversation wait that long before it answers at all, as a
 model endpoint that hangs once). An embeddings input with ``status=...`` fails its batch.
 
+Tools and structured output behave as on the real API (details in ``fake_tools.py``; what
+it refuses with OpenAI's 400s, in ``fake_validation.py``). A request may carry ``tools``,
+``tool_choice``, ``parallel_tool_calls`` and ``response_format``, its messages assistant
+``tool_calls`` and ``role: "tool"`` results. The model calls tools only when the last
+message is the user's and ``tool_choice`` is not "none": the forced function, the first
+tool when "required", and with "auto" only when the last user message says
+``[[fake calls=N]]`` (the first N tools in order, cycling; with a forced function or
+"required", N calls of them; one at most when ``parallel_tool_calls`` is false).
+``expected_calls``
+computes them: ids ``call_`` + 24 hex digits from the conversation and the call's index,
+arguments the compact JSON that fills the required properties of the function's schema.
+Streamed as OpenAI streams them: ``{"role": "assistant", "content": null}``, then each
+call's header (index, id, type, name, empty arguments) and its arguments in pieces of 4
+characters paced like tokens, then finish_reason "tool_calls"; whole, a message with
+``content`` null and ``tool_calls``. After tool results the text answer opens with each
+one (``Based on get_weather: {"temp": 21}.``). The answer to a ``response_format``
+json_schema is the JSON document that fills its schema, to json_object
+``{"answer": ...}``, streamed as text in pieces of 4 characters.
+
 Usage is counted as the real API roughly counts it: about 4 characters a token, at least
-one per message or input (``text_tokens``), plus 3 per chat message for its framing; so a
-quota test sees what a real model would charge.
+one per message or input (``text_tokens``), plus 3 per chat message for its framing, and
+the tools' JSON and the assistant messages' tool calls (``prompt_tokens``); so a quota
+test sees what a real model would charge. A call's arguments count a token a piece.
+
+``/fake/conversations`` lists the message lists the model received, ``/fake/requests``
+the whole request bodies (tools, tool_choice, response_format...), oldest first.
 """
 
 from __future__ import annotations
@@ -33,6 +56,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from localcloud import fake_tools, fake_validation
+
 _VOCABULARY = """
 the stream arrives in small pieces while the worker writes each chunk to the log and
 every viewer reads it back in order a queue holds the request until a function picks it
@@ -51,6 +76,7 @@ class Behaviour:
     ttft_ms: float = 200.0  # time to first token
     status: int = 200  # answer every request with this HTTP error instead (e.g. 500, 429)
     hang_ms: float = 0.0  # the first request of a conversation: no answer for this long
+    calls: int = 0  # tool calls the model makes with tool_choice "auto" (see expected_calls)
 
 
 def parse_directive(text: str, base: Behaviour) -> Behaviour:
@@ -65,32 +91,51 @@ def parse_directive(text: str, base: Behaviour) -> Behaviour:
         ttft_ms=float(fields.get("ttft_ms", base.ttft_ms)),
         status=int(fields.get("status", base.status)),
         hang_ms=float(fields.get("hang_ms", base.hang_ms)),
+        calls=int(fields.get("calls", base.calls)),
     )
 
 
 def _last_user(messages: list[dict[str, Any]]) -> str:
     for message in reversed(messages):
         if message.get("role") == "user":
-            content = message.get("content")
-            if isinstance(content, list):  # content parts
-                return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
-            return str(content or "")
+            return fake_tools.content_text(message.get("content"))
     return ""
+
+
+def _opener(messages: list[dict[str, Any]], last: str) -> tuple[list[str], bool]:
+    """The answer's first tokens, what it answers: the tool results (True), else the prompt."""
+    results = fake_tools.tool_results(messages)
+    if results:
+        tokens: list[str] = []
+        for name, content in results:
+            tokens += [" based" if tokens else "Based", " on", f" {name}:", f" {content}", ";"]
+        return [*tokens[:-1], "."], True
+    echo = " ".join(_DIRECTIVE.sub("", last).split()[:6])
+    return (["You", " asked", ":", f' "{echo}"', "."] if echo else ["Hello", "."]), False
 
 
 def answer_tokens(
     messages: list[dict[str, Any]],
     max_tokens: int | None = None,
     behaviour: Behaviour | None = None,
+    response_format: dict[str, Any] | None = None,
 ) -> tuple[list[str], str]:
-    """The answer as a list of tokens, and the finish reason ("stop" or "length")."""
+    """The answer as a list of tokens, and the finish reason ("stop" or "length").
+
+    After tool results it opens with each of them, however few tokens the behaviour asks
+    for; to a JSON ``response_format`` it is the JSON document in pieces of 4 characters."""
     last = _last_user(messages)
     behaviour = parse_directive(last, behaviour or Behaviour())
+    opener, on_results = _opener(messages, last)
+    structured = fake_tools.structured_text(response_format, "".join(opener))
+    if structured is not None:
+        tokens = fake_tools.pieces(structured)
+        if max_tokens is not None and max_tokens < len(tokens):
+            return tokens[:max_tokens], "length"
+        return tokens, "stop"
     seed = hashlib.sha256(json.dumps(messages, sort_keys=True).encode()).digest()
     rng = random.Random(seed)
-    prompt_words = _DIRECTIVE.sub("", last).split()[:6]
-    echo = " ".join(prompt_words)
-    tokens = ["You", " asked", ":", f' "{echo}"', "."] if echo else ["Hello", "."]
+    tokens = list(opener)
     since_period = 0
     while len(tokens) < behaviour.tokens:
         word = rng.choice(_WORDS)
@@ -99,7 +144,7 @@ def answer_tokens(
         if since_period >= rng.randint(6, 12) and len(tokens) < behaviour.tokens - 1:
             tokens.append(".")
             since_period = 0
-    tokens = tokens[: behaviour.tokens]
+    tokens = tokens[: max(behaviour.tokens, len(opener) if on_results else 0)]
     if max_tokens is not None and max_tokens < len(tokens):
         return tokens[:max_tokens], "length"
     return tokens, "stop"
@@ -114,8 +159,24 @@ def expected_answer(
     messages: list[dict[str, Any]],
     max_tokens: int | None = None,
     behaviour: Behaviour | None = None,
+    response_format: dict[str, Any] | None = None,
 ) -> str:
-    return "".join(answer_tokens(messages, max_tokens, behaviour)[0])
+    return "".join(answer_tokens(messages, max_tokens, behaviour, response_format)[0])
+
+
+def expected_calls(
+    messages: list[dict[str, Any]],
+    tools: list[dict[str, Any]] | None,
+    tool_choice: Any = "auto",
+    parallel: bool = True,
+    behaviour: Behaviour | None = None,
+) -> list[dict[str, str]]:
+    """The tool calls the model makes to a request, each ``{"id", "name", "arguments"}``
+    (arguments whole, as JSON text); empty when it answers in text."""
+    behaviour = parse_directive(_last_user(messages), behaviour or Behaviour())
+    return fake_tools.plan_calls(
+        messages, tools, "auto" if tool_choice is None else tool_choice, parallel, behaviour.calls
+    )
 
 
 EMBEDDING_DIMENSIONS = 16
@@ -139,8 +200,14 @@ def text_tokens(text: str) -> int:
 MESSAGE_OVERHEAD_TOKENS = 3  # each chat message's role and framing, as OpenAI counts them
 
 
-def _count(messages: list[dict[str, Any]]) -> int:
-    return sum(text_tokens(str(m.get("content") or "")) + MESSAGE_OVERHEAD_TOKENS for m in messages)
+def prompt_tokens(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> int:
+    """A chat request's prompt tokens: its messages' text and tool calls, and its tools."""
+    calls = [m["tool_calls"] for m in messages if m.get("tool_calls")]
+    return (
+        sum(text_tokens(str(m.get("content") or "")) + MESSAGE_OVERHEAD_TOKENS for m in messages)
+        + sum(text_tokens(json.dumps(c)) for c in calls)
+        + (text_tokens(json.dumps(tools)) if tools else 0)
+    )
 
 
 def _error(
@@ -148,12 +215,13 @@ def _error(
     status: int,
     *,
     kind: str = "invalid_request_error",
+    param: str | None = None,
     code: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     """An error body as the OpenAI API sends it."""
     return JSONResponse(
-        {"error": {"message": message, "type": kind, "code": code}},
+        {"error": {"message": message, "type": kind, "param": param, "code": code}},
         status_code=status,
         headers=headers,
     )
@@ -168,6 +236,7 @@ def create_app(behaviour: Behaviour | None = None) -> FastAPI:
     # The conversations the model was sent (newest last, bounded): tests check what reached
     # the model, e.g. that one user's history never goes out with another user's request.
     app.state.conversations = collections.deque(maxlen=2000)
+    app.state.bodies = collections.deque(maxlen=2000)  # the whole requests, likewise
     app.state.hung = set()  # the conversations that have had their hang
 
     def _auth_error(request: Request) -> JSONResponse | None:
@@ -203,6 +272,11 @@ def create_app(behaviour: Behaviour | None = None) -> FastAPI:
     async def conversations() -> dict[str, Any]:
         """The message lists of the chat requests received, oldest first."""
         return {"conversations": list(app.state.conversations)}
+
+    @app.get("/fake/requests")
+    async def requests() -> dict[str, Any]:
+        """The whole bodies of the chat requests received (tools, response_format...)."""
+        return {"requests": list(app.state.bodies)}
 
     @app.get("/fake/emissions/{key}")
     async def emissions(key: str) -> Any:
@@ -252,8 +326,11 @@ def create_app(behaviour: Behaviour | None = None) -> FastAPI:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages or "model" not in body:
             return _error("'messages' and 'model' are required", 400)
+        if (problem := fake_validation.validate(body)) is not None:
+            return _error(problem.message, 400, param=problem.param, code=problem.code)
         app.state.requests += 1
         app.state.conversations.append(messages)
+        app.state.bodies.append(body)
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
         behave = parse_directive(_last_user(messages), base)
         if behave.hang_ms and (key := request_key(messages)) not in app.state.hung:
@@ -266,29 +343,41 @@ def create_app(behaviour: Behaviour | None = None) -> FastAPI:
                 kind="server_error",
                 headers={"retry-after-ms": "10"},
             )
-        tokens, finish = answer_tokens(messages, max_tokens, base)
+        tools = body.get("tools")
+        parallel = body.get("parallel_tool_calls") is not False
+        calls = expected_calls(messages, tools, body.get("tool_choice"), parallel, base)
+        # What streams after the role: each delta, and whether it is paced as a token.
+        deltas: list[tuple[dict[str, Any], bool]]
+        message: dict[str, Any]
+        if calls:
+            plan, finish = fake_tools.call_plan(calls, max_tokens)
+            deltas = fake_tools.call_deltas(plan)
+            role: dict[str, Any] = {"role": "assistant", "content": None}
+            message = {**role, "tool_calls": fake_tools.tool_calls_message(plan)}
+        else:
+            tokens, finish = answer_tokens(messages, max_tokens, base, body.get("response_format"))
+            deltas = [({"content": token}, True) for token in tokens]
+            role = {"role": "assistant", "content": ""}
+            message = {"role": "assistant", "content": "".join(tokens)}
+        paced = sum(1 for _, is_token in deltas if is_token)
+        prompt = prompt_tokens(messages, tools)
         usage = {
-            "prompt_tokens": _count(messages),
-            "completion_tokens": len(tokens),
-            "total_tokens": _count(messages) + len(tokens),
+            "prompt_tokens": prompt,
+            "completion_tokens": paced,
+            "total_tokens": prompt + paced,
         }
         cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
         model = body["model"]
         if not body.get("stream"):
-            await asyncio.sleep(behave.ttft_ms / 1000 + len(tokens) / max(behave.tps, 1e-6))
+            await asyncio.sleep(behave.ttft_ms / 1000 + paced / max(behave.tps, 1e-6))
             return {
                 "id": cid,
                 "object": "chat.completion",
                 "created": created,
                 "model": model,
                 "choices": [
-                    {
-                        "index": 0,
-                        "finish_reason": finish,
-                        "logprobs": None,
-                        "message": {"role": "assistant", "content": "".join(tokens)},
-                    }
+                    {"index": 0, "finish_reason": finish, "logprobs": None, "message": message}
                 ],
                 "usage": usage,
             }
@@ -316,14 +405,18 @@ def create_app(behaviour: Behaviour | None = None) -> FastAPI:
         async def events() -> AsyncIterator[str]:
             start = time.monotonic()
             await asyncio.sleep(behave.ttft_ms / 1000)
-            yield chunk({"role": "assistant", "content": ""})
-            for i, token in enumerate(tokens):
-                # Paced against the start, so the rate holds however slow the reader is.
-                due = start + behave.ttft_ms / 1000 + i / max(behave.tps, 1e-6)
-                if (delay := due - time.monotonic()) > 0:
-                    await asyncio.sleep(delay)
-                yield chunk({"content": token})
-                emitted.append(time.time())
+            yield chunk(role)
+            i = 0
+            for delta, is_token in deltas:
+                if is_token:
+                    # Paced against the start, so the rate holds however slow the reader is.
+                    due = start + behave.ttft_ms / 1000 + i / max(behave.tps, 1e-6)
+                    if (delay := due - time.monotonic()) > 0:
+                        await asyncio.sleep(delay)
+                    i += 1
+                yield chunk(delta)
+                if is_token:
+                    emitted.append(time.time())
             yield chunk({}, finish)
             if include_usage:
                 payload = {

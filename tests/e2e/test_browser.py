@@ -3,6 +3,7 @@ signed in through the page's own form against the local user pool."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import time
@@ -12,6 +13,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, Request, Route, expect, sync_playwright
 
+from localcloud import fake_tools
 from localcloud.fake_openai import Behaviour, expected_answer
 from localcloud.up import Stack
 from localcloud.users import LocalUser
@@ -155,6 +157,116 @@ def test_reload_mid_answer_resumes(page: Page) -> None:
     expect(bubble).to_have_class("msg assistant done", timeout=ANSWER_MS)
     assert bubble.locator(".body").inner_text().strip() == answer(message, 120)
     expect(page.locator(".msg.user .body").last).to_have_text(message)
+
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "The weather in a city",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "city": {"type": "string"},
+                    "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+                },
+                "required": ["city", "unit"],
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "get_time",
+            "description": "The time in a time zone",
+            "parameters": {
+                "type": "object",
+                "properties": {"timezone": {"type": "string"}},
+                "required": ["timezone"],
+            },
+        },
+    },
+]
+
+
+def with_tools(route: Route) -> None:
+    """The page's POST /chat, with function tools added (the page sends none: API clients
+    do)."""
+    if route.request.method != "POST":
+        route.continue_()
+        return
+    body = json.loads(route.request.post_data or "{}")
+    route.continue_(post_data=json.dumps({**body, "tools": TOOLS}))
+
+
+# Every state of the call blocks the page draws: [[name, shown arguments], ...] each time
+# they change.
+RECORD_CALLS = """() => {
+  window.drawnCalls = [];
+  const record = () => {
+    const calls = [...document.querySelectorAll("#log details.call")].map(
+      (d) => [d.querySelector(".name").textContent, d.querySelector("code").textContent]);
+    if (JSON.stringify(calls) !== JSON.stringify(window.drawnCalls.at(-1) ?? []))
+      window.drawnCalls.push(calls);
+  };
+  new MutationObserver(record).observe(
+    document.getElementById("log"), { subtree: true, childList: true, characterData: true });
+}"""
+
+
+def test_function_calls_show_as_collapsed_blocks(page: Page, local_stack: Stack) -> None:
+    page.route(f"{local_stack.urls['api']}/chat", with_tools)
+    page.evaluate(RECORD_CALLS)
+    send(page, "weather and time, please [[fake calls=2 tps=10]]")
+    bubble = page.locator(".msg.assistant").last
+    expect(bubble).to_have_class("msg assistant done", timeout=ANSWER_MS)
+    expected = [
+        (t["function"]["name"], json.loads(fake_tools.arguments(t["function"]))) for t in TOOLS
+    ]
+    # While they streamed, the first block came alone and its arguments grew (raw text
+    # until they parse), then the second followed it
+    drawn = page.evaluate("window.drawnCalls")
+    whole = fake_tools.arguments(TOOLS[0]["function"])
+    assert any(
+        len(d) == 1
+        and d[0][0] == "get_weather"
+        and 0 < len(d[0][1]) < len(whole)
+        and whole.startswith(d[0][1])
+        for d in drawn
+    ), drawn
+    assert [name for name, _ in drawn[-1]] == ["get_weather", "get_time"]
+
+    def shows_the_calls() -> None:
+        # Two blocks in the answer, in order, collapsed: the name, then the arguments parsed
+        # and pretty-printed; an answer of calls alone has no text, and no error
+        calls = bubble.locator(".body details.call")
+        expect(calls).to_have_count(2, timeout=10_000)
+        expect(calls.locator("summary")).to_have_text([f"⚙ {name}" for name, _ in expected])
+        for i, (_, arguments) in enumerate(expected):
+            block = calls.nth(i)
+            assert block.evaluate("(d) => d.open") is False
+            expect(block.locator("pre")).to_be_hidden()
+            block.locator("summary").click()
+            expect(block.locator("pre")).to_be_visible()
+            shown = block.locator("pre").inner_text()
+            assert json.loads(shown) == arguments
+            assert shown == json.dumps(arguments, indent=2)
+        expect(bubble.locator(".body > :not(details)")).to_have_count(0)
+        expect(bubble.locator(".note")).to_have_count(0)
+
+    shows_the_calls()
+    shot(page, "chat-desktop-function-calls")
+    from axe_playwright_python.sync_playwright import Axe
+
+    results = Axe().run(page, options={"runOnly": {"type": "tag", "values": ["wcag2a", "wcag2aa"]}})
+    assert results.response["violations"] == [], results.generate_report()
+    # The conversation again after a reload: the session's turn has no text, and the page
+    # shows its calls from GET /chat/{task_id}
+    page.reload()
+    bubble = page.locator(".msg.assistant").last
+    expect(bubble).to_have_class("msg assistant done")
+    shows_the_calls()
 
 
 # The signed stream URL the page keeps to resume after a reload, spoiled: its token no

@@ -76,6 +76,24 @@ def test_append_then_read_in_order(log: ChunkLog) -> None:
     assert events[-1].terminal and events[-1].data["usage"] == {"total_tokens": 3}
 
 
+def test_function_calls_are_stored_and_read_back_like_text(log: ChunkLog) -> None:
+    t = task()
+    written = [
+        ("chunk", {"chunk": "Let me look."}),
+        ("call", {"type": "call", "id": "call_1", "name": "get_weather"}),
+        ("args", {"type": "args", "delta": '{"city": "Oslo"}'}),
+        ("reset", {"type": "reset", "attempt": 2}),
+        ("call", {"type": "call", "id": "call_1", "name": "get_weather"}),
+        ("done", {"type": "done", "finish_reason": "tool_calls"}),
+    ]
+    for seq, (kind, data) in enumerate(written, start=1):
+        log.append(t, seq, kind, data)  # type: ignore[arg-type]
+    assert [(e.kind, e.data) for e in log.read(t, 0, 10)] == written
+    assert [(e.kind, e.data) for e in log.read(t, 2, 2)] == written[2:4]
+    last = log.last(t)
+    assert last is not None and last.kind == "done"
+
+
 def test_read_after_and_limit(log: ChunkLog) -> None:
     t = task()
     for seq in range(1, 8):

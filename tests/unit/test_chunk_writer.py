@@ -197,3 +197,57 @@ def test_a_writer_that_lost_its_claim_stops_at_the_conflict() -> None:
     clock.now = 1.0
     with pytest.raises(SeqConflict):
         w.add("b")
+
+
+def test_calls_and_their_arguments_are_written_in_order_with_held_text_first() -> None:
+    # GIVEN a writer holding text
+    log, clock = MemoryLog(), Clock()
+    w = writer(log, clock)
+    w.add("Let me ")
+    w.add("look.")  # held: same instant as the first write
+    # WHEN the model starts two calls, their arguments coming in pieces
+    w.call("c1", "get_weather")
+    for piece in ('{"city"', ':"Oslo"', "}"):
+        w.arguments(piece)
+    w.call("c2", "get_time")
+    w.arguments("{}")
+    w.event("done", {"type": "done"})
+    # THEN the text, each call, then its arguments (the first piece at once, the rest held),
+    # in seq order; and the writer knows its calls whole
+    events = log.read_all("t")
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert [(e.kind, e.data) for e in events] == [
+        ("chunk", {"chunk": "Let me "}),
+        ("chunk", {"chunk": "look."}),
+        ("call", {"type": "call", "id": "c1", "name": "get_weather"}),
+        ("args", {"type": "args", "delta": '{"city":"Oslo"}'}),
+        ("call", {"type": "call", "id": "c2", "name": "get_time"}),
+        ("args", {"type": "args", "delta": "{}"}),
+        ("done", {"type": "done"}),
+    ]
+    assert w.calls == [
+        {"id": "c1", "name": "get_weather", "arguments": '{"city":"Oslo"}'},
+        {"id": "c2", "name": "get_time", "arguments": "{}"},
+    ]
+    assert w.said == 'Let me look.get_weather{"city":"Oslo"}get_time{}'
+
+
+def test_a_zombie_at_our_seq_is_overwritten_with_our_calls_too() -> None:
+    log, clock = MemoryLog(), Clock()
+    w = writer(log, clock, next_seq=1, attempt=2, still_mine=lambda: True)
+    w.call("c1", "f")
+    w.arguments('{"a":1}')
+    log.append("t", 3, "chunk", {"chunk": "zombie "})
+    clock.now = 1.0
+    w.arguments("")  # nothing new: nothing written
+    w.call("c2", "g")
+    w.event("done", {"type": "done"})
+    events = log.read_all("t")
+    last_reset = max(i for i, e in enumerate(events) if e.kind == "reset")
+    after = [(e.kind, e.data) for e in events[last_reset + 1 :]]
+    assert after == [
+        ("call", {"type": "call", "id": "c1", "name": "f"}),
+        ("args", {"type": "args", "delta": '{"a":1}'}),
+        ("call", {"type": "call", "id": "c2", "name": "g"}),
+        ("done", {"type": "done"}),
+    ]

@@ -144,3 +144,39 @@ def test_the_write_interval_follows_the_backend_unless_set(
 ) -> None:
     s = Settings.model_construct(chunklog_backend=backend, chunk_flush_interval_ms=setting)
     assert s.flush_interval_seconds == pytest.approx(seconds)
+
+
+@pytest.mark.usefixtures("settings_env")
+def test_a_request_reserves_its_tools_and_tool_results_too() -> None:
+    from llmstream.admission import estimate
+
+    settings = Settings()  # type: ignore[call-arg]
+    plain = ChatRequest(message="hi", session_id="s1")
+    base = estimate(settings, plain, 100)
+    tools = ChatRequest.model_validate(
+        {
+            "message": "hi",
+            "session_id": "s1",
+            "tools": [{"type": "function", "function": {"name": "f", "description": "x" * 4000}}],
+            "tool_results": [{"call_id": "c1", "output": "y" * 8000}],
+        }
+    )
+    fields = tools.task_fields()
+    with_tools = estimate(settings, tools, 100, fields["input"], fields["tools"])
+    # ~4 characters a token: the tool's description and the result are reserved as prompt
+    assert with_tools - base >= (4000 + 8000) // 4
+
+
+def test_tool_results_continue_a_conversation_and_may_stand_for_the_message() -> None:
+    body = {"tool_results": [{"call_id": "c1", "output": "42"}]}
+    with pytest.raises(ValidationError):
+        ChatRequest.model_validate(body)  # no conversation to continue
+    req = ChatRequest.model_validate({**body, "session_id": "s1"})
+    assert req.message == ""
+    assert req.task_fields()["input"] == [{"role": "tool", "tool_call_id": "c1", "content": "42"}]
+    # a forced choice with no tools to choose from is a 400 naming tool_choice
+    from llmstream.exceptions import BadRequest
+
+    with pytest.raises(BadRequest) as err:
+        ChatRequest.model_validate({"message": "hi", "tool_choice": "required"}).task_fields()
+    assert err.value.param == "tool_choice"

@@ -17,12 +17,20 @@ from llmstream.v1.responses import ResponseEvents, response_object
 USAGE = {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}
 
 
-def log(*entries: tuple[str, str] | str) -> list[Event]:
-    """Events from ("chunk", text) pairs and bare kinds ("reset", "done", ...)."""
+def log(*entries: tuple[str, ...] | str) -> list[Event]:
+    """Events from ("c", text), ("call", id, name) and ("a", arguments) entries, and bare
+    kinds ("reset", "done", "calls_done", ...)."""
     events = []
     for seq, entry in enumerate(entries, start=1):
-        if isinstance(entry, tuple):
+        if isinstance(entry, tuple) and entry[0] == "call":
+            events.append(Event(seq, "call", {"type": "call", "id": entry[1], "name": entry[2]}))
+        elif isinstance(entry, tuple) and entry[0] == "a":
+            events.append(Event(seq, "args", {"type": "args", "delta": entry[1]}))
+        elif isinstance(entry, tuple):
             events.append(Event(seq, "chunk", {"chunk": entry[1]}))
+        elif entry == "calls_done":
+            data = {"type": "done", "usage": USAGE, "finish_reason": "tool_calls"}
+            events.append(Event(seq, "done", data))
         elif entry == "done":
             events.append(
                 Event(seq, "done", {"type": "done", "usage": USAGE, "finish_reason": "stop"})
@@ -43,7 +51,37 @@ def fold(events: list[Event]) -> tuple[Replay, list[Any]]:
 SAME_AGAIN = log(("c", "Hello "), ("c", "wor"), "reset", ("c", "Hel"), ("c", "lo world"), "done")
 SOMETHING_ELSE = log(("c", "Hello "), ("c", "wor"), "reset", ("c", "Hi there"), "done")
 SHORTER = log(("c", "Hello world"), "reset", ("c", "Hello"), "done")
+TWO_CALLS = log(
+    ("call", "c1", "get_weather"),
+    ("a", '{"city":'),
+    ("a", '"Oslo"}'),
+    ("call", "c2", "get_time"),
+    ("a", "{}"),
+    "calls_done",
+)
+CALL_RETOLD = log(
+    ("call", "c1", "get_weather"),
+    ("a", '{"ci'),
+    "reset",
+    ("call", "c1", "get_weather"),
+    ("a", '{"city":"Oslo"}'),
+    ("call", "c2", "get_time"),
+    ("a", "{}"),
+    "calls_done",
+)
+CALL_CHANGED = log(
+    ("call", "c1", "get_weather"),
+    ("a", '{"ci'),
+    "reset",
+    ("call", "c9", "get_weather"),
+    ("a", '{"city":"Oslo"}'),
+    "calls_done",
+)
 LOGS = [
+    TWO_CALLS,
+    CALL_RETOLD,
+    CALL_CHANGED,
+    log(("c", "Let me look."), ("call", "c1", "f"), ("a", "{}"), "reset", ("c", "Let me"), "done"),
     SAME_AGAIN,
     SOMETHING_ELSE,
     SHORTER,
@@ -109,11 +147,19 @@ def test_response_events_are_numbered_from_0_and_resume_after_any_number(
     for n in range(-1, len(every)):
         assert _events(task, events, n) == every[n + 1 :]
     # What the deltas showed is what the stored response holds.
-    shown = "".join(e["delta"] for e in every if e["type"] == "response.output_text.delta")
     replay, _ = fold(events)
     stored = response_object(task, replay)
-    texts = [p["text"] for item in stored["output"] for p in item["content"]]
-    assert shown == "".join(texts)
+    for delta, kind in (
+        ("response.output_text.delta", "message"),
+        ("response.function_call_arguments.delta", "function_call"),
+    ):
+        shown = "".join(e["delta"] for e in every if e["type"] == delta)
+        items = [item for item in stored["output"] if item["type"] == kind]
+        if kind == "message":
+            held = "".join(p["text"] for item in items for p in item["content"])
+        else:
+            held = "".join(item["arguments"] for item in items)
+        assert shown == held
     assert every[-1]["response"] == stored
 
 
@@ -153,3 +199,56 @@ def test_a_chat_completion_stream_cannot_take_text_back_so_a_changed_retry_is_an
     replay, _ = fold(SOMETHING_ELSE)
     whole = completion_object(Task("t" * 32, "s", "done", "m", "hi"), replay)
     assert whole is not None and whole["choices"][0]["message"]["content"] == "Hi there"
+
+
+def test_calls_are_items_with_their_arguments_whole_and_once_across_a_retold_restart() -> None:
+    for events in (TWO_CALLS, CALL_RETOLD):
+        replay, _ = fold(events)
+        assert [(i.kind, i.call_id, i.name, i.text, i.status) for i in replay.items] == [
+            ("function_call", "c1", "get_weather", '{"city":"Oslo"}', "completed"),
+            ("function_call", "c2", "get_time", "{}", "completed"),
+        ]
+        shown = _events(Task("t" * 32, "s", "running", "m", "hi"), events)
+        deltas = [
+            e["delta"] for e in shown if e["type"] == "response.function_call_arguments.delta"
+        ]
+        assert "".join(deltas) == '{"city":"Oslo"}{}'
+        added = [e["item"] for e in shown if e["type"] == "response.output_item.added"]
+        assert [(a["type"], a["call_id"], a["arguments"]) for a in added] == [
+            ("function_call", "c1", ""),
+            ("function_call", "c2", ""),
+        ]
+
+
+def test_a_retry_that_calls_otherwise_keeps_the_shown_call_incomplete() -> None:
+    replay, _ = fold(CALL_CHANGED)
+    assert [(i.call_id, i.text, i.status) for i in replay.items] == [
+        ("c1", '{"ci', "incomplete"),
+        ("c9", '{"city":"Oslo"}', "completed"),
+    ]
+
+
+def test_chat_completion_chunks_stream_tool_calls_as_the_sdk_accumulates_them() -> None:
+    chunks = _chunks(TWO_CALLS)
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": None}
+    calls: dict[int, dict[str, str]] = {}
+    for c in chunks[:-1]:
+        for choice in c["choices"]:
+            for call in choice["delta"].get("tool_calls") or []:
+                got = calls.setdefault(call["index"], {"id": "", "name": "", "arguments": ""})
+                got["id"] += call.get("id") or ""
+                got["name"] += (call.get("function") or {}).get("name") or ""
+                got["arguments"] += (call.get("function") or {}).get("arguments") or ""
+    assert calls == {
+        0: {"id": "c1", "name": "get_weather", "arguments": '{"city":"Oslo"}'},
+        1: {"id": "c2", "name": "get_time", "arguments": "{}"},
+    }
+    assert chunks[-3]["choices"][0]["finish_reason"] == "tool_calls"
+    ended = _events(Task("t" * 32, "s", "running", "m", "hi"), TWO_CALLS)[-1]
+    assert (ended["type"], ended["response"]["status"]) == ("response.completed", "completed")
+    replay, _ = fold(TWO_CALLS)
+    whole = completion_object(Task("t" * 32, "s", "done", "m", "hi"), replay)
+    assert whole is not None
+    message = whole["choices"][0]["message"]
+    assert message["content"] is None
+    assert [c["function"]["arguments"] for c in message["tool_calls"]] == ['{"city":"Oslo"}', "{}"]

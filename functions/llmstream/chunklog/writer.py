@@ -52,7 +52,8 @@ class ChunkWriter:
         self._log = log
         self._attempt = attempt
         self._still_mine = still_mine
-        self._written: list[str] = []  # text this attempt has in the log
+        # the events of this attempt's answer in the log (text, calls, arguments)
+        self._written: list[tuple[EventKind, dict[str, Any]]] = []
         self._task_id = task_id
         self._seq = next_seq - 1
         self._interval = interval
@@ -60,6 +61,7 @@ class ChunkWriter:
         self._clock = clock
         self._buffer: list[str] = []
         self._buffered = 0
+        self._buffer_kind: EventKind = "chunk"  # what the held text is: answer or arguments
         self._last_write: float | None = None
         self._lock = threading.Condition(threading.RLock())
         self._closed = False
@@ -67,6 +69,8 @@ class ChunkWriter:
         self._thread: threading.Thread | None = None
         self.chunks_written = 0
         self.text: list[str] = []  # this attempt's answer, for the session history
+        # this attempt's function calls: {"id", "name", "arguments"}, in order
+        self.calls: list[dict[str, str]] = []
         self.write_ms: list[float] = []  # each chunk-log write's latency
         self.first_chunk_at: float | None = None  # wall clock, when the first text was written
 
@@ -74,6 +78,13 @@ class ChunkWriter:
     def seq(self) -> int:
         """Seq of the last event written."""
         return self._seq
+
+    @property
+    def said(self) -> str:
+        """All this attempt said: its text and its calls' names and arguments (what an
+        estimate of its output tokens counts)."""
+        calls = "".join(c["name"] + c["arguments"] for c in self.calls)
+        return "".join(self.text) + calls
 
     def start(self) -> ChunkWriter:
         """Start the flusher thread (the worker does; unit tests drive the clock instead)."""
@@ -90,9 +101,31 @@ class ChunkWriter:
             self._thread.join(timeout=15)
 
     def add(self, text: str) -> None:
+        """More of the answer's text."""
+        with self._lock:
+            self._hold("chunk", text)
+            self.text.append(text)
+
+    def call(self, call_id: str, name: str) -> None:
+        """A function call starts (a ``call`` event, after any held text); its arguments
+        follow through ``arguments``, and it ends where the next item starts."""
+        self.calls.append({"id": call_id, "name": name, "arguments": ""})
+        self.event("call", {"type": "call", "id": call_id, "name": name})
+
+    def arguments(self, delta: str) -> None:
+        """More of the current call's arguments (``args`` events, held like text)."""
+        with self._lock:
+            if not self.calls:
+                return  # arguments with no call: nothing to add them to
+            self._hold("args", delta)
+            self.calls[-1]["arguments"] += delta
+
+    def _hold(self, kind: EventKind, text: str) -> None:
         with self._lock:
             self._raise_flusher_error()
-            self.text.append(text)
+            if kind != self._buffer_kind:
+                self.flush()
+                self._buffer_kind = kind
             self._buffer.append(text)
             self._buffered += len(text)
             if (
@@ -115,8 +148,9 @@ class ChunkWriter:
             began = self._clock()
             for start in range(0, len(text), self._max_chars):
                 piece = text[start : start + self._max_chars]
-                self._write("chunk", {"chunk": piece})
-                self._written.append(piece)
+                event = _text_event(self._buffer_kind, piece)
+                self._write(*event)
+                self._written.append(event)
                 self.chunks_written += 1
             # Writes start one interval apart (the cadence a reader expects from the write
             # stamps) while the store is fast; when it slows down, at least half an interval
@@ -129,6 +163,8 @@ class ChunkWriter:
         with self._lock:
             self.flush()
             self._write(kind, data)
+            if kind == "call":
+                self._written.append((kind, data))
 
     def resync(self) -> None:
         """Continue after whatever the log holds now (after LogDiverged: it lost events)."""
@@ -157,14 +193,8 @@ class ChunkWriter:
             self._task_id, self._seq + 1, "reset", {"type": "reset", "attempt": self._attempt}
         )
         self._seq += 1
-        text = "".join(self._written)
-        for start in range(0, len(text), self._max_chars):
-            self._log.append(
-                self._task_id,
-                self._seq + 1,
-                "chunk",
-                {"chunk": text[start : start + self._max_chars]},
-            )
+        for kind, data in self._written:
+            self._log.append(self._task_id, self._seq + 1, kind, data)
             self._seq += 1
 
     def _raise_flusher_error(self) -> None:
@@ -186,3 +216,10 @@ class ChunkWriter:
                     self.flush()
                 except BaseException as e:  # handed to the token loop's thread
                     self._error = e
+
+
+def _text_event(kind: EventKind, piece: str) -> tuple[EventKind, dict[str, Any]]:
+    """Held text as its event: the answer's (``chunk``) or a call's arguments (``args``)."""
+    if kind == "args":
+        return "args", {"type": "args", "delta": piece}
+    return "chunk", {"chunk": piece}

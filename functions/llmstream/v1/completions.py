@@ -1,9 +1,9 @@
 """A task as a Chat Completions answer: the ``chat.completion`` object, or its chunk log as
 ``chat.completion.chunk`` events ending in ``data: [DONE]``.
 
-A Chat Completions stream has one text and no way to take any of it back, so a worker
-retry whose new text differs from what the stream already showed (replay.py: a second
-output item) ends the stream with an error event, which the SDKs raise; a retry that says
+A Chat Completions stream has one text (and its tool calls) and no way to take any of it
+back, so a worker retry that says something else than the stream already showed
+(replay.py: Restarted) ends the stream with an error event, which the SDKs raise; a retry that says
 the same again (a deterministic model) goes on unseen, as in the Responses API.
 """
 
@@ -16,7 +16,7 @@ from sse_starlette import ServerSentEvent
 
 from llmstream.models import Event
 from llmstream.tasks import Task
-from llmstream.v1.replay import Finished, ItemAdded, Op, Replay, TextDelta
+from llmstream.v1.replay import Finished, Item, ItemAdded, Op, Replay, Restarted, TextDelta
 
 
 def completion_id(task_id: str) -> str:
@@ -24,6 +24,7 @@ def completion_id(task_id: str) -> str:
 
 
 def usage_of(usage: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The model's usage as Chat Completions names it (the worker keeps it so)."""
     if not usage:
         return None
     prompt = int(usage.get("prompt_tokens", 0))
@@ -39,15 +40,36 @@ def _error(message: str) -> dict[str, Any]:
     return {"error": {"message": message, "type": "server_error", "param": None, "code": None}}
 
 
+def _call(index: int, item: Item) -> dict[str, Any]:
+    return {
+        "index": index,
+        "id": item.call_id,
+        "type": "function",
+        "function": {"name": item.name, "arguments": item.text},
+    }
+
+
 def completion_object(task: Task, replay: Replay) -> dict[str, Any] | None:
     """The finished answer as a ``chat.completion``; an error body if it failed; None while
-    it runs. Its text is the latest attempt's (the last output item)."""
+    it runs. It is the latest attempt's answer: its text and its function calls."""
     end = replay.finished
     if end is None:
         return None
     if end.kind != "done":
         return _error(end.message or f"the answer ended {end.kind}")
-    text = replay.items[-1].text if replay.items else ""
+    items = replay.latest
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": "".join(i.text for i in items if i.kind == "message") or None,
+        "refusal": None,
+    }
+    calls = [i for i in items if i.kind == "function_call"]
+    if calls:
+        message["tool_calls"] = [
+            {k: v for k, v in _call(n, c).items() if k != "index"} for n, c in enumerate(calls)
+        ]
+    elif message["content"] is None:
+        message["content"] = ""
     return {
         "id": completion_id(task.task_id),
         "object": "chat.completion",
@@ -56,7 +78,7 @@ def completion_object(task: Task, replay: Replay) -> dict[str, Any] | None:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": text, "refusal": None},
+                "message": message,
                 "finish_reason": end.finish_reason or "stop",
                 "logprobs": None,
             }
@@ -72,7 +94,9 @@ class CompletionChunks:
         self.task = task
         self.replay = Replay()
         self.include_usage = include_usage
-        self._items = 0
+        self._opened = False
+        self._restarted = False
+        self._calls: dict[int, int] = {}  # item index -> tool_calls index
 
     def __call__(self, event: Event) -> list[ServerSentEvent]:
         """The events one log event adds (streaming.Render)."""
@@ -97,10 +121,10 @@ class CompletionChunks:
         return chunk
 
     def _chunks(self, op: Op) -> list[dict[str, Any] | str]:
-        if isinstance(op, ItemAdded):
-            self._items += 1
-            if self._items == 1:
-                return [self._chunk({"role": "assistant", "content": ""})]
+        if self._restarted:
+            return []
+        if isinstance(op, Restarted):
+            self._restarted = True
             return [
                 _error(
                     "the answer was restarted after a worker failure and said something else "
@@ -109,11 +133,29 @@ class CompletionChunks:
                 ),
                 "[DONE]",
             ]
-        if isinstance(op, TextDelta) and self._items == 1:
+        if isinstance(op, ItemAdded):
+            return self._added(op.index)
+        if isinstance(op, TextDelta):
+            if op.index in self._calls:
+                call = {"index": self._calls[op.index], "function": {"arguments": op.text}}
+                return [self._chunk({"tool_calls": [call]})]
             return [self._chunk({"content": op.text})]
-        if isinstance(op, Finished) and self._items <= 1:
+        if isinstance(op, Finished):
             return self._ending(op)
         return []
+
+    def _added(self, index: int) -> list[dict[str, Any] | str]:
+        item = self.replay.items[index]
+        out: list[dict[str, Any] | str] = []
+        if not self._opened:
+            self._opened = True
+            first = "" if item.kind == "message" else None
+            out.append(self._chunk({"role": "assistant", "content": first}))
+        if item.kind == "function_call":
+            self._calls[index] = len(self._calls)
+            fresh = Item("function_call", "", "in_progress", item.call_id, item.name)
+            out.append(self._chunk({"tool_calls": [_call(self._calls[index], fresh)]}))
+        return out
 
     def _ending(self, op: Finished) -> list[dict[str, Any] | str]:
         if op.kind != "done":

@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmstream import web
 from llmstream.exceptions import (
+    BadRequest,
     InputTooLarge,
     LlmStreamError,
     ModelNotAllowed,
@@ -45,15 +46,6 @@ _TYPES = {
 _RETRY_WORTH_SECONDS = 60
 
 
-class BadRequest(LlmStreamError):
-    """A /v1 request OpenAI's API would refuse too: 400, naming its ``param``."""
-
-    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
-        self.code = code
-
-
 def body(
     message: str, status: int, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
@@ -65,7 +57,7 @@ def _domain(status: int, exc: LlmStreamError, headers: dict[str, str]) -> JSONRe
     """A domain error on /v1 (web.py's status and headers), in OpenAI's shape."""
     param = code = None
     if isinstance(exc, BadRequest):
-        status, param, code = 400, exc.param, exc.code
+        status, param, code = exc.status, exc.param, exc.code
     elif isinstance(exc, ModelNotAllowed):
         status, param, code = 404, "model", "model_not_found"  # as OpenAI answers it
     elif isinstance(exc, InputTooLarge):

@@ -14,6 +14,8 @@ from sse_starlette import ServerSentEvent
 
 from llmstream.models import Event
 from llmstream.tasks import Task
+from llmstream.tool_specs import responses_choice, responses_format, responses_tools
+from llmstream.v1.completions import usage_of as chat_usage
 from llmstream.v1.replay import (
     Finished,
     Item,
@@ -21,6 +23,7 @@ from llmstream.v1.replay import (
     ItemDone,
     Op,
     Replay,
+    Restarted,
     Started,
     TextDelta,
 )
@@ -45,21 +48,22 @@ def status_of(task: Task, replay: Replay) -> str:
     if end is None:
         return _ROW_STATUS[task.status]
     if end.kind == "done":
-        return "completed" if end.finish_reason == "stop" else "incomplete"
+        # max_tokens cut it (length) or a filter did: incomplete; stop and tool_calls end it
+        return "incomplete" if end.finish_reason in ("length", "content_filter") else "completed"
     return "failed" if end.kind == "error" else "cancelled"
 
 
 def usage_of(usage: dict[str, Any] | None) -> dict[str, Any] | None:
-    if not usage:
+    """The model's usage as the Responses API names it."""
+    counts = chat_usage(usage)
+    if counts is None:
         return None
-    prompt = int(usage.get("prompt_tokens", 0))
-    completion = int(usage.get("completion_tokens", 0))
     return {
-        "input_tokens": prompt,
+        "input_tokens": counts["prompt_tokens"],
         "input_tokens_details": {"cached_tokens": 0},
-        "output_tokens": completion,
+        "output_tokens": counts["completion_tokens"],
         "output_tokens_details": {"reasoning_tokens": 0},
-        "total_tokens": int(usage.get("total_tokens", prompt + completion)),
+        "total_tokens": counts["total_tokens"],
     }
 
 
@@ -67,17 +71,29 @@ def _part(text: str) -> dict[str, Any]:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
 
 
-def _item_id(task: Task, index: int) -> str:
-    return f"msg_{task.task_id}_{index}"
+def _item_id(task: Task, index: int, item: Item) -> str:
+    prefix = "fc" if item.kind == "function_call" else "msg"
+    return f"{prefix}_{task.task_id}_{index}"
 
 
-def _item(task: Task, index: int, item: Item, *, parts: bool = True) -> dict[str, Any]:
+def _item(task: Task, index: int, item: Item, *, fresh: bool = False) -> dict[str, Any]:
+    """An output item as a Response holds it (``fresh``: as it was added, nothing in it)."""
+    status = "in_progress" if fresh else item.status
+    if item.kind == "function_call":
+        return {
+            "id": _item_id(task, index, item),
+            "type": "function_call",
+            "call_id": item.call_id,
+            "name": item.name,
+            "arguments": "" if fresh else item.text,
+            "status": status,
+        }
     return {
-        "id": _item_id(task, index),
+        "id": _item_id(task, index, item),
         "type": "message",
         "role": "assistant",
-        "status": item.status,
-        "content": [_part(item.text)] if parts else [],
+        "status": status,
+        "content": [] if fresh else [_part(item.text)],
     }
 
 
@@ -93,7 +109,10 @@ def response_object(
         error = {"code": "server_error", "message": message}
     incomplete = None
     if status == "incomplete":
-        incomplete = {"reason": "max_output_tokens"}
+        reason = end.finish_reason if end else None
+        incomplete = {
+            "reason": "content_filter" if reason == "content_filter" else "max_output_tokens"
+        }
     return {
         "id": response_id(task.task_id),
         "object": "response",
@@ -107,13 +126,13 @@ def response_object(
         "metadata": json.loads(task.metadata) if task.metadata else {},
         "model": task.model,
         "output": [_item(task, i, item) for i, item in enumerate(replay.items)] if output else [],
-        "parallel_tool_calls": True,
+        "parallel_tool_calls": task.parallel_tool_calls is not False,
         "previous_response_id": task.previous_response_id,
         "store": task.store,
         "temperature": task.temperature,
-        "text": {"format": {"type": "text"}},
-        "tool_choice": "auto",
-        "tools": [],
+        "text": {"format": responses_format(task.response_format)},
+        "tool_choice": responses_choice(task.tool_choice),
+        "tools": responses_tools(task.tools),
         "top_p": task.top_p,
         "truncation": "disabled",
         "usage": usage_of(end.usage if end else task.usage),
@@ -149,55 +168,78 @@ class ResponseEvents:
             snapshot = response_object(task, self.replay, "in_progress", output=False)
             return [{"type": "response.in_progress", "response": snapshot}]
         if isinstance(op, ItemAdded):
-            where = {"item_id": _item_id(task, op.index), "output_index": op.index}
-            return [
-                {
-                    "type": "response.output_item.added",
-                    "output_index": op.index,
-                    "item": _item(task, op.index, Item(), parts=False),
-                },
-                {
-                    "type": "response.content_part.added",
-                    **where,
-                    "content_index": 0,
-                    "part": _part(""),
-                },
-            ]
+            return self._added(op.index)
         if isinstance(op, TextDelta):
+            item = self.replay.items[op.index]
+            where = {"item_id": _item_id(task, op.index, item), "output_index": op.index}
+            if item.kind == "function_call":
+                return [
+                    {"type": "response.function_call_arguments.delta", **where, "delta": op.text}
+                ]
             return [
                 {
                     "type": "response.output_text.delta",
-                    "item_id": _item_id(task, op.index),
-                    "output_index": op.index,
+                    **where,
                     "content_index": 0,
                     "delta": op.text,
                     "logprobs": [],
                 }
             ]
         if isinstance(op, ItemDone):
-            item = self.replay.items[op.index]
-            where = {"item_id": _item_id(task, op.index), "output_index": op.index}
+            return self._done(op.index)
+        if isinstance(op, Restarted):
+            return []  # the items say it: one ends incomplete, the next ones follow
+        return [self._ending(op)]
+
+    def _added(self, index: int) -> list[dict[str, Any]]:
+        item = self.replay.items[index]
+        added = {
+            "type": "response.output_item.added",
+            "output_index": index,
+            "item": _item(self.task, index, item, fresh=True),
+        }
+        if item.kind == "function_call":
+            return [added]
+        where = {"item_id": _item_id(self.task, index, item), "output_index": index}
+        return [
+            added,
+            {"type": "response.content_part.added", **where, "content_index": 0, "part": _part("")},
+        ]
+
+    def _done(self, index: int) -> list[dict[str, Any]]:
+        item = self.replay.items[index]
+        where = {"item_id": _item_id(self.task, index, item), "output_index": index}
+        done = {
+            "type": "response.output_item.done",
+            "output_index": index,
+            "item": _item(self.task, index, item),
+        }
+        if item.kind == "function_call":
             return [
                 {
-                    "type": "response.output_text.done",
+                    "type": "response.function_call_arguments.done",
                     **where,
-                    "content_index": 0,
-                    "text": item.text,
-                    "logprobs": [],
+                    "name": item.name,
+                    "arguments": item.text,
                 },
-                {
-                    "type": "response.content_part.done",
-                    **where,
-                    "content_index": 0,
-                    "part": _part(item.text),
-                },
-                {
-                    "type": "response.output_item.done",
-                    "output_index": op.index,
-                    "item": _item(task, op.index, item),
-                },
+                done,
             ]
-        return [self._ending(op)]
+        return [
+            {
+                "type": "response.output_text.done",
+                **where,
+                "content_index": 0,
+                "text": item.text,
+                "logprobs": [],
+            },
+            {
+                "type": "response.content_part.done",
+                **where,
+                "content_index": 0,
+                "part": _part(item.text),
+            },
+            done,
+        ]
 
     def _ending(self, op: Finished) -> dict[str, Any]:
         response = response_object(self.task, self.replay)

@@ -26,7 +26,7 @@ from starlette.background import BackgroundTask
 from llmstream import intake, observe
 from llmstream.auth import Principal
 from llmstream.deps import Deps
-from llmstream.exceptions import ModelNotAllowed, TaskNotFound
+from llmstream.exceptions import BadRequest, ModelNotAllowed, TaskNotFound
 from llmstream.leases import HeldLease
 from llmstream.models import ChatRequest
 from llmstream.settings import get_settings
@@ -142,8 +142,10 @@ async def create_response(
         try:
             session_id = (await _owned(deps, user, previous)).session_id
         except TaskNotFound as e:
-            raise errors.BadRequest(
-                f"Previous response with id '{previous}' not found.", "previous_response_id"
+            raise BadRequest(
+                f"Previous response with id '{previous}' not found.",
+                "previous_response_id",
+                status=404,  # another user's, as one that does not exist
             ) from e
     messages = body.messages()
     request = to_chat_request(
@@ -165,6 +167,7 @@ async def create_response(
         "background": body.background,
         "store": body.store,
         "previous_response_id": previous,
+        **body.tool_fields(),
     }
     connected = body.stream or not body.background
     task, held = await _accept(deps, user, request, extras, connected)
@@ -203,7 +206,7 @@ async def cancel_response(response_id: ResponseId, user: CurrentUser, deps: Deps
     task = await _owned(deps, user, response_id)
     if task.status in ("done", "error"):
         status = "completed" if task.status == "done" else "failed"
-        raise errors.BadRequest(f"Cannot cancel a {status} response.")
+        raise BadRequest(f"Cannot cancel a {status} response.")
     await anyio.to_thread.run_sync(intake.cancel, deps, user, task.task_id)
     deadline = time.monotonic() + _CANCEL_WAIT_SECONDS
     replay = await _replayed(deps, task)
@@ -236,7 +239,12 @@ async def create_chat_completion(
         temperature=body.temperature,
         cancel_on_disconnect=True,  # as OpenAI: a client that leaves stops the answer
     )
-    extras = {"input": messages, "top_p": body.top_p, "metadata": _json(body.metadata)}
+    extras = {
+        "input": messages,
+        "top_p": body.top_p,
+        "metadata": _json(body.metadata),
+        **body.tool_fields(),
+    }
     task, held = await _accept(deps, user, request, {**extras, "api": "chat.completions"}, True)
     assert held is not None
     if body.stream:

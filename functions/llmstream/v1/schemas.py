@@ -8,6 +8,7 @@ client never gets an answer that silently ignored what it asked for.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 from pydantic import (
@@ -21,6 +22,19 @@ from pydantic import (
 
 from llmstream.exceptions import InputTooLarge
 from llmstream.models import ChatRequest
+from llmstream.tool_specs import (
+    ChatJsonSchemaFormat,
+    ChatTool,
+    JsonObjectFormat,
+    JsonSchemaFormat,
+    Mode,
+    NamedChatChoice,
+    NamedResponsesChoice,
+    ResponsesTool,
+    TextFormat,
+    format_for_model,
+    tools_for_model,
+)
 
 # What one request may send the model in all (its messages' text, UTF-8): the request row
 # holds it beside the answer (a DynamoDB item is at most 400 KB).
@@ -52,20 +66,51 @@ class InputMessage(_Strict):
     status: str | None = None
 
 
-class ChatMessage(_Strict):
-    """A message of Chat Completions (text only)."""
+class FunctionCallItem(_Strict):
+    """A function call the model made, sent back as input (without previous_response_id)."""
 
-    role: Role
+    type: Literal["function_call"]
+    call_id: str = Field(min_length=1, max_length=128)
+    name: str = Field(min_length=1, max_length=64)
+    arguments: str
+    id: str | None = None
+    status: str | None = None
+
+
+class FunctionCallOutput(_Strict):
+    """The result of a function call, for the model to go on with."""
+
+    type: Literal["function_call_output"]
+    call_id: str = Field(min_length=1, max_length=128)
+    output: str
+    id: str | None = None
+    status: str | None = None
+
+
+class CalledFunction(_Strict):
+    name: str = Field(min_length=1, max_length=64)
+    arguments: str
+
+
+class ToolCall(_Strict):
+    id: str = Field(min_length=1, max_length=128)
+    type: Literal["function"]
+    function: CalledFunction
+
+
+class ChatMessage(_Strict):
+    """A message of Chat Completions (text, the assistant's tool calls, a tool's result)."""
+
+    role: Role | Literal["tool"]
     content: str | list[TextPart] | None = None
     name: str | None = Field(default=None, max_length=64)
-
-
-class TextFormat(_Strict):
-    type: Literal["text"]
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = Field(default=None, max_length=128)
+    refusal: str | None = None
 
 
 class TextConfig(_Strict):
-    format: TextFormat | None = None
+    format: TextFormat | JsonSchemaFormat | JsonObjectFormat | None = None
     verbosity: Literal["medium"] | None = None
 
 
@@ -73,7 +118,7 @@ class ResponsesRequest(_Strict):
     """POST /v1/responses."""
 
     model: str | None = Field(default=None, pattern=_MODEL)
-    input: str | list[InputMessage] = Field(min_length=1)
+    input: str | list[InputMessage | FunctionCallItem | FunctionCallOutput] = Field(min_length=1)
     instructions: str | None = Field(default=None, max_length=8_000)
     max_output_tokens: int | None = Field(default=None, ge=1, le=32_768)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
@@ -83,6 +128,9 @@ class ResponsesRequest(_Strict):
     store: bool = True
     previous_response_id: str | None = None
     metadata: dict[str, str] | None = None
+    tools: list[ResponsesTool] | None = None
+    tool_choice: Mode | NamedResponsesChoice | None = None
+    parallel_tool_calls: bool | None = None
     # Accepted; none changes the answer.
     user: str | None = None
     safety_identifier: str | None = None
@@ -101,10 +149,34 @@ class ResponsesRequest(_Strict):
             raise ValueError("background responses must be stored: drop store=false")
         return self
 
-    def messages(self) -> list[dict[str, str]]:
+    def messages(self) -> list[dict[str, Any]]:
+        """The input as the model's messages: function calls sent back join into one
+        assistant message, and their outputs become tool messages."""
         if isinstance(self.input, str):
             return [{"role": "user", "content": self.input}]
-        return [_message(m.role, m.content) for m in self.input]
+        messages: list[dict[str, Any]] = []
+        for item in self.input:
+            if isinstance(item, InputMessage):
+                messages.append(_message(item.role, item.content))
+            elif isinstance(item, FunctionCallOutput):
+                messages.append(
+                    {"role": "tool", "tool_call_id": item.call_id, "content": item.output}
+                )
+            else:
+                call = _call(item.call_id, item.name, item.arguments)
+                if messages and messages[-1].get("tool_calls") and not messages[-1]["content"]:
+                    messages[-1]["tool_calls"].append(call)
+                else:
+                    messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        return messages
+
+    def tool_fields(self) -> dict[str, Any]:
+        """The task's tools and answer format (tools.py)."""
+        shape = self.text.format if self.text else None
+        return {
+            **tools_for_model(self.tools, self.tool_choice, self.parallel_tool_calls),
+            **format_for_model(shape),
+        }
 
 
 class StreamOptions(_Strict):
@@ -131,13 +203,34 @@ class ChatCompletionsRequest(_Strict):
     prompt_cache_key: str | None = None
     service_tier: Literal["auto", "default"] | None = None
     store: bool | None = None
+    logprobs: Literal[False] | None = None
+    response_format: TextFormat | JsonObjectFormat | ChatJsonSchemaFormat | None = None
+    tools: list[ChatTool] | None = None
+    tool_choice: Mode | NamedChatChoice | None = None
+    parallel_tool_calls: bool | None = None
 
     _metadata = field_validator("metadata")(lambda cls, v: _check_metadata(v))
-    logprobs: Literal[False] | None = None
-    response_format: TextFormat | None = None
 
-    def messages_sent(self) -> list[dict[str, str]]:
-        return [_message(m.role, m.content or "") for m in self.messages]
+    def messages_sent(self) -> list[dict[str, Any]]:
+        sent = []
+        for m in self.messages:
+            message = _message(m.role, m.content or "")
+            if m.tool_calls:
+                message["content"] = message["content"] or None
+                message["tool_calls"] = [
+                    _call(c.id, c.function.name, c.function.arguments) for c in m.tool_calls
+                ]
+            if m.role == "tool":
+                message["tool_call_id"] = m.tool_call_id or ""
+            sent.append(message)
+        return sent
+
+    def tool_fields(self) -> dict[str, Any]:
+        """The task's tools and answer format (tools.py)."""
+        return {
+            **tools_for_model(self.tools, self.tool_choice, self.parallel_tool_calls),
+            **format_for_model(self.response_format),
+        }
 
 
 def _check_metadata(value: dict[str, str] | None) -> dict[str, str] | None:
@@ -149,7 +242,11 @@ def _check_metadata(value: dict[str, str] | None) -> dict[str, str] | None:
     return value
 
 
-def _message(role: str, content: str | list[TextPart]) -> dict[str, str]:
+def _call(call_id: str, name: str, arguments: str) -> dict[str, Any]:
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def _message(role: str, content: str | list[TextPart]) -> dict[str, Any]:
     """One message as the worker sends it: its role (developer as system, which every
     OpenAI-compatible server knows) and its text."""
     text = content if isinstance(content, str) else "".join(p.text for p in content)
@@ -157,7 +254,7 @@ def _message(role: str, content: str | list[TextPart]) -> dict[str, str]:
 
 
 def to_chat_request(
-    messages: list[dict[str, str]],
+    messages: list[dict[str, Any]],
     *,
     model: str | None,
     max_tokens: int | None,
@@ -168,15 +265,17 @@ def to_chat_request(
 ) -> ChatRequest:
     """The /chat request an OpenAI-style one is: its last user text as the message (the
     conversation's title; the task carries the messages themselves)."""
-    said = sum(len(m["content"].encode()) for m in messages) + len((system or "").encode())
+    said = len(json.dumps(messages, ensure_ascii=False).encode()) + len((system or "").encode())
     if said > MAX_INPUT_BYTES:
-        raise InputTooLarge(f"input: at most {MAX_INPUT_BYTES} bytes of text in all, got {said}")
-    users = [m["content"] for m in messages if m["role"] == "user" and m["content"].strip()]
-    if not users:
-        raise InputTooLarge("input: needs a user message with text")
+        raise InputTooLarge(f"input: at most {MAX_INPUT_BYTES} bytes in all, got {said}")
+    users = [m["content"] for m in messages if m["role"] == "user" and (m["content"] or "").strip()]
+    results = [m for m in messages if m["role"] == "tool"]
+    if not users and not results:
+        raise InputTooLarge("input: needs a user message with text, or function call outputs")
+    title = users[-1] if users else f"[{len(results)} function call output(s)]"
     try:
         return ChatRequest(
-            message=users[-1][:TITLE_CHARS],
+            message=title[:TITLE_CHARS],
             session_id=session_id,
             model=model,
             system=system,
