@@ -119,7 +119,7 @@ def test_models_lists_what_the_deployment_offers(local_stack: Stack) -> None:
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("tools", [{"type": "function", "name": "f", "parameters": {"type": "object"}}]),
+        ("tools", [{"type": "web_search"}]),  # built-in tools: function tools only
         ("reasoning", {"effort": "low"}),
     ],
 )
