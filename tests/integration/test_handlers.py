@@ -110,6 +110,21 @@ def test_post_chat_through_mangum_records_and_enqueues(
     assert health["statusCode"] == 200
 
 
+def test_the_local_user_pool_signs_tokens_as_cognito_does(
+    api_module: Any, alice: LocalUser
+) -> None:
+    # The local stack's issuer has Cognito's form, so the functions require token_use of
+    # its tokens as of a real pool's: the local pool's tokens carry it, and pass.
+    from llmstream.auth import get_authenticator, is_cognito
+    from llmstream.settings import get_settings
+
+    assert is_cognito(get_settings().auth_issuer)
+    access = jwt.decode(alice.access_token, options={"verify_signature": False})
+    assert access["token_use"] == "access"
+    assert jwt.decode(alice.id_token, options={"verify_signature": False})["token_use"] == "id"
+    assert get_authenticator().authenticate(f"Bearer {alice.access_token}").sub == access["sub"]
+
+
 @pytest.fixture
 def worker_module(
     stack: LocalTemplate, aws_endpoint: str, fake_openai_url: str, monkeypatch: pytest.MonkeyPatch
