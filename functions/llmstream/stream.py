@@ -45,6 +45,10 @@ app = FastAPI(
     title="llmstream stream",
     version="0.1.0",
     description="Server-Sent Events of a task's answer: resumable, several viewers per task.",
+    # The function URL is public: it describes nothing (the tests build the schema in-process).
+    docs_url=None,
+    redoc_url=None,
+    openapi_url=None,
 )
 web.configure(app, settings, expose_headers=["X-Session-ID"])
 
