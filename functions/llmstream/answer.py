@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 from openai import APIError, OpenAIError
 
-from llmstream import reservations
 from llmstream.chunklog.writer import ChunkWriter
 from llmstream.deps import Deps
 from llmstream.exceptions import (
@@ -34,7 +33,7 @@ from llmstream.models import EventKind
 from llmstream.observe import Record, Unit
 from llmstream.retry import backoff, describe, transient
 from llmstream.settings import priority_name
-from llmstream.spending import Spending
+from llmstream.spending import Spending, settle_ended
 from llmstream.tasks import Task
 from llmstream.watchdog import Watchdog
 
@@ -96,11 +95,7 @@ def run_task(
         # finished, just settle the row.
         last = deps.log.last(task_id)
         if last is not None and last.terminal:
-            # The attempt that wrote it may have died before settling the quota: settle
-            # with the usage it recorded (without one, the reservation stands as the
-            # charge). Settled already, this changes nothing.
-            used = (last.data.get("usage") or {}).get("total_tokens", task.reserved or 0)
-            reservations.settle_quietly(deps, task, int(used))
+            settle_ended(deps, task, last.data)
             _settle(deps, task_id, task.attempt, last.kind, last.data)
             return
         next_seq = (last.seq + 1) if last else 1
@@ -244,6 +239,7 @@ class Attempt:
         if self.keep_alive is not None:
             self.keep_alive()
         self.deps.tasks.beat(self.task.task_id, self.task.attempt)
+        self.spending.checkpoint("".join(self.writer.text))
 
     def _relay(
         self, stream: Stream[ChatCompletionChunk], watchdog: Watchdog, asked: float
@@ -354,10 +350,10 @@ def _end(
     metrics: Record,
     settle: Callable[[], None],
 ) -> None:
-    """The answer ends done or cancelled: its terminal event, its quota settled, its row."""
+    """The answer ends done or cancelled: its quota settled, its terminal event, its row."""
+    settle()
     writer.event(kind, data)
     metrics.count(DONE if kind == "done" else CANCELLED)
-    settle()
     if kind == "done":
         answer = "".join(writer.text)[: deps.settings.answer_max_chars]
         deps.tasks.finish(
@@ -370,8 +366,9 @@ def _end(
 def _fail(
     deps: Deps, writer: ChunkWriter, task: Task, message: str, settle: Callable[[], None]
 ) -> None:
-    """The answer ends in an error: its terminal event, its quota settled, then its row."""
+    """The answer ends in an error: its quota settled, its terminal event, then its row."""
     logger.warning("task %s ends in error: %s", task.task_id, message)
+    settle()
     try:
         writer.event("error", {"type": "error", "message": message})
     except ClaimLost:
@@ -381,7 +378,6 @@ def _fail(
         # still has to reach viewers, after whatever the log holds now.
         writer.resync()
         writer.event("error", {"type": "error", "message": message})
-    settle()
     deps.tasks.finish(task.task_id, task.attempt, "error", error=message)
 
 

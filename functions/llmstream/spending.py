@@ -2,14 +2,19 @@
 
 Two accounts: the shared model rate limits (the attempt takes an estimate from the token
 bucket before it calls the model, and gives back the difference when it ends), and the
-owner's day (the task reserved an estimate at admission; the attempt that ends the answer
-settles that reservation, once for the task, reservations.py; an attempt that does not end
-it, retried or superseded, charges what it used besides).
+owner's day. On the day, the task reserved an estimate at admission; each attempt charges
+what it uses as it goes (at every heartbeat), so a worker that dies mid-answer has charged
+all but its last beat's tokens; the attempt that ends the answer settles the reservation
+with the rest, once for the task (reservations.py), before it writes the terminal event; an
+attempt that does not end it (retried, superseded), or finds no reservation left, charges
+the rest itself. docs/quotas.md tells the whole story.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from typing import Any
 
 from llmstream import reservations
@@ -27,7 +32,10 @@ class Spending:
         self.usage: dict[str, Any] = {}  # the model's usage, once it reports it
         self.estimate = 0  # tokens taken from the shared rate limits for the call
         self.called = False  # the model was asked: this attempt spent tokens
-        self.settled = False  # this attempt ended the answer and settled its reservation
+        self.charged = 0  # tokens of this attempt already added to the owner's day
+        self.settled = False  # this attempt settled the task's reservation (or tried)
+        # The heartbeat charges from the watchdog's thread; the ending, from the answer's.
+        self._lock = threading.Lock()
 
     def spent(self, text: str) -> int:
         """The tokens used: the model's usage, else an estimate of the prompt and of what
@@ -37,23 +45,55 @@ class Spending:
         prompt = self.estimate - min(self.task.max_tokens or 1024, 1024)
         return int(self.usage.get("total_tokens") or prompt + len(text) // 4)
 
+    def checkpoint(self, text: str) -> None:
+        """The answer is running (a heartbeat): charge the owner's day what this attempt
+        has used since the last checkpoint. A failed charge is made up by the next one."""
+        with self._lock:
+            used = self.spent(text)
+            if self.settled or used <= self.charged:
+                return
+            try:
+                self.deps.quotas.charge(self.task.owner, used - self.charged)
+            except StoreUnavailable:
+                logger.warning("task %s: could not charge its tokens so far", self.task.task_id)
+                return
+            self.charged = used
+
     def settle(self, text: str) -> None:
-        """The answer has ended (its terminal event is written, its row not yet): settle
-        the task's reservation with what this attempt used. From here the reservation
-        accounts for this attempt: if it dies before settling, the next attempt finds
-        the ended log and settles with the usage it recorded (answer.run_task)."""
-        self.settled = True
-        reservations.settle_quietly(self.deps, self.task, self.spent(text))
+        """The answer ends (its terminal event next): settle the task's reservation with
+        what this attempt used beyond its checkpoints. A reservation already settled (by an
+        attempt that died before its terminal event) or given back (a deleted
+        conversation) leaves the charge to close(). A settlement that fails leaves
+        the reservation as the charge: the day is over-, not under-counted."""
+        with self._lock:
+            self.settled = True  # until it is known that there was nothing to settle
+            try:
+                self.settled = reservations.settle(
+                    self.deps, self.task, self.spent(text) - self.charged
+                )
+            except StoreUnavailable:
+                logger.warning("task %s: could not settle its reservation", self.task.task_id)
 
     def close(self, text: str) -> None:
         """The attempt is over, however it ended: both accounts corrected."""
         actual = self.spent(text)
         if self.estimate:
             self.deps.limits.settle(self.estimate, actual)
-        if self.settled:
-            return
+        with self._lock:
+            if self.settled:
+                return
+            rest, self.charged = actual - self.charged, actual
         # A failed charge must not hide how the answer ended.
         try:
-            self.deps.quotas.charge(self.task.owner, actual)
+            self.deps.quotas.adjust(self.task.owner, rest, time.time())
         except StoreUnavailable:
-            logger.warning("task %s: could not charge %d tokens", self.task.task_id, actual)
+            logger.warning("task %s: could not charge %d tokens", self.task.task_id, rest)
+
+
+def settle_ended(deps: Deps, task: Task, ended: dict[str, Any]) -> None:
+    """A task whose log had already ended when this attempt took it (its attempt died
+    before the row said so): settled before its terminal event, it has nothing left to
+    settle; a log ended by a version that settled after it is settled here with the usage
+    it recorded (without one, the reservation stands as the charge)."""
+    used = (ended.get("usage") or {}).get("total_tokens", task.reserved or 0)
+    reservations.settle_quietly(deps, task, int(used))
