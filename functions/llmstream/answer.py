@@ -33,7 +33,7 @@ from llmstream.models import EventKind
 from llmstream.observe import Record, Unit
 from llmstream.retry import backoff, describe, transient
 from llmstream.settings import priority_name
-from llmstream.spending import Spending, settle_ended
+from llmstream.spending import Spending, last_delivery, settle_ended
 from llmstream.tasks import Task
 from llmstream.watchdog import Watchdog
 
@@ -99,6 +99,7 @@ def run_task(
             _settle(deps, task_id, task.attempt, last.kind, last.data)
             return
         next_seq = (last.seq + 1) if last else 1
+    last_delivery(deps, task, receive_count)  # no reservation left for the DLQ to keep
     writer = ChunkWriter(
         deps.log,
         task_id,

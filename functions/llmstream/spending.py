@@ -62,8 +62,8 @@ class Spending:
     def settle(self, text: str) -> None:
         """The answer ends (its terminal event next): settle the task's reservation with
         what this attempt used beyond its checkpoints. A reservation already settled (by an
-        attempt that died before its terminal event) or given back (a deleted
-        conversation) leaves the charge to close(). A settlement that fails leaves
+        attempt that died before its terminal event) or given back (the last delivery, a
+        deleted conversation) leaves the charge to close(). A settlement that fails leaves
         the reservation as the charge: the day is over-, not under-counted."""
         with self._lock:
             self.settled = True  # until it is known that there was nothing to settle
@@ -88,6 +88,21 @@ class Spending:
             self.deps.quotas.adjust(self.task.owner, rest, time.time())
         except StoreUnavailable:
             logger.warning("task %s: could not charge %d tokens", self.task.task_id, rest)
+
+
+def last_delivery(deps: Deps, task: Task, receive_count: int) -> None:
+    """The last delivery SQS makes of a task's message (maxReceiveCount): if this attempt
+    dies too, the message goes to the dead-letter queue, where nothing settles the task's
+    reservation. So it gives the reservation back first, and charges what it uses as it
+    goes, as any attempt does (a redriven message's attempts too)."""
+    if receive_count < deps.settings.max_receive_count or not task.reserved:
+        return
+    try:
+        reservations.release(deps, task)
+    except StoreUnavailable:
+        logger.warning("task %s: could not give back its reservation", task.task_id)
+        return
+    task.reserved = None
 
 
 def settle_ended(deps: Deps, task: Task, ended: dict[str, Any]) -> None:

@@ -1,6 +1,7 @@
 """The ways an answer can end without the usual settlement still leave its owner's day
-right: a worker killed mid-answer (a real child process, as Lambda runs one). On the
-emulator, with the fake model (docs/quotas.md)."""
+right: a worker killed mid-answer (a real child process, as Lambda runs one), and the last
+delivery before the dead-letter queue. On the emulator, with the fake model
+(docs/quotas.md)."""
 
 from __future__ import annotations
 
@@ -136,3 +137,40 @@ def test_a_worker_killed_mid_answer_has_charged_what_it_used_as_it_went(
     assert deps.quotas.used_today(alice.sub) == done.data["usage"]["total_tokens"] + charged
     whole = prompt_estimate(task) + len(answered_text(deps, task.task_id)) // 4
     assert prompt_estimate(task) <= charged <= whole
+
+
+def test_the_last_delivery_holds_no_reservation_for_the_dead_letter_queue_to_keep(
+    stack: LocalTemplate,
+    clients: dict[str, Any],
+    aws_endpoint: str,
+    fake_openai_url: str,
+    deps: Deps,
+) -> None:
+    with_quota(deps, QUOTA)
+    alice = user("alice")
+    task = accepted(deps, alice, LONG, max_tokens=1000)
+    assert task.reserved
+    # GIVEN the last delivery SQS makes of its message (maxReceiveCount 1 here)
+    env = {"MAX_RECEIVE_COUNT": "1"}
+    with worker_environment(stack, clients, aws_endpoint, fake_openai_url, task, **env) as pool:
+        # WHILE it runs, the reservation is given back and the attempt charges as it goes
+        wait_for(
+            lambda: (
+                deps.tasks.get(task.task_id).reserved is None
+                and deps.quotas.used_today(alice.sub) > 0
+            ),
+            "the reservation given back, a charge",
+        )
+        # WHEN it is killed too (its message then goes to the dead-letter queue)
+        kill(pool)
+    # THEN the task waits for a redrive, and its owner's day holds what the attempt charged,
+    # not the reservation
+    row = deps.tasks.get(task.task_id)
+    assert row.status == "running" and row.reserved is None
+    charged = deps.quotas.used_today(alice.sub)
+    assert prompt_estimate(task) <= charged < task.reserved
+    # AND a redriven message's attempt answers, and charges what it used
+    run_task(deps, task.task_id, receive_count=1)
+    [done] = [e for e in deps.log.read_all(task.task_id) if e.kind == "done"]
+    assert deps.tasks.get(task.task_id).status == "done"
+    assert deps.quotas.used_today(alice.sub) == charged + done.data["usage"]["total_tokens"]
