@@ -1,10 +1,12 @@
 """The ways an answer can end without the usual settlement still leave its owner's day
-right: a worker killed mid-answer (a real child process, as Lambda runs one), and the last
-delivery before the dead-letter queue. On the emulator, with the fake model
-(docs/quotas.md)."""
+right: a worker killed mid-answer (a real child process, as Lambda runs one), the last
+delivery before the dead-letter queue, and a direct-mode response whose text never starts.
+On the emulator, with the fake model (docs/quotas.md)."""
 
 from __future__ import annotations
 
+import importlib
+import json
 import os
 import signal
 import threading
@@ -13,6 +15,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
+import anyio
+import jwt
 import pytest
 
 from llmstream.answer import run_task
@@ -22,6 +26,7 @@ from llmstream.llm import build_messages
 from llmstream.tasks import Task
 from localcloud.runtime import EnvironmentDied, EnvironmentPool
 from localcloud.template import LocalTemplate
+from localcloud.users import LocalUser
 from tests.integration.conftest import function_env, received_event
 from tests.integration.test_quotas import accepted, user, with_quota
 
@@ -174,3 +179,88 @@ def test_the_last_delivery_holds_no_reservation_for_the_dead_letter_queue_to_kee
     [done] = [e for e in deps.log.read_all(task.task_id) if e.kind == "done"]
     assert deps.tasks.get(task.task_id).status == "done"
     assert deps.quotas.used_today(alice.sub) == charged + done.data["usage"]["total_tokens"]
+
+
+@pytest.fixture
+def stream_module(
+    stack: LocalTemplate,
+    aws_endpoint: str,
+    fake_openai_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[Any]:
+    """The stream function's app as its environment builds it, direct mode on, a quota."""
+    env = {
+        **function_env(stack, "StreamFunction", aws_endpoint),
+        "DIRECT_MODE_ENABLED": "true",
+        "USER_TOKENS_PER_DAY": str(QUOTA),
+        "USER_RPM": "0",
+        "OPENAI_BASE_URL": fake_openai_url,
+        "OPENAI_API_KEY": "sk-test",
+    }
+    env.pop("OPENAI_API_KEY_SECRET_ARN", None)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("OPENAI_API_KEY_SECRET_ARN", raising=False)
+    from llmstream import auth, deps, settings
+
+    caches = (settings.get_settings, deps.get_deps, auth.get_authenticator)
+    for cached in caches:
+        cached.cache_clear()
+    import llmstream.stream
+
+    module = importlib.reload(llmstream.stream)
+    module._async_model.cache_clear()
+    yield module
+    module._async_model.cache_clear()
+    for cached in caches:
+        cached.cache_clear()
+
+
+def test_a_direct_answer_whose_text_never_starts_gives_its_reservation_back(
+    stream_module: Any, alice: LocalUser
+) -> None:
+    from llmstream.deps import get_deps
+
+    quotas = get_deps().quotas
+    assert quotas.tokens_per_day == QUOTA  # admission reserves
+    sub = jwt.decode(alice.access_token, options={"verify_signature": False})["sub"]
+    before = quotas.used_today(sub)
+    # GIVEN a direct-mode request, admitted (its tokens reserved), whose client is gone
+    # before the response's text starts
+    sent: list[dict[str, Any]] = []
+    incoming = [
+        {"type": "http.request", "body": json.dumps({"message": "hi"}).encode()},
+        {"type": "http.disconnect"},
+    ]
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0) if len(incoming) > 1 else incoming[0]
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+        if message["type"] == "http.response.start":
+            await anyio.sleep_forever()  # the connection is gone: its headers never leave
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/direct",
+        "raw_path": b"/direct",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"stream.test"),
+            (b"content-type", b"application/json"),
+            (b"authorization", f"Bearer {alice.access_token}".encode()),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("stream.test", 80),
+    }
+    # WHEN the app has answered it
+    anyio.run(stream_module.app, scope, receive, send)
+    # THEN its text never started, and the reservation is given back: the day is as it was
+    assert [m["type"] for m in sent] == ["http.response.start"] and sent[0]["status"] == 200
+    assert quotas.used_today(sub) == before
