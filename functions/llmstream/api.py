@@ -9,8 +9,10 @@ from fastapi import Depends, FastAPI, Header, Path, Response
 from mangum import Mangum
 
 from llmstream import chat, embeddings, observe, ops, web
+from llmstream.admission import max_priority
 from llmstream.models import (
     ID_PATTERN,
+    Account,
     CancelResult,
     ChatAccepted,
     ChatRequest,
@@ -108,6 +110,17 @@ def delete_session(session_id: SessionId, user: CurrentUser, deps: DepsDep) -> R
     """Delete a conversation with its turns and answers (running ones are cancelled)."""
     chat.delete_session(deps, user, session_id)
     return Response(status_code=204)
+
+
+@app.get("/me", response_model=Account, responses=ERRORS)
+def me(user: CurrentUser, cfg: SettingsDep) -> Account:
+    """Who you are signed in as, and what you may ask for (the page offers only that)."""
+    return Account(
+        username=user.username,
+        groups=sorted(user.groups),
+        operator=user.member_of(cfg.auth_admin_group),
+        max_priority=max_priority(cfg, user),
+    )
 
 
 @app.get("/health", response_model=Health)

@@ -270,6 +270,20 @@ def test_delete_a_conversation(page: Page) -> None:
     assert conversations(page) == ["keep this one [[fake tokens=10]]"]
 
 
+def test_the_high_priority_is_offered_to_those_allowed_it_alone(
+    browser: Browser, local_stack: Stack, user: LocalUser, operator: LocalUser
+) -> None:
+    # A priority above 0 is the PriorityGroup's (admins here): the page asks GET /me
+    for who, offered in ((user, ["Normal", "Low"]), (operator, ["High", "Normal", "Low"])):
+        context = browser.new_context(viewport=DESKTOP)
+        pg = context.new_page()
+        pg.goto(local_stack.urls["frontend"])
+        sign_in(pg, who)
+        expect(pg.locator("#priority option:not([disabled])")).to_have_text(offered)
+        expect(pg.get_by_label("Priority")).to_have_value("0")
+        context.close()
+
+
 def test_each_user_sees_only_their_own_conversations(browser: Browser, local_stack: Stack) -> None:
     alice = local_stack.ensure_user(unique("alice"))
     bob = local_stack.ensure_user(unique("bob"))

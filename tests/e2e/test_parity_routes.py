@@ -171,6 +171,7 @@ def test_docs_list_every_route_with_its_models(local_stack: Stack) -> None:
         ("/stats", "get"),
         ("/test", "get"),
         ("/embeddings", "post"),
+        ("/me", "get"),
     }
     for path, method in routes:
         op = api["paths"][path][method]

@@ -13,7 +13,7 @@ import pytest
 from llmstream.settings import Settings
 from localcloud.poller import LambdaContext
 from localcloud.template import LocalTemplate
-from localcloud.users import LocalUser
+from localcloud.users import LocalUser, UserPool
 from tests.integration.conftest import function_env, queued_task, received_event
 
 pytestmark = pytest.mark.integration
@@ -108,6 +108,29 @@ def test_post_chat_through_mangum_records_and_enqueues(
     assert bad["statusCode"] == 422
     health = api_module.handler(http_api_event("GET", "/health"), ctx)
     assert health["statusCode"] == 200
+
+
+def test_me_tells_the_page_what_the_caller_may_ask_for(
+    api_module: Any, alice: LocalUser, pool: UserPool
+) -> None:
+    ctx = LambdaContext(function_name="api", memory_limit_in_mb=512, timeout_seconds=29)
+    operator = pool.ensure_user("me-operator", admin=True)
+    answers = {
+        name: api_module.handler(http_api_event("GET", "/me", headers=who.headers), ctx)
+        for name, who in (("alice", alice), ("operator", operator))
+    }
+    assert {a["statusCode"] for a in answers.values()} == {200}
+    # A user: priorities up to 0 (above is the PriorityGroup's), no operator routes
+    assert json.loads(answers["alice"]["body"]) == {
+        "username": "alice",
+        "groups": [],
+        "operator": False,
+        "max_priority": 0,
+    }
+    # An operator (in admins, the default PriorityGroup): the high priorities too
+    body = json.loads(answers["operator"]["body"])
+    assert (body["operator"], body["max_priority"], body["groups"]) == (True, 10, ["admins"])
+    assert api_module.handler(http_api_event("GET", "/me"), ctx)["statusCode"] == 401
 
 
 def test_the_local_user_pool_signs_tokens_as_cognito_does(
