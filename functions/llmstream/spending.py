@@ -2,12 +2,14 @@
 
 Two accounts: the shared model rate limits (the attempt takes an estimate from the token
 bucket before it calls the model, and gives back the difference when it ends), and the
-owner's day. On the day, the task reserved an estimate at admission; each attempt charges
-what it uses as it goes (at every heartbeat), so a worker that dies mid-answer has charged
-all but its last beat's tokens; the attempt that ends the answer settles the reservation
-with the rest, once for the task (reservations.py), before it writes the terminal event; an
-attempt that does not end it (retried, superseded), or finds no reservation left, charges
-the rest itself. docs/quotas.md tells the whole story.
+owner's day. On the day, the task reserved an estimate at admission. Each attempt accounts
+for what it uses as it goes (at every heartbeat): out of the reservation while some is
+left (the day counts it already), else charged to the day; so a worker that dies mid-answer
+has accounted for all but its last beat's tokens. The attempt that ends the answer settles
+what is left of the reservation with the rest of its usage, once for the task
+(reservations.py), before it writes the terminal event; an attempt that does not end it
+(retried, superseded), or finds nothing left to settle, charges the rest itself.
+docs/quotas.md tells the whole story.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ class Spending:
         self.usage: dict[str, Any] = {}  # the model's usage, once it reports it
         self.estimate = 0  # tokens taken from the shared rate limits for the call
         self.called = False  # the model was asked: this attempt spent tokens
-        self.charged = 0  # tokens of this attempt already added to the owner's day
+        self.consumed = 0  # tokens of this attempt taken out of the task's reservation
+        self.charged = 0  # tokens of this attempt added to the owner's day beyond it
         self.settled = False  # this attempt settled the task's reservation (or tried)
         # The heartbeat charges from the watchdog's thread; the ending, from the answer's.
         self._lock = threading.Lock()
@@ -46,31 +49,34 @@ class Spending:
         return int(self.usage.get("total_tokens") or prompt + len(text) // 4)
 
     def checkpoint(self, text: str) -> None:
-        """The answer is running (a heartbeat): charge the owner's day what this attempt
-        has used since the last checkpoint. A failed charge is made up by the next one."""
+        """The answer is running (a heartbeat): account for what this attempt has used
+        since the last checkpoint, out of the reservation, else on the owner's day. What
+        fails to be written is made up by the next checkpoint, or the end."""
         with self._lock:
-            used = self.spent(text)
-            if self.settled or used <= self.charged:
+            new = self.spent(text) - self.consumed - self.charged
+            if self.settled or new <= 0:
                 return
             try:
-                self.deps.quotas.charge(self.task.owner, used - self.charged)
+                taken = reservations.consume(self.deps, self.task, new)
+                self.consumed += taken
+                if new > taken:
+                    self.deps.quotas.charge(self.task.owner, new - taken)
+                    self.charged += new - taken
             except StoreUnavailable:
-                logger.warning("task %s: could not charge its tokens so far", self.task.task_id)
-                return
-            self.charged = used
+                logger.warning("task %s: could not account for its tokens", self.task.task_id)
 
     def settle(self, text: str) -> None:
-        """The answer ends (its terminal event next): settle the task's reservation with
-        what this attempt used beyond its checkpoints. A reservation already settled (by an
-        attempt that died before its terminal event) or given back (the last delivery, a
-        deleted conversation) leaves the charge to close(). A settlement that fails leaves
-        the reservation as the charge: the day is over-, not under-counted."""
+        """The answer ends (its terminal event next): settle what is left of the task's
+        reservation with what this attempt used beyond its checkpoints. Nothing left (settled
+        by an attempt that died before its terminal event; given back at the last delivery
+        or by a deleted conversation; all consumed) leaves the rest to close(). A settlement
+        that fails leaves the reservation as the charge: the day is over-, not
+        under-counted."""
         with self._lock:
             self.settled = True  # until it is known that there was nothing to settle
+            rest = self.spent(text) - self.consumed - self.charged
             try:
-                self.settled = reservations.settle(
-                    self.deps, self.task, self.spent(text) - self.charged
-                )
+                self.settled = reservations.settle(self.deps, self.task, rest)
             except StoreUnavailable:
                 logger.warning("task %s: could not settle its reservation", self.task.task_id)
 
@@ -82,7 +88,8 @@ class Spending:
         with self._lock:
             if self.settled:
                 return
-            rest, self.charged = actual - self.charged, actual
+            rest = actual - self.consumed - self.charged
+            self.charged += rest
         # A failed charge must not hide how the answer ended.
         try:
             self.deps.quotas.adjust(self.task.owner, rest, time.time())

@@ -5,6 +5,7 @@ On the emulator, with the fake model (docs/quotas.md)."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import os
@@ -19,6 +20,7 @@ import anyio
 import jwt
 import pytest
 
+from llmstream import reservations
 from llmstream.answer import run_task
 from llmstream.deps import Deps
 from llmstream.limits import estimate_tokens
@@ -114,6 +116,28 @@ def answered_text(deps: Deps, task_id: str) -> str:
     return "".join(text)
 
 
+def test_a_reservation_consumed_in_part_is_given_back_whole_not_taken_for_settled(
+    deps: Deps,
+) -> None:
+    with_quota(deps, QUOTA)
+    alice = user("alice")
+    task = accepted(deps, alice, max_tokens=200)
+    stale = dataclasses.replace(task)  # as a delete reads it, from the session's index
+    running = deps.tasks.get(task.task_id)  # as the worker's claim returns it
+    # GIVEN an answer that has used 30 of its reservation so far
+    assert reservations.consume(deps, running, 30) == 30
+    assert deps.tasks.get(task.task_id).reserved == task.reserved - 30
+    assert deps.quotas.used_today(alice.sub) == task.reserved  # counted once: reserved
+    # WHEN its conversation is deleted, with the reservation read before that
+    assert reservations.release(deps, stale) is True
+    # THEN what is left is given back: the day counts the 30 used, and nothing is held
+    assert deps.quotas.used_today(alice.sub) == 30
+    assert deps.tasks.get(task.task_id).reserved is None
+    # AND the answer, finding nothing left to take, is told to charge the day itself
+    assert reservations.consume(deps, running, 10) == 0
+    assert reservations.release(deps, stale) is False
+
+
 def test_a_worker_killed_mid_answer_has_charged_what_it_used_as_it_went(
     stack: LocalTemplate,
     clients: dict[str, Any],
@@ -125,23 +149,28 @@ def test_a_worker_killed_mid_answer_has_charged_what_it_used_as_it_went(
     alice = user("alice")
     task = accepted(deps, alice, LONG, max_tokens=1000)
     assert task.reserved and deps.quotas.used_today(alice.sub) == task.reserved
+    reserved = task.reserved
     with worker_environment(stack, clients, aws_endpoint, fake_openai_url, task) as pool:
-        # GIVEN its first attempt running, past a heartbeat: it has charged its day
-        wait_for(lambda: deps.quotas.used_today(alice.sub) > task.reserved, "a charge")
+        # GIVEN its first attempt running, past a heartbeat: what it has used so far has
+        # come out of the reservation, and the day holds the reservation alone (nothing
+        # counted twice while it runs)
+        wait_for(lambda: (deps.tasks.get(task.task_id).reserved or 0) < reserved, "a checkpoint")
+        assert deps.quotas.used_today(alice.sub) == reserved
         # WHEN its execution environment is killed mid-answer
         kill(pool)
-    assert deps.tasks.get(task.task_id).status == "running"  # nothing ended it
-    charged = deps.quotas.used_today(alice.sub) - task.reserved
+    row = deps.tasks.get(task.task_id)
+    assert row.status == "running" and row.reserved  # nothing ended it
+    used_by_first = reserved - row.reserved
     # AND its message comes back to a second attempt, which answers
     run_task(deps, task.task_id, receive_count=2)
     row = deps.tasks.get(task.task_id)
     assert row.status == "done" and row.attempt == 2 and row.reserved is None
     [done] = [e for e in deps.log.read_all(task.task_id) if e.kind == "done"]
-    # THEN the day counts the answer's usage and what the killed attempt charged as it
-    # went: its prompt at least, never more than the whole answer would have cost it
-    assert deps.quotas.used_today(alice.sub) == done.data["usage"]["total_tokens"] + charged
+    # THEN the day counts the answer's usage and what the killed attempt accounted for as
+    # it went: its prompt at least, never more than the whole answer would have cost it
+    assert deps.quotas.used_today(alice.sub) == done.data["usage"]["total_tokens"] + used_by_first
     whole = prompt_estimate(task) + len(answered_text(deps, task.task_id)) // 4
-    assert prompt_estimate(task) <= charged <= whole
+    assert prompt_estimate(task) <= used_by_first <= whole
 
 
 def test_the_last_delivery_holds_no_reservation_for_the_dead_letter_queue_to_keep(
