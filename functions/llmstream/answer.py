@@ -28,7 +28,7 @@ from llmstream.exceptions import (
     TaskNotFound,
 )
 from llmstream.limits import estimate_tokens
-from llmstream.llm import Finished, build_messages, open_stream, pieces
+from llmstream.llm import Finished, open_stream, pieces, prompt
 from llmstream.models import EventKind
 from llmstream.observe import Record, Unit
 from llmstream.retry import backoff, describe, transient
@@ -163,7 +163,7 @@ class Attempt:
             if budget <= 0:
                 self._no_time_left(budget)  # RetryLater, or the last attempt's error
                 return
-        messages = self._messages()
+        messages = prompt(self.deps.tasks, self.settings, self.task)
         self._take_capacity(estimate_tokens(messages, self.task.max_tokens))
         try:
             if next_seq > 1:
@@ -184,17 +184,6 @@ class Attempt:
             self._fail(f"internal error: {type(e).__name__}")
         finally:
             self._wrap_up()
-
-    def _messages(self) -> list[dict[str, str]]:
-        """The prompt: the system text, the session's earlier turns that fit, the message."""
-        budget = self.settings.history_token_budget
-        task = self.task
-        history = (
-            self.deps.tasks.session(task.owner, task.session_id)
-            if budget and not task.new_session
-            else []
-        )
-        return build_messages(task, history, budget)
 
     def _take_capacity(self, estimate: int) -> None:
         """Take the answer's estimate from the shared rate limits; without room now, the

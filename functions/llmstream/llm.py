@@ -10,7 +10,7 @@ from openai import AsyncOpenAI, OpenAI
 
 from llmstream import vault
 from llmstream.settings import Settings
-from llmstream.tasks import Task
+from llmstream.tasks import Task, TaskStore
 
 if TYPE_CHECKING:
     from openai import AsyncStream, Stream
@@ -50,6 +50,15 @@ async def direct_pieces(client: AsyncOpenAI, task: Task) -> AsyncIterator[str]:
             for choice in chunk.choices:
                 if choice.delta.content:
                     yield choice.delta.content
+
+
+def prompt(tasks: TaskStore, settings: Settings, task: Task) -> list[dict[str, str]]:
+    """A worker's prompt for ``task``: the system text, the session's earlier turns that
+    fit the history budget (none to look up for a new session), the message."""
+    budget = settings.history_token_budget
+    fetch = budget and not task.new_session
+    history = tasks.session(task.owner, task.session_id) if fetch else []
+    return build_messages(task, history, budget)
 
 
 def build_messages(
