@@ -100,8 +100,8 @@ class Spending:
 def last_delivery(deps: Deps, task: Task, receive_count: int) -> None:
     """The last delivery SQS makes of a task's message (maxReceiveCount): if this attempt
     dies too, the message goes to the dead-letter queue, where nothing settles the task's
-    reservation. So it gives the reservation back first, and charges what it uses as it
-    goes, as any attempt does (a redriven message's attempts too)."""
+    reservation. So it gives what is left of it back first, and charges the day what it
+    uses as it goes, as every attempt after it does (a redriven message's)."""
     if receive_count < deps.settings.max_receive_count or not task.reserved:
         return
     try:
