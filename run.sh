@@ -13,7 +13,7 @@
 #                                 e2e stacks on moto, dynamodb-local, localstack or external)
 #   ./run.sh bench [--quick|--full|--chaos] the pipeline against direct streaming, side by
 #                                 side; --chaos: recovery from killed workers
-#   ./run.sh deploy [--env prod]  sam build + sam deploy, then publish the chat page
+#   ./run.sh deploy [--env prod]  sam build + sam deploy, publish the chat page, allow its origin
 #   ./run.sh install              create .venv and install everything (the others do it too)
 #   ./run.sh lock                 pin pyproject.toml's dependencies, with hashes, into
 #                                 infra/lock/ and functions/requirements.txt (after editing it)
@@ -517,6 +517,9 @@ PY
     sam deploy --config-env "$env_name" "$@"
     say "publishing the chat page"
     python -m llmstream_deploy publish --stack "$stack"
+    # CORS: the page's CloudFront origin instead of the first deploy's * (infra/deploy/origin.py)
+    say "allowing the chat page's origin"
+    python -m llmstream_deploy origin --stack "$stack" --config-env "$env_name" -- "$@"
     ;;
   help | -h | --help)
     sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'

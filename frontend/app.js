@@ -530,6 +530,26 @@ async function refreshLights() {
   setLight("light-queue", queueState);
 }
 
+// ---------------------------------------------------------------- what the user may ask for
+// A priority above 0 is for the API's PriorityGroup (403 for anyone else): the page offers
+// only the priorities GET /me says this user may send.
+function offerPriorities(maxPriority) {
+  const select = $("priority");
+  for (const option of select.options) {
+    const refused = Number(option.value) > maxPriority;
+    option.hidden = refused;
+    option.disabled = refused;
+  }
+  if (select.selectedOptions[0]?.disabled) select.value = "0";
+}
+
+async function loadAccount() {
+  const e = epoch;
+  const res = await authFetch(api("/me"));
+  if (e !== epoch || !res.ok) return;
+  offerPriorities((await res.json()).max_priority);
+}
+
 // ---------------------------------------------------------------- sign-in and sign-out
 async function signedIn(user) {
   epoch += 1;
@@ -539,9 +559,10 @@ async function signedIn(user) {
   sessionId = store.get("current", null);
   sessions = [];
   drawConversations();
+  offerPriorities(0);
   refreshLights();
   ApiKeys.start(config);
-  await Promise.all([loadConversations(), openSession(sessionId)]).catch(report);
+  await Promise.all([loadConversations(), openSession(sessionId), loadAccount()]).catch(report);
   $("message").focus();
 }
 
@@ -559,6 +580,7 @@ function signedOut(user) {
   setStatus("");
   queueLight = "unknown";
   setLight("light-queue", "unknown");
+  offerPriorities(0);
   document.body.classList.remove("sidebar-open");
   $("toggle-sidebar").setAttribute("aria-expanded", "false");
 }

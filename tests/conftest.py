@@ -3,6 +3,7 @@ server, a redis-server, the fake OpenAI server (through the real openai SDK), uv
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -38,6 +40,17 @@ FUNCTION_ENV = {
     "AUTH_ISSUER": "https://issuer.example/pool",
     "AUTH_AUDIENCE": "client-a, client-b",
 }
+
+
+def app_openapi(module: str) -> dict[str, Any]:
+    """The OpenAPI description of an app (``llmstream.stream``, ``llmstream.api``), built
+    in-process from its route table, as FastAPI would serve it: the stream function URL is
+    public and serves none."""
+    with pytest.MonkeyPatch.context() as env:
+        for key, value in FUNCTION_ENV.items():
+            env.setenv(key, value)
+        app = importlib.import_module(module).app
+    return dict(app.openapi())
 
 
 def unique(prefix: str) -> str:

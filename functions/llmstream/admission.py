@@ -17,7 +17,7 @@ from llmstream.auth import Principal
 from llmstream.deps import Deps
 from llmstream.exceptions import Forbidden, QuotaExceeded
 from llmstream.limits import prompt_tokens
-from llmstream.models import ChatRequest, TaskState
+from llmstream.models import PRIORITY_MAX, ChatRequest, TaskState
 from llmstream.observe import Record
 from llmstream.settings import Settings, choose_model
 from llmstream.tasks import Task
@@ -47,7 +47,7 @@ def admit(
     model = choose_model(settings, request.model)
     if metrics is not None:
         metrics.dimension(model=model)
-    if request.priority > 0 and not user.member_of(settings.priority_group):
+    if request.priority > max_priority(settings, user):
         raise Forbidden(
             f"a priority above 0 is for the {settings.priority_group} group; "
             "send 0 (default) or below"
@@ -80,6 +80,11 @@ def admit(
         reserved=reserved,
         **extras,
     )
+
+
+def max_priority(settings: Settings, user: Principal) -> int:
+    """The highest priority ``user`` may ask for: above 0 is for the PriorityGroup."""
+    return PRIORITY_MAX if user.member_of(settings.priority_group) else 0
 
 
 def estimate(

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 from openai import APIError, OpenAIError
 
-from llmstream import reservations
 from llmstream.chunklog.writer import ChunkWriter
 from llmstream.deps import Deps
 from llmstream.endings import (
@@ -26,7 +25,7 @@ from llmstream.endings import (
     control,
     end,
     fail,
-    settle_ended,
+    finish_ended,
 )
 from llmstream.exceptions import (
     ClaimLost,
@@ -38,12 +37,12 @@ from llmstream.exceptions import (
     TaskNotFound,
 )
 from llmstream.limits import estimate_tokens
-from llmstream.llm import Arguments, CallStarted, Finished, build_messages, open_stream, pieces
+from llmstream.llm import Arguments, CallStarted, Finished, open_stream, pieces, prompt
 from llmstream.models import EventKind
 from llmstream.observe import Record, Unit
 from llmstream.retry import backoff, describe, transient
 from llmstream.settings import priority_name
-from llmstream.spending import Spending
+from llmstream.spending import Spending, last_delivery, settle_ended
 from llmstream.tasks import Task
 from llmstream.watchdog import Watchdog
 
@@ -97,14 +96,11 @@ def run_task(
         # finished, just settle the row.
         last = deps.log.last(task_id)
         if last is not None and last.terminal:
-            # The attempt that wrote it may have died before settling the quota: settle
-            # with the usage it recorded (without one, the reservation stands as the
-            # charge). Settled already, this changes nothing.
-            used = (last.data.get("usage") or {}).get("total_tokens", task.reserved or 0)
-            reservations.settle_quietly(deps, task, int(used))
-            settle_ended(deps, task_id, task.attempt, last.kind, last.data)
+            settle_ended(deps, task, last.data)
+            finish_ended(deps, task_id, task.attempt, last.kind, last.data)
             return
         next_seq = (last.seq + 1) if last else 1
+    last_delivery(deps, task, receive_count)  # no reservation left for the DLQ to keep
     writer = ChunkWriter(
         deps.log,
         task_id,
@@ -168,7 +164,7 @@ class Attempt:
             if budget <= 0:
                 self._no_time_left(budget)  # RetryLater, or the last attempt's error
                 return
-        messages = self._messages()
+        messages = prompt(self.deps.tasks, self.settings, self.task)
         self._take_capacity(estimate_tokens(messages, self.task.max_tokens))
         try:
             if next_seq > 1:
@@ -189,17 +185,6 @@ class Attempt:
             self._fail(f"internal error: {type(e).__name__}")
         finally:
             self._wrap_up()
-
-    def _messages(self) -> list[dict[str, str]]:
-        """The prompt: the system text, the session's earlier turns that fit, the message."""
-        budget = self.settings.history_token_budget
-        task = self.task
-        history = (
-            self.deps.tasks.session(task.owner, task.session_id)
-            if budget and not task.new_session
-            else []
-        )
-        return build_messages(task, history, budget)
 
     def _take_capacity(self, estimate: int) -> None:
         """Take the answer's estimate from the shared rate limits; without room now, the
@@ -245,6 +230,7 @@ class Attempt:
         if self.keep_alive is not None:
             self.keep_alive()
         self.deps.tasks.beat(self.task.task_id, self.task.attempt)
+        self.spending.checkpoint("".join(self.writer.text))
 
     def _relay(
         self, stream: Stream[ChatCompletionChunk], watchdog: Watchdog, asked: float

@@ -9,10 +9,12 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Path, Response
 from mangum import Mangum
 
 from llmstream import chat, embeddings, observe, ops, web
+from llmstream.admission import max_priority
 from llmstream.api_key_models import ApiKeyCreate, ApiKeyCreated, ApiKeyInfo, ApiKeyList
 from llmstream.api_keys import KEY_ID_PATTERN, ApiKeyStore
 from llmstream.models import (
     ID_PATTERN,
+    Account,
     CancelResult,
     ChatAccepted,
     ChatRequest,
@@ -111,6 +113,17 @@ def delete_session(session_id: SessionId, user: SignedInUser, deps: DepsDep) -> 
     """Delete a conversation with its turns and answers (running ones are cancelled)."""
     chat.delete_session(deps, user, session_id)
     return Response(status_code=204)
+
+
+@app.get("/me", response_model=Account, responses=ERRORS)
+def me(user: SignedInUser, cfg: SettingsDep) -> Account:
+    """Who you are signed in as, and what you may ask for (the page offers only that)."""
+    return Account(
+        username=user.username,
+        groups=sorted(user.groups),
+        operator=user.member_of(cfg.auth_admin_group),
+        max_priority=max_priority(cfg, user),
+    )
 
 
 @app.get("/health", response_model=Health)

@@ -19,6 +19,7 @@ import logging
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Literal, Protocol
+from urllib.parse import urlsplit
 
 import jwt
 from jwt import PyJWKClient
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
 
 logger = logging.getLogger(__name__)
+_AWS_DOMAINS = (".amazonaws.com", ".amazonaws.com.cn")
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,9 @@ class Verifier(Protocol):
 
 class JwtVerifier:
     """RS256 JWTs of one issuer: signature (its JWKS, cached), issuer, expiry, audience
-    (``aud``, or Cognito access tokens' ``client_id``) and ``token_use`` where present."""
+    (``aud``, or Cognito access tokens' ``client_id``) and ``token_use``: required of a
+    Cognito user pool's tokens (every one carries it), checked where present for another
+    OIDC issuer's (whose tokens may have none)."""
 
     def __init__(
         self,
@@ -72,6 +76,7 @@ class JwtVerifier:
         self._issuer = issuer
         self._audiences = audiences
         self._token_uses = token_uses
+        self._token_use_required = is_cognito(issuer)
         self._groups_claim = groups_claim
         self._leeway = leeway_seconds
         # The key set is kept for an hour; an unknown key id (a rotated pool key) fetches it
@@ -109,6 +114,8 @@ class JwtVerifier:
         if not audiences & self._audiences:
             raise Unauthenticated("invalid token: issued for another client")
         token_use = claims.get("token_use")
+        if token_use is None and self._token_use_required:
+            raise Unauthenticated("invalid token: no token_use (an id or access token)")
         if token_use is not None and token_use not in self._token_uses:
             raise Unauthenticated(f"invalid token: a {token_use} token is not accepted here")
         groups = claims.get(self._groups_claim) or []
@@ -117,6 +124,12 @@ class JwtVerifier:
             username=str(claims.get("username") or claims.get("cognito:username") or ""),
             groups=frozenset(str(g) for g in (groups if isinstance(groups, list) else [groups])),
         )
+
+
+def is_cognito(issuer: str) -> bool:
+    """A Cognito user pool's issuer (https://cognito-idp.<region>.amazonaws.com/<pool>)."""
+    host = urlsplit(issuer).hostname or ""
+    return host.startswith("cognito-idp.") and host.endswith(_AWS_DOMAINS)
 
 
 class Authenticator:

@@ -1,4 +1,4 @@
-"""How an answer attempt's ending is recorded: its terminal event, its quota settled, then
+"""How an answer attempt's ending is recorded: its quota settled, its terminal event, then
 its row (answer.py decides which ending; here each is written, in that order)."""
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ def end(
     metrics: Record,
     settle: Callable[[], None],
 ) -> None:
-    """The answer ends done or cancelled: its terminal event, its quota settled, its row."""
+    """The answer ends done or cancelled: its quota settled, its terminal event, its row."""
+    settle()
     writer.event(kind, data)
     metrics.count(DONE if kind == "done" else CANCELLED)
-    settle()
     if kind == "done":
         answer = "".join(writer.text)[: deps.settings.answer_max_chars]
         calls = json.dumps(writer.calls, ensure_ascii=False) if writer.calls else None
@@ -53,8 +53,9 @@ def end(
 def fail(
     deps: Deps, writer: ChunkWriter, task: Task, message: str, settle: Callable[[], None]
 ) -> None:
-    """The answer ends in an error: its terminal event, its quota settled, then its row."""
+    """The answer ends in an error: its quota settled, its terminal event, then its row."""
     logger.warning("task %s ends in error: %s", task.task_id, message)
+    settle()
     try:
         writer.event("error", {"type": "error", "message": message})
     except ClaimLost:
@@ -64,7 +65,6 @@ def fail(
         # still has to reach viewers, after whatever the log holds now.
         writer.resync()
         writer.event("error", {"type": "error", "message": message})
-    settle()
     deps.tasks.finish(task.task_id, task.attempt, "error", error=message)
 
 
@@ -76,7 +76,7 @@ def control(deps: Deps, task: Task) -> str | None:
     return "cancelled" if cancel_requested else None
 
 
-def settle_ended(deps: Deps, task_id: str, attempt: int, kind: str, data: dict[str, Any]) -> None:
+def finish_ended(deps: Deps, task_id: str, attempt: int, kind: str, data: dict[str, Any]) -> None:
     """The row of a task whose log already ended (an earlier attempt wrote the end)."""
     if kind == "done":
         deps.tasks.finish(task_id, attempt, "done", usage=data.get("usage"))

@@ -11,7 +11,7 @@ from openai import AsyncOpenAI, OpenAI
 
 from llmstream import vault
 from llmstream.settings import Settings
-from llmstream.tasks import Task
+from llmstream.tasks import Task, TaskStore
 
 if TYPE_CHECKING:
     from openai import AsyncStream, Stream
@@ -54,6 +54,15 @@ async def direct_pieces(client: AsyncOpenAI, task: Task) -> AsyncIterator[str]:
 
 
 Message = dict[str, Any]
+
+
+def prompt(tasks: TaskStore, settings: Settings, task: Task) -> list[Message]:
+    """A worker's prompt for ``task``: the system text, the session's earlier turns that
+    fit the history budget (none to look up for a new session), the message."""
+    budget = settings.history_token_budget
+    fetch = budget and not task.new_session
+    history = tasks.session(task.owner, task.session_id) if fetch else []
+    return build_messages(task, history, budget)
 
 
 def build_messages(

@@ -36,6 +36,7 @@ EventKind = Literal["chunk", "call", "args", "reset", "done", "error", "cancelle
 TERMINAL_KINDS: frozenset[str] = frozenset({"done", "error", "cancelled"})
 
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+PRIORITY_MAX = 10  # a request's priority is -10 (low) .. 10 (high)
 
 
 class ToolResult(BaseModel):
@@ -62,7 +63,9 @@ class ChatRequest(BaseModel):
         pattern=ID_PATTERN,
         description="One of your conversations (from a 202 or GET /sessions); a new one if absent",
     )
-    priority: int = Field(default=0, ge=-10, le=10, description="-10 (low) .. 10 (high)")
+    priority: int = Field(
+        default=0, ge=-PRIORITY_MAX, le=PRIORITY_MAX, description="-10 (low) .. 10 (high)"
+    )
     model: str | None = Field(
         default=None, pattern=r"^[A-Za-z0-9._:/-]{1,128}$", description="Model id override"
     )
@@ -198,6 +201,17 @@ class CancelResult(BaseModel):
     task_id: str
     status: TaskState
     cancel_requested: bool = Field(description="True once a cancel has been asked for")
+
+
+class Account(BaseModel):
+    """GET /me: the signed-in caller, and what they may ask for."""
+
+    username: str
+    groups: list[str] = Field(description="The groups the caller's token names")
+    operator: bool = Field(description="In the operators' group: /stats, /health/full, /test")
+    max_priority: int = Field(
+        description="The highest priority the caller may send (above 0: the PriorityGroup's)"
+    )
 
 
 class Health(BaseModel):

@@ -41,6 +41,10 @@ app = FastAPI(
     title="llmstream stream",
     version="0.1.0",
     description="Server-Sent Events of a task's answer: resumable, several viewers per task.",
+    # The function URL is public: it describes nothing (the tests build the schema in-process).
+    docs_url=None,
+    redoc_url=None,
+    openapi_url=None,
 )
 web.configure(app, settings, expose_headers=["X-Session-ID"])
 v1.install(app)  # the OpenAI-compatible routes (v1/)
@@ -172,10 +176,11 @@ async def direct(body: ChatRequest, user: CurrentUser, deps: DepsDep) -> Streami
         raise BadRequest("direct mode streams text: send tools and their results to POST /chat")
     held = await take_lease(deps, user.sub, observe.Record("stream", mode="direct"))
     try:
+        # The key secret (read once) before admission: a key that fails reserves nothing.
+        client = await anyio.to_thread.run_sync(_async_model)
         task = await anyio.to_thread.run_sync(
             partial(admit, deps, settings, user, body, status="running")
         )
-        client = await anyio.to_thread.run_sync(_async_model)  # reads the key secret once
     except BaseException:
         await held.release()
         raise
@@ -183,8 +188,25 @@ async def direct(body: ChatRequest, user: CurrentUser, deps: DepsDep) -> Streami
 
     from llmstream.llm import direct_pieces
 
+    started, said, settled = False, 0, False  # the text (the model is asked when it starts)
+
+    async def settle() -> None:
+        # Once, when the text ends or after a response whose text never started (the
+        # client gone first). Direct mode has no usage from the model: the estimate (4
+        # chars a token) of what was sent and said, or nothing if it was never asked.
+        nonlocal settled
+        if settled:
+            return
+        settled = True
+        spent = (len(body.message) + len(body.system or "") + said) // 4 if started else 0
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(
+                deps.quotas.settle, user.sub, task.reserved, spent, task.created_at
+            )
+
     async def text() -> AsyncIterator[str]:
-        said = 0
+        nonlocal started, said
+        started = True
         try:
             async for piece in direct_pieces(client, task):
                 await held.tick()
@@ -194,13 +216,13 @@ async def direct(body: ChatRequest, user: CurrentUser, deps: DepsDep) -> Streami
             yield f"\n[error: model error: {e}]"
         finally:
             await held.release()
-            # Direct mode has no usage from the model: settle the reservation with the
-            # estimate (4 chars a token) of what was sent and said.
-            spent = (len(body.message) + len(body.system or "") + said) // 4
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(
-                    deps.quotas.settle, user.sub, task.reserved, spent, task.created_at
-                )
+            await settle()
+
+    async def closed() -> None:  # after the response, also if the text never started
+        try:
+            await held.release()
+        finally:
+            await settle()
 
     return StreamingResponse(
         text(),
@@ -210,7 +232,7 @@ async def direct(body: ChatRequest, user: CurrentUser, deps: DepsDep) -> Streami
             "Cache-Control": "no-cache",
             "X-Accel-Buffering": "no",
         },
-        background=BackgroundTask(held.release),  # if the text never started
+        background=BackgroundTask(closed),
     )
 
 

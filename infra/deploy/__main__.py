@@ -1,4 +1,4 @@
-"""``python -m llmstream_deploy publish --stack NAME``: the steps after `sam deploy`."""
+"""``python -m llmstream_deploy publish|origin --stack NAME``: the steps after `sam deploy`."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import boto3
 from dotenv import dotenv_values
 
+from llmstream_deploy.origin import named_by_deployer, pin_origin
 from llmstream_deploy.publish import invalidate, stack_outputs, store_openai_key, sync_frontend
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,12 +34,33 @@ def main(argv: list[str] | None = None) -> int:
     pub = sub.add_parser("publish", help="frontend to S3, config.json, CloudFront invalidation")
     pub.add_argument("--stack", required=True)
     pub.add_argument("--directory", default=str(ROOT / "frontend"))
+    org = sub.add_parser("origin", help="AllowedOrigin: the chat page's URL, unless named")
+    org.add_argument("--stack", required=True)
+    org.add_argument("--config-env", default="default", help="samconfig.toml's environment")
+    org.add_argument("--samconfig", default=str(ROOT / "samconfig.toml"))
+    org.add_argument("sam_args", nargs="*", help="after --: the arguments sam deploy had")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for noisy in ("botocore", "boto3", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    log = logging.getLogger("llmstream_deploy")
+    if args.command == "origin":
+        return origin(args)
+    return publish(args)
 
+
+def origin(args: argparse.Namespace) -> int:
+    log = logging.getLogger("llmstream_deploy")
+    if named_by_deployer(Path(args.samconfig), args.config_env, args.sam_args):
+        log.info("AllowedOrigin is named by the deploy's parameters: left as it is")
+        return 0
+    pinned = pin_origin(boto3.client("cloudformation"), args.stack)
+    if pinned is None:
+        log.info("AllowedOrigin: the stack's own (already the page's origin, or named before)")
+    return 0
+
+
+def publish(args: argparse.Namespace) -> int:
+    log = logging.getLogger("llmstream_deploy")
     outputs = stack_outputs(boto3.client("cloudformation"), args.stack)
     key = openai_key(ROOT / ".env")
     if key and outputs.openai_secret_arn:

@@ -4,12 +4,13 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from llmstream.limits import prompt_tokens
 from localcloud.up import Options, Ports, Stack
 from localcloud.users import LocalUser
-from tests.conftest import ARTIFACTS, unique
+from tests.conftest import ARTIFACTS, app_openapi, unique
 
 # Where the stacks' AWS services run: `./run.sh test --aws TARGET` (moto by default). With
 # "external", the standard AWS_ENDPOINT_URL variables say where (each stack's resources
@@ -42,6 +43,16 @@ def user(stack: Stack, name: str = DEFAULT_USER, *, admin: bool = False) -> Loca
 def auth(stack: Stack, name: str = DEFAULT_USER, *, admin: bool = False) -> dict[str, str]:
     """The Authorization header of ``name`` on ``stack``."""
     return user(stack, name, admin=admin).headers
+
+
+def described(stack: Stack, app: str) -> dict[str, Any]:
+    """The OpenAPI description of ``app`` ("api" or "stream") of the stack: the api serves
+    its own; the stream function URL serves none (it is public), so its description is
+    built in-process from the same app."""
+    if app == "stream":
+        return app_openapi("llmstream.stream")
+    spec: dict[str, Any] = httpx.get(f"{stack.urls[app]}/openapi.json", timeout=10).json()
+    return spec
 
 
 def stack_options(name: str, **overrides: Any) -> Options:

@@ -8,6 +8,7 @@ import re
 import shutil
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -364,20 +365,70 @@ def test_a_spent_quota_shows_the_reason_and_when_to_retry(page: Page, local_stac
     expect(page.get_by_role("button", name="Send")).to_be_visible()
 
 
-def test_delete_a_conversation(page: Page) -> None:
-    for message in ("keep this one [[fake tokens=10]]", "delete this one [[fake tokens=10]]"):
-        page.get_by_role("button", name="New chat").click()
+def stored_items(stack: Stack) -> dict[str, list[dict[str, Any]]]:
+    """Every item of every table of the stack, read over the emulator's endpoint."""
+    assert stack.template is not None
+    ddb = stack.client("dynamodb")
+    tables = {}
+    for logical_id in stack.template.of_type("AWS::DynamoDB::Table"):
+        name = stack.template.physical_name(logical_id)
+        items = []
+        for page in ddb.get_paginator("scan").paginate(TableName=name, ConsistentRead=True):
+            items.extend(page["Items"])
+        tables[logical_id] = items
+    return tables
+
+
+def holding(tables: dict[str, list[dict[str, Any]]], text: str) -> dict[str, int]:
+    """How many items of each table hold ``text`` anywhere (message, answer, title, chunk)."""
+    counts = {name: sum(text in json.dumps(i) for i in items) for name, items in tables.items()}
+    return {name: count for name, count in counts.items() if count}
+
+
+def test_delete_a_conversation(page: Page, local_stack: Stack) -> None:
+    # GIVEN a conversation to keep, and one of two turns to delete (the fake model's answer
+    # repeats the message's first words: its text holds the marker too)
+    marker = unique("gone")
+    page.get_by_role("button", name="New chat").click()
+    send(page, "keep this one [[fake tokens=10]]")
+    expect(page.locator(".msg.assistant").last).to_have_class(
+        "msg assistant done", timeout=ANSWER_MS
+    )
+    page.get_by_role("button", name="New chat").click()
+    for message in (f"delete this one {marker} [[fake tokens=10]]", f"and {marker} too"):
         send(page, message)
         expect(page.locator(".msg.assistant").last).to_have_class(
             "msg assistant done", timeout=ANSWER_MS
         )
     expect(page.locator("#conversations li")).to_have_count(2)
-    # WHEN the open conversation is deleted (after the page asks to confirm)
+    before = stored_items(local_stack)
+    held = holding(before, marker)
+    # its turns' rows, their answers' chunks and its session row hold the marker
+    assert {"RequestsTable", "ChunksTable", "SessionsTable"} <= set(held), held
+    turns = [
+        item["task_id"]["S"]
+        for item in before["RequestsTable"]
+        if marker in item.get("message", {}).get("S", "")
+    ]
+    [session] = [i for i in before["SessionsTable"] if marker in json.dumps(i)]
+    assert len(turns) == 2
+    # WHEN the open conversation is deleted (after the page asks to confirm), by the page
+    # on its own origin: the API's CORS has to allow DELETE
     page.once("dialog", lambda dialog: dialog.accept())
     page.get_by_role("button", name="Delete delete this one").click()
     # THEN it is gone from the list and from the log, and stays gone after a reload
+    expect(page.locator("#status")).to_have_text("Conversation deleted.")
     expect(page.locator("#conversations li")).to_have_count(1)
     expect(page.locator(".msg")).to_have_count(0)
+    # AND no table holds its text any more: each turn's row is a tombstone without it, its
+    # chunk log is empty, its session row is gone
+    after = stored_items(local_stack)
+    assert holding(after, marker) == {}
+    rows = {i["task_id"]["S"]: i for i in after["RequestsTable"] if i["task_id"]["S"] in turns}
+    tombstones = {t: (r["deleted"]["BOOL"], "message" in r) for t, r in rows.items()}
+    assert tombstones == dict.fromkeys(turns, (True, False))
+    assert not [i for i in after["ChunksTable"] if i["task_id"]["S"] in turns]
+    assert session not in after["SessionsTable"]
     page.reload()
     expect(page.locator("#conversations li")).to_have_count(1)
     assert conversations(page) == ["keep this one [[fake tokens=10]]"]
@@ -442,6 +493,20 @@ def test_api_keys_panel_creates_lists_and_revokes_a_key(
     expect(panel.locator("#keys-status")).to_have_text('Key "my laptop" revoked.')
     assert httpx.get(f"{stream}/stream/{task['task_id']}", headers=with_key).status_code == 401
     assert refused == []
+
+
+def test_the_high_priority_is_offered_to_those_allowed_it_alone(
+    browser: Browser, local_stack: Stack, user: LocalUser, operator: LocalUser
+) -> None:
+    # A priority above 0 is the PriorityGroup's (admins here): the page asks GET /me
+    for who, offered in ((user, ["Normal", "Low"]), (operator, ["High", "Normal", "Low"])):
+        context = browser.new_context(viewport=DESKTOP)
+        pg = context.new_page()
+        pg.goto(local_stack.urls["frontend"])
+        sign_in(pg, who)
+        expect(pg.locator("#priority option:not([disabled])")).to_have_text(offered)
+        expect(pg.get_by_label("Priority")).to_have_value("0")
+        context.close()
 
 
 def test_each_user_sees_only_their_own_conversations(browser: Browser, local_stack: Stack) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from localcloud.fake_openai import Behaviour, expected_answer, fake_embedding
 from localcloud.up import Stack
-from tests.e2e.conftest import FAKE_TOKENS, auth
+from tests.e2e.conftest import FAKE_TOKENS, auth, described
 from tests.e2e.test_chat_flow import admin_auth, post_chat, read_stream, text
 
 pytestmark = pytest.mark.e2e
@@ -171,6 +171,7 @@ def test_docs_list_every_route_with_its_models(local_stack: Stack) -> None:
         ("/stats", "get"),
         ("/test", "get"),
         ("/embeddings", "post"),
+        ("/me", "get"),
     }
     for path, method in routes:
         op = api["paths"][path][method]
@@ -181,8 +182,15 @@ def test_docs_list_every_route_with_its_models(local_stack: Stack) -> None:
         assert ("security" in op) == (path != "/health"), (path, method)
     assert "requestBody" in api["paths"]["/chat"]["post"]
     assert httpx.get(f"{local_stack.urls['api']}/docs").status_code == 200
-    stream = httpx.get(f"{local_stack.urls['stream']}/openapi.json").json()
+    stream = described(local_stack, "stream")
     assert {"/stream/{task_id}", "/direct", "/health"} <= set(stream["paths"])
+
+
+def test_the_public_stream_url_describes_nothing(local_stack: Stack) -> None:
+    # The stream function URL is open to anyone (AuthType NONE): no docs, no schema there.
+    for path in ("/docs", "/redoc", "/openapi.json", "/docs/oauth2-redirect"):
+        assert httpx.get(f"{local_stack.urls['stream']}{path}").status_code == 404, path
+    assert httpx.get(f"{local_stack.urls['stream']}/health").status_code == 200
 
 
 def test_idempotency_key_returns_the_same_task_and_one_model_call(local_stack: Stack) -> None:

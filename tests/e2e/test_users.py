@@ -15,7 +15,7 @@ import jwt
 import pytest
 
 from localcloud.up import Stack
-from tests.e2e.conftest import ANSWER_TOKENS, DAILY, SLOW, auth, stack_options, user
+from tests.e2e.conftest import ANSWER_TOKENS, DAILY, SLOW, auth, described, stack_options, user
 from tests.e2e.test_chat_flow import read_stream
 from tests.stacklogs import wait_records
 
@@ -24,9 +24,8 @@ PUBLIC = {("GET", "/health")}
 PIN = "My secret bank PIN is 4321."
 
 
-def routes(base: str) -> list[tuple[str, str]]:
+def routes(spec: dict[str, Any]) -> list[tuple[str, str]]:
     """Every (method, path) of an app's OpenAPI description, path ids filled in."""
-    spec = httpx.get(f"{base}/openapi.json", timeout=10).json()
     out = []
     for path, ops in spec["paths"].items():
         for method in ops:
@@ -34,8 +33,7 @@ def routes(base: str) -> list[tuple[str, str]]:
     return out
 
 
-def templated(base: str) -> set[tuple[str, str]]:
-    spec = httpx.get(f"{base}/openapi.json", timeout=10).json()
+def templated(spec: dict[str, Any]) -> set[tuple[str, str]]:
     return {(m.upper(), p) for p, ops in spec["paths"].items() for m in ops}
 
 
@@ -55,11 +53,11 @@ def test_anonymous_callers_get_401_on_every_route_but_health(local_stack: Stack)
     # GIVEN every route both apps describe (a new route is in the list by itself)
     checked = []
     for app in ("api", "stream"):
-        base = local_stack.urls[app]
-        described = templated(base)
-        assert ("GET", "/health") in described
-        assert len(described) >= (10 if app == "api" else 3)
-        for method, path in routes(base):
+        base, spec = local_stack.urls[app], described(local_stack, app)
+        paths = templated(spec)
+        assert ("GET", "/health") in paths
+        assert len(paths) >= (10 if app == "api" else 3)
+        for method, path in routes(spec):
             if (method, path) in PUBLIC:
                 continue
             # WHEN it is called with no credentials, or with a forged token

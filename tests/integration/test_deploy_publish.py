@@ -145,3 +145,99 @@ def test_config_signs_in_through_the_stacks_user_pool_if_it_has_one() -> None:
         "apiUrl": "https://a",
         "streamUrl": "https://s",
     }
+
+
+PAGE = "https://d111abcdef8.cloudfront.net"
+
+
+def deployed(cfn: Any, **parameters: str) -> str:
+    """A stack as `sam deploy` leaves it: AllowedOrigin (``*`` unless given), another
+    parameter of the deployer's, and its chat page's URL."""
+    name = unique("origin")
+    template = {
+        "Parameters": {
+            "AllowedOrigin": {"Type": "String", "Default": "*"},
+            "Stage": {"Type": "String", "Default": "dev"},
+        },
+        "Resources": {"Handle": {"Type": "AWS::CloudFormation::WaitConditionHandle"}},
+        "Outputs": {"FrontendUrl": {"Value": PAGE}},
+    }
+    cfn.create_stack(
+        StackName=name,
+        TemplateBody=json.dumps(template),
+        Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()],
+    )
+    return name
+
+
+def parameters(cfn: Any, stack: str) -> dict[str, str]:
+    described = cfn.describe_stacks(StackName=stack)["Stacks"][0]
+    return {p["ParameterKey"]: p["ParameterValue"] for p in described["Parameters"]}
+
+
+def allow_origin(
+    aws_endpoint: str, stack: str, samconfig: Path, *sam_args: str
+) -> subprocess.CompletedProcess[str]:
+    """The deploy's last step, as `./run.sh deploy` runs it after publish."""
+    env = {
+        **os.environ,
+        "AWS_ENDPOINT_URL": aws_endpoint,
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    argv = ["origin", "--stack", stack, "--samconfig", str(samconfig), "--", *sam_args]
+    result = subprocess.run(
+        [sys.executable, "-m", "llmstream_deploy", *argv],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def test_after_the_first_deploy_the_stack_allows_its_pages_origin_alone(
+    aws_endpoint: str, tmp_path: Path
+) -> None:
+    cfn = aws_client(aws_endpoint, "cloudformation")
+    samconfig = tmp_path / "samconfig.toml"
+    samconfig.write_text(
+        '[default.deploy.parameters]\nparameter_overrides = "Stage=prod"\n', encoding="utf-8"
+    )
+    # GIVEN a first deploy: AllowedOrigin at the template's *, the page now at its URL
+    stack = deployed(cfn, Stage="prod")
+    assert parameters(cfn, stack)["AllowedOrigin"] == "*"
+    # WHEN the deploy's origin step runs
+    allow_origin(aws_endpoint, stack, samconfig)
+    # THEN the stack allows the page's origin alone, and its other parameters are as they were
+    assert parameters(cfn, stack) == {"AllowedOrigin": PAGE, "Stage": "prod"}
+    # AND the next deploy changes nothing (sam deploy keeps the value it is not given)
+    again = allow_origin(aws_endpoint, stack, samconfig)
+    assert "already the page's origin" in again.stderr
+    assert parameters(cfn, stack) == {"AllowedOrigin": PAGE, "Stage": "prod"}
+
+
+@pytest.mark.parametrize("where", ["samconfig", "command line"])
+def test_an_origin_the_deployer_names_is_left_alone(
+    aws_endpoint: str, tmp_path: Path, where: str
+) -> None:
+    cfn = aws_client(aws_endpoint, "cloudformation")
+    samconfig = tmp_path / "samconfig.toml"
+    overrides = "Stage=prod AllowedOrigin=*"
+    # GIVEN a deploy that names AllowedOrigin, * included (for trying things out)
+    if where == "samconfig":
+        samconfig.write_text(
+            f'[default.deploy.parameters]\nparameter_overrides = "{overrides}"\n', encoding="utf-8"
+        )
+        sam_args: tuple[str, ...] = ()
+    else:
+        sam_args = ("--parameter-overrides", overrides)
+    stack = deployed(cfn, Stage="prod", AllowedOrigin="*")
+    # WHEN the origin step runs after it
+    result = allow_origin(aws_endpoint, stack, samconfig, *sam_args)
+    # THEN the origin stays the deployer's
+    assert "named by the deploy's parameters" in result.stderr
+    assert parameters(cfn, stack) == {"AllowedOrigin": "*", "Stage": "prod"}

@@ -152,6 +152,44 @@ def test_keys_through_mangum_for_a_signed_in_user_only(
     assert call("GET", "/keys")[0] == 401
 
 
+def test_me_tells_the_page_what_the_caller_may_ask_for(
+    api_module: Any, alice: LocalUser, pool: UserPool
+) -> None:
+    ctx = LambdaContext(function_name="api", memory_limit_in_mb=512, timeout_seconds=29)
+    operator = pool.ensure_user("me-operator", admin=True)
+    answers = {
+        name: api_module.handler(http_api_event("GET", "/me", headers=who.headers), ctx)
+        for name, who in (("alice", alice), ("operator", operator))
+    }
+    assert {a["statusCode"] for a in answers.values()} == {200}
+    # A user: priorities up to 0 (above is the PriorityGroup's), no operator routes
+    assert json.loads(answers["alice"]["body"]) == {
+        "username": "alice",
+        "groups": [],
+        "operator": False,
+        "max_priority": 0,
+    }
+    # An operator (in admins, the default PriorityGroup): the high priorities too
+    body = json.loads(answers["operator"]["body"])
+    assert (body["operator"], body["max_priority"], body["groups"]) == (True, 10, ["admins"])
+    assert api_module.handler(http_api_event("GET", "/me"), ctx)["statusCode"] == 401
+
+
+def test_the_local_user_pool_signs_tokens_as_cognito_does(
+    api_module: Any, alice: LocalUser
+) -> None:
+    # The local stack's issuer has Cognito's form, so the functions require token_use of
+    # its tokens as of a real pool's: the local pool's tokens carry it, and pass.
+    from llmstream.auth import get_authenticator, is_cognito
+    from llmstream.settings import get_settings
+
+    assert is_cognito(get_settings().auth_issuer)
+    access = jwt.decode(alice.access_token, options={"verify_signature": False})
+    assert access["token_use"] == "access"
+    assert jwt.decode(alice.id_token, options={"verify_signature": False})["token_use"] == "id"
+    assert get_authenticator().authenticate(f"Bearer {alice.access_token}").sub == access["sub"]
+
+
 @pytest.fixture
 def worker_module(
     stack: LocalTemplate, aws_endpoint: str, fake_openai_url: str, monkeypatch: pytest.MonkeyPatch

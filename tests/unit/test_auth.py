@@ -9,7 +9,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from llmstream.auth import Authenticator, JwtVerifier
+from llmstream.auth import Authenticator, JwtVerifier, is_cognito
 from llmstream.exceptions import Forbidden, Unauthenticated
 
 pytestmark = pytest.mark.unit
@@ -49,12 +49,12 @@ def token(key: Any = KEY, kid: str = "k1", **claims: Any) -> str:
     return jwt.encode({k: v for k, v in body.items() if v is not None}, key, "RS256", {"kid": kid})
 
 
-def authenticator() -> Authenticator:
+def authenticator(issuer: str = ISSUER, token_uses: str = "access") -> Authenticator:
     verifier = JwtVerifier(
-        issuer=ISSUER,
+        issuer=issuer,
         audiences=frozenset({CLIENT}),
         jwks_url="http://unused.invalid/jwks.json",
-        token_uses=frozenset({"access"}),
+        token_uses=frozenset(token_uses.split(",")),
         groups_claim="cognito:groups",
         jwks=Jwks(),
     )
@@ -66,11 +66,44 @@ def test_a_valid_access_token_is_its_user() -> None:
     assert (user.sub, user.username, user.groups) == ("sub-alice", "alice", {"admins"})
 
 
-def test_an_id_token_style_audience_is_accepted() -> None:
-    user = authenticator().authenticate(
-        f"Bearer {token(client_id=None, aud=CLIENT, token_use=None)}"
-    )
+def test_an_id_token_is_accepted_where_the_deployment_takes_them() -> None:
+    # A Cognito id token names its app client in aud (an access token, in client_id).
+    id_token = token(client_id=None, aud=CLIENT, token_use="id")
+    user = authenticator(token_uses="access,id").authenticate(f"Bearer {id_token}")
     assert user.sub == "sub-alice"
+    with pytest.raises(Unauthenticated, match="id token is not accepted"):
+        authenticator().authenticate(f"Bearer {id_token}")
+
+
+def test_a_cognito_token_without_token_use_is_refused() -> None:
+    # Every token a user pool issues says what it is for; one that does not was not
+    # issued as a sign-in (whatever else it carries).
+    for claims in ({"token_use": None}, {"token_use": None, "client_id": None, "aud": CLIENT}):
+        with pytest.raises(Unauthenticated, match="no token_use"):
+            authenticator(token_uses="access,id").authenticate(f"Bearer {token(**claims)}")
+
+
+def test_another_issuers_token_needs_no_token_use_but_is_checked_if_it_has_one() -> None:
+    # An OIDC issuer other than Cognito (AuthIssuer) may put no token_use in its tokens.
+    issuer = "https://login.example/realm"
+    auth = authenticator(issuer=issuer)
+    bare = token(iss=issuer, token_use=None, client_id=None, aud=CLIENT)
+    assert auth.authenticate(f"Bearer {bare}").sub == "sub-alice"
+    with pytest.raises(Unauthenticated, match="id token is not accepted"):
+        auth.authenticate(f"Bearer {token(iss=issuer, token_use='id')}")
+
+
+@pytest.mark.parametrize(
+    ("issuer", "cognito"),
+    [
+        ("https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_Abc", True),
+        ("https://cognito-idp.cn-north-1.amazonaws.com.cn/cn-north-1_Abc", True),
+        ("https://login.example/realm", False),
+        ("https://cognito-idp.eu-west-1.amazonaws.com.evil.example/x", False),
+    ],
+)
+def test_a_cognito_issuer_is_known_by_its_host(issuer: str, cognito: bool) -> None:
+    assert is_cognito(issuer) is cognito
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,6 @@
-"""The deploy tool stands alone (a deploy needs nothing of the local cloud), and takes its
-OPENAI_API_KEY from the environment, else from .env."""
+"""The deploy tool stands alone (a deploy needs nothing of the local cloud), takes its
+OPENAI_API_KEY from the environment, else from .env, and leaves an AllowedOrigin the
+deployer names alone."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from llmstream_deploy.__main__ import openai_key
+from llmstream_deploy.origin import named_by_deployer
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.unit
@@ -52,3 +54,24 @@ def test_the_key_comes_from_the_environment_else_the_dotenv_file(
     else:
         monkeypatch.setenv("OPENAI_API_KEY", environment)
     assert openai_key(path) == key
+
+
+@pytest.mark.parametrize(
+    ("samconfig", "sam_args", "named"),
+    [
+        ('[default.deploy.parameters]\nparameter_overrides = "Stage=dev"\n', [], False),
+        ('[default.deploy.parameters]\nparameter_overrides = "AllowedOrigin=*"\n', [], True),
+        ('[default.global.parameters]\nparameter_overrides = ["AllowedOrigin=*"]\n', [], True),
+        ('[prod.deploy.parameters]\nparameter_overrides = "AllowedOrigin=*"\n', [], False),
+        (None, ["--parameter-overrides", "Stage=dev AllowedOrigin=https://c.example"], True),
+        (None, ["--parameter-overrides=AllowedOrigin=*"], True),
+        (None, ["--no-confirm-changeset"], False),
+    ],
+)
+def test_the_origin_is_the_deployers_where_samconfig_or_the_command_line_names_it(
+    tmp_path: Path, samconfig: str | None, sam_args: list[str], named: bool
+) -> None:
+    path = tmp_path / "samconfig.toml"
+    if samconfig is not None:
+        path.write_text(samconfig, encoding="utf-8")
+    assert named_by_deployer(path, "default", sam_args) is named
