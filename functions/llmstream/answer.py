@@ -295,7 +295,7 @@ class Attempt:
             self.metrics.count(RETRIED)
             raise RetryLater(delay, reason) from error
         self.metrics.count(ERROR)
-        self._fail(reason)
+        self._fail(reason, getattr(error, "status_code", None))
 
     def _no_time_left(self, budget: float) -> None:
         """The invocation's start took its whole Timeout (a cold start on a busy host, a
@@ -325,8 +325,8 @@ class Attempt:
     def _end(self, kind: EventKind, data: dict[str, Any]) -> None:
         end(self.deps, self.writer, self.task, kind, data, self.metrics, self._settle)
 
-    def _fail(self, message: str) -> None:
-        fail(self.deps, self.writer, self.task, message, self._settle)
+    def _fail(self, message: str, model_status: int | None = None) -> None:
+        fail(self.deps, self.writer, self.task, message, self._settle, model_status)
 
     def _settle(self) -> None:
         self.spending.settle(self.writer.said)

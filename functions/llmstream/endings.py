@@ -51,20 +51,30 @@ def end(
 
 
 def fail(
-    deps: Deps, writer: ChunkWriter, task: Task, message: str, settle: Callable[[], None]
+    deps: Deps,
+    writer: ChunkWriter,
+    task: Task,
+    message: str,
+    settle: Callable[[], None],
+    model_status: int | None = None,
 ) -> None:
-    """The answer ends in an error: its quota settled, its terminal event, then its row."""
+    """The answer ends in an error: its quota settled, its terminal event, then its row.
+    ``model_status``: the model API's HTTP status when it refused the request (a 400 says
+    the request was wrong, which /v1 tells its client as such)."""
     logger.warning("task %s ends in error: %s", task.task_id, message)
     settle()
+    data: dict[str, Any] = {"type": "error", "message": message}
+    if model_status is not None:
+        data["model_status"] = model_status
     try:
-        writer.event("error", {"type": "error", "message": message})
+        writer.event("error", data)
     except ClaimLost:
         return
     except LogDiverged:
         # The log lost events under this attempt and there is no retry left: the error
         # still has to reach viewers, after whatever the log holds now.
         writer.resync()
-        writer.event("error", {"type": "error", "message": message})
+        writer.event("error", data)
     deps.tasks.finish(task.task_id, task.attempt, "error", error=message)
 
 

@@ -36,8 +36,10 @@ def usage_of(usage: dict[str, Any] | None) -> dict[str, Any] | None:
     }
 
 
-def _error(message: str) -> dict[str, Any]:
-    return {"error": {"message": message, "type": "server_error", "param": None, "code": None}}
+def _error(message: str, status: int | None = None) -> dict[str, Any]:
+    kind = "invalid_request_error" if status and 400 <= status < 500 else "server_error"
+    error = {"message": message, "type": kind, "param": None, "code": None}
+    return {"error": {**error, "status": status} if status else error}
 
 
 def _call(index: int, item: Item) -> dict[str, Any]:
@@ -56,7 +58,7 @@ def completion_object(task: Task, replay: Replay) -> dict[str, Any] | None:
     if end is None:
         return None
     if end.kind != "done":
-        return _error(end.message or f"the answer ended {end.kind}")
+        return _error(end.message or f"the answer ended {end.kind}", end.model_status)
     items = replay.latest
     message: dict[str, Any] = {
         "role": "assistant",

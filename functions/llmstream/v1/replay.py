@@ -73,6 +73,7 @@ class Finished:
     usage: dict[str, Any] | None = None
     finish_reason: str | None = None
     message: str | None = None
+    model_status: int | None = None  # the model API refused the request with this status
 
 
 Op = Started | Restarted | ItemAdded | TextDelta | ItemDone | Finished
@@ -242,7 +243,9 @@ class Replay:
             self._retold = None
             ops += self._close("incomplete")
             message = data.get("message") if event.kind == "error" else None
-            self.finished = Finished(event.kind, message=message)
+            self.finished = Finished(
+                event.kind, message=message, model_status=data.get("model_status")
+            )
         return [*ops, self.finished]
 
 

@@ -256,7 +256,7 @@ async def create_chat_completion(
     if done is None:
         message = f"the answer is still running after {deps.settings.stream_max_seconds}s"
         return JSONResponse(errors.body(message, 504), status_code=504)
-    return JSONResponse(done, status_code=500 if "error" in done else 200)
+    return JSONResponse(done, status_code=_failed_status(done) if "error" in done else 200)
 
 
 @router.get("/models")
@@ -271,6 +271,13 @@ def retrieve_model(model: str, user: CurrentUser) -> dict[str, Any]:
     if model not in _offered():
         raise ModelNotAllowed(f"The model '{model}' does not exist or is not offered here.")
     return _model(model)
+
+
+def _failed_status(body: dict[str, Any]) -> int:
+    """The status of a chat completion whose answer failed: the model's own refusal of the
+    request (4xx) is the client's to fix, as OpenAI answers it; anything else is ours."""
+    status = body["error"].pop("status", None)
+    return status if isinstance(status, int) and 400 <= status < 500 else 502
 
 
 def _json(metadata: dict[str, str] | None) -> str | None:
