@@ -6,6 +6,7 @@ On the emulator, with the fake model (docs/quotas.md)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import json
 import os
@@ -138,24 +139,33 @@ def test_a_reservation_consumed_in_part_is_given_back_whole_not_taken_for_settle
     assert reservations.release(deps, stale) is False
 
 
-def test_a_worker_killed_mid_answer_has_charged_what_it_used_as_it_went(
-    stack: LocalTemplate,
-    clients: dict[str, Any],
-    aws_endpoint: str,
-    fake_openai_url: str,
-    deps: Deps,
-) -> None:
+@pytest.fixture
+def worker(
+    stack: LocalTemplate, clients: dict[str, Any], aws_endpoint: str, fake_openai_url: str
+) -> Callable[..., Any]:
+    """worker_environment on this module's stack: ``worker(task, **env)``."""
+    return functools.partial(worker_environment, stack, clients, aws_endpoint, fake_openai_url)
+
+
+@pytest.fixture
+def long_answer(deps: Deps) -> Task:
+    """Alice's long answer, accepted under a daily quota (its tokens reserved)."""
     with_quota(deps, QUOTA)
-    alice = user("alice")
-    task = accepted(deps, alice, LONG, max_tokens=1000)
-    assert task.reserved and deps.quotas.used_today(alice.sub) == task.reserved
+    return accepted(deps, user("alice"), LONG, max_tokens=1000)
+
+
+def test_a_worker_killed_mid_answer_has_charged_what_it_used_as_it_went(
+    worker: Callable[..., Any], long_answer: Task, deps: Deps
+) -> None:
+    task = long_answer
+    assert task.reserved and deps.quotas.used_today(task.owner) == task.reserved
     reserved = task.reserved
-    with worker_environment(stack, clients, aws_endpoint, fake_openai_url, task) as pool:
+    with worker(task) as pool:
         # GIVEN its first attempt running, past a heartbeat: what it has used so far has
         # come out of the reservation, and the day holds the reservation alone (nothing
         # counted twice while it runs)
         wait_for(lambda: (deps.tasks.get(task.task_id).reserved or 0) < reserved, "a checkpoint")
-        assert deps.quotas.used_today(alice.sub) == reserved
+        assert deps.quotas.used_today(task.owner) == reserved
         # WHEN its execution environment is killed mid-answer
         kill(pool)
     row = deps.tasks.get(task.task_id)
@@ -168,30 +178,24 @@ def test_a_worker_killed_mid_answer_has_charged_what_it_used_as_it_went(
     [done] = [e for e in deps.log.read_all(task.task_id) if e.kind == "done"]
     # THEN the day counts the answer's usage and what the killed attempt accounted for as
     # it went: its prompt at least, never more than the whole answer would have cost it
-    assert deps.quotas.used_today(alice.sub) == done.data["usage"]["total_tokens"] + used_by_first
+    assert deps.quotas.used_today(task.owner) == done.data["usage"]["total_tokens"] + used_by_first
     whole = prompt_estimate(task) + len(answered_text(deps, task.task_id)) // 4
     assert prompt_estimate(task) <= used_by_first <= whole
 
 
 def test_the_last_delivery_holds_no_reservation_for_the_dead_letter_queue_to_keep(
-    stack: LocalTemplate,
-    clients: dict[str, Any],
-    aws_endpoint: str,
-    fake_openai_url: str,
-    deps: Deps,
+    worker: Callable[..., Any], long_answer: Task, deps: Deps
 ) -> None:
-    with_quota(deps, QUOTA)
-    alice = user("alice")
-    task = accepted(deps, alice, LONG, max_tokens=1000)
+    task = long_answer
     assert task.reserved
     # GIVEN the last delivery SQS makes of its message (maxReceiveCount 1 here)
     env = {"MAX_RECEIVE_COUNT": "1"}
-    with worker_environment(stack, clients, aws_endpoint, fake_openai_url, task, **env) as pool:
+    with worker(task, **env) as pool:
         # WHILE it runs, the reservation is given back and the attempt charges as it goes
         wait_for(
             lambda: (
                 deps.tasks.get(task.task_id).reserved is None
-                and deps.quotas.used_today(alice.sub) > 0
+                and deps.quotas.used_today(task.owner) > 0
             ),
             "the reservation given back, a charge",
         )
@@ -201,13 +205,13 @@ def test_the_last_delivery_holds_no_reservation_for_the_dead_letter_queue_to_kee
     # not the reservation
     row = deps.tasks.get(task.task_id)
     assert row.status == "running" and row.reserved is None
-    charged = deps.quotas.used_today(alice.sub)
+    charged = deps.quotas.used_today(task.owner)
     assert prompt_estimate(task) <= charged < task.reserved
     # AND a redriven message's attempt answers, and charges what it used
     run_task(deps, task.task_id, receive_count=1)
     [done] = [e for e in deps.log.read_all(task.task_id) if e.kind == "done"]
     assert deps.tasks.get(task.task_id).status == "done"
-    assert deps.quotas.used_today(alice.sub) == charged + done.data["usage"]["total_tokens"]
+    assert deps.quotas.used_today(task.owner) == charged + done.data["usage"]["total_tokens"]
 
 
 @pytest.fixture
