@@ -209,10 +209,12 @@ async def cancel_response(response_id: ResponseId, user: CurrentUser, deps: Deps
         raise BadRequest(f"Cannot cancel a {status} response.")
     await anyio.to_thread.run_sync(intake.cancel, deps, user, task.task_id)
     deadline = time.monotonic() + _CANCEL_WAIT_SECONDS
-    replay = await _replayed(deps, task)
-    while replay.finished is None and time.monotonic() < deadline:
+    # Wait on the log's last event alone (one read), then fold the whole log once.
+    last = await anyio.to_thread.run_sync(deps.log.last, task.task_id)
+    while not (last and last.terminal) and time.monotonic() < deadline:
         await anyio.sleep(0.2)  # the worker stops within CANCEL_CHECK_INTERVAL_MS
-        replay = await _replayed(deps, task)
+        last = await anyio.to_thread.run_sync(deps.log.last, task.task_id)
+    replay = await _replayed(deps, task)
     row = await anyio.to_thread.run_sync(deps.tasks.get, task.task_id)
     return JSONResponse(response_object(row, replay))
 
